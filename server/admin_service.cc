@@ -1,0 +1,108 @@
+#include "server/admin_service.h"
+
+#include <unistd.h>
+
+namespace spill::server {
+namespace {
+
+// Runs fill on the pool and finishes the call from there.
+template <typename Fn>
+grpc::ServerUnaryReactor* Defer(grpc::CallbackServerContext* ctx, ThreadPool* pool, Fn fill) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  bool posted = pool->Post([reactor, fill = std::move(fill)]() mutable {
+    fill();
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!posted) reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is stopping"));
+  return reactor;
+}
+
+}  // namespace
+
+uint64_t AdminService::UptimeMs() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               deps_.started)
+      .count();
+}
+
+void AdminService::FillStats(spill::v1::StatsResponse* response) const {
+  storage::ArenaStats arena = deps_.arena->Stats();
+  spill::v1::TierStats* tier = response->add_tiers();
+  tier->set_name("pinned");
+  tier->set_capacity_bytes(arena.capacity_bytes);
+  tier->set_used_bytes(arena.used_bytes);
+  tier->set_free_bytes(arena.capacity_bytes - arena.used_bytes);
+  tier->set_segment_bytes(arena.segment_bytes);
+  tier->set_segments_total(arena.segments_total);
+  tier->set_segments_free(arena.segments_free);
+  tier->set_huge_pages(arena.huge_pages);
+  const uint64_t quota = deps_.registry->job_pinned_quota();
+  for (const auto& [job, usage] : arena.jobs) {
+    spill::v1::JobUsage* j = tier->add_jobs();
+    j->set_job_id(job);
+    j->set_used_bytes(usage.used_bytes);
+    j->set_reserved_bytes(usage.reserved_bytes);
+    j->set_quota_bytes(quota);
+  }
+  response->set_bytes_in(deps_.metrics->bytes_in());
+  response->set_bytes_out(deps_.metrics->bytes_out());
+  for (const OpStats& op : deps_.metrics->Snapshot()) {
+    spill::v1::LatencyStats* l = response->add_requests();
+    l->set_op(op.op);
+    l->set_count(op.count);
+    l->set_errors(op.errors);
+    l->set_p50_us(op.p50_us);
+    l->set_p90_us(op.p90_us);
+    l->set_p99_us(op.p99_us);
+    l->set_max_us(op.max_us);
+  }
+  response->set_uptime_ms(UptimeMs());
+}
+
+void AdminService::FillJobs(spill::v1::JobsResponse* response) const {
+  for (const JobSnapshot& snap : deps_.registry->Jobs()) {
+    spill::v1::JobInfo* job = response->add_jobs();
+    job->set_job_id(snap.job_id);
+    job->set_uid(snap.uid);
+    job->set_state(snap.in_grace ? "grace" : "active");
+    job->set_grace_remaining_ms(snap.grace_remaining.count());
+    job->set_objects(snap.objects);
+    job->set_used_bytes(snap.used_bytes);
+    for (const SessionSnapshot& s : snap.sessions) {
+      spill::v1::SessionInfo* info = job->add_sessions();
+      info->set_session_id(s.session_id);
+      info->set_rank(s.rank);
+      info->set_world_size(s.world_size);
+      info->set_pid(s.peer.pid);
+      info->set_uid(s.peer.uid);
+      info->set_attached(s.attached);
+      info->set_pins(s.pins);
+    }
+  }
+}
+
+grpc::ServerUnaryReactor* AdminService::Stats(grpc::CallbackServerContext* ctx,
+                                              const spill::v1::StatsRequest* /*request*/,
+                                              spill::v1::StatsResponse* response) {
+  return Defer(ctx, deps_.pool, [this, response] { FillStats(response); });
+}
+
+grpc::ServerUnaryReactor* AdminService::Jobs(grpc::CallbackServerContext* ctx,
+                                             const spill::v1::JobsRequest* /*request*/,
+                                             spill::v1::JobsResponse* response) {
+  return Defer(ctx, deps_.pool, [this, response] { FillJobs(response); });
+}
+
+grpc::ServerUnaryReactor* AdminService::Health(grpc::CallbackServerContext* ctx,
+                                               const spill::v1::HealthRequest* /*request*/,
+                                               spill::v1::HealthResponse* response) {
+  return Defer(ctx, deps_.pool, [this, response] {
+    response->set_status(stopping_.load() ? "NOT_SERVING" : "SERVING");
+    response->set_version(SPILL_VERSION);
+    response->set_uptime_ms(UptimeMs());
+    response->set_pid(::getpid());
+    response->set_socket_path(deps_.socket_path);
+  });
+}
+
+}  // namespace spill::server

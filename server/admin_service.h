@@ -1,0 +1,54 @@
+// spill.v1.Admin: tier stats, jobs and health for spillctl and monitoring.
+#ifndef SPILL_SERVER_ADMIN_SERVICE_H_
+#define SPILL_SERVER_ADMIN_SERVICE_H_
+
+#include <atomic>
+#include <chrono>
+#include <string>
+
+#include "server/metrics.h"
+#include "server/registry.h"
+#include "server/thread_pool.h"
+#include "spill/v1/spill.grpc.pb.h"
+#include "storage/pinned_arena.h"
+
+namespace spill::server {
+
+struct AdminServiceDeps {
+  Registry* registry = nullptr;
+  storage::PinnedArena* arena = nullptr;
+  ThreadPool* pool = nullptr;
+  Metrics* metrics = nullptr;
+  std::string socket_path;
+  std::chrono::steady_clock::time_point started;
+};
+
+class AdminService final : public spill::v1::Admin::CallbackService {
+ public:
+  explicit AdminService(AdminServiceDeps deps) : deps_(std::move(deps)) {}
+
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
+                                  const spill::v1::StatsRequest* request,
+                                  spill::v1::StatsResponse* response) override;
+  grpc::ServerUnaryReactor* Jobs(grpc::CallbackServerContext* ctx,
+                                 const spill::v1::JobsRequest* request,
+                                 spill::v1::JobsResponse* response) override;
+  grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* ctx,
+                                   const spill::v1::HealthRequest* request,
+                                   spill::v1::HealthResponse* response) override;
+
+  // Health reports NOT_SERVING from now on (shutdown has begun).
+  void SetStopping() { stopping_.store(true); }
+
+ private:
+  uint64_t UptimeMs() const;
+  void FillStats(spill::v1::StatsResponse* response) const;
+  void FillJobs(spill::v1::JobsResponse* response) const;
+
+  const AdminServiceDeps deps_;
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace spill::server
+
+#endif  // SPILL_SERVER_ADMIN_SERVICE_H_

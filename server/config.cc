@@ -1,0 +1,205 @@
+#include "server/config.h"
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+
+namespace spill::server {
+namespace {
+
+using Setter = std::function<absl::Status(const std::string& value, ServerConfig* config)>;
+
+absl::Status SetSize(const std::string& key, const std::string& value, uint64_t* out) {
+  auto size = ParseSize(value);
+  if (!size.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": ", size.status().message()));
+  }
+  *out = *size;
+  return absl::OkStatus();
+}
+
+absl::Status SetDuration(const std::string& key, const std::string& value,
+                         std::chrono::milliseconds* out) {
+  auto d = ParseDuration(value);
+  if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(key, ": ", d.status().message()));
+  *out = *d;
+  return absl::OkStatus();
+}
+
+const std::map<std::string, Setter>& Setters() {
+  static const auto* setters = new std::map<std::string, Setter>{
+      {"socket", [](const std::string& v, ServerConfig* c) {
+         if (v.empty()) return absl::InvalidArgumentError("socket: path must not be empty");
+         c->socket_path = v;
+         return absl::OkStatus();
+       }},
+      {"socket_group", [](const std::string& v, ServerConfig* c) {
+         c->socket_group = v;
+         return absl::OkStatus();
+       }},
+      {"pinned_bytes", [](const std::string& v, ServerConfig* c) {
+         return SetSize("pinned_bytes", v, &c->pinned_bytes);
+       }},
+      {"segment_bytes", [](const std::string& v, ServerConfig* c) {
+         return SetSize("segment_bytes", v, &c->segment_bytes);
+       }},
+      {"job_pinned_quota", [](const std::string& v, ServerConfig* c) {
+         return SetSize("job_pinned_quota", v, &c->job_pinned_quota);
+       }},
+      {"max_message_bytes", [](const std::string& v, ServerConfig* c) {
+         return SetSize("max_message_bytes", v, &c->max_message_bytes);
+       }},
+      {"job_grace", [](const std::string& v, ServerConfig* c) {
+         return SetDuration("job_grace", v, &c->job_grace);
+       }},
+      {"attach_timeout", [](const std::string& v, ServerConfig* c) {
+         return SetDuration("attach_timeout", v, &c->attach_timeout);
+       }},
+      {"shutdown_timeout", [](const std::string& v, ServerConfig* c) {
+         return SetDuration("shutdown_timeout", v, &c->shutdown_timeout);
+       }},
+      {"huge_pages", [](const std::string& v, ServerConfig* c) {
+         if (v == "auto") c->huge_pages = storage::HugePageMode::kAuto;
+         else if (v == "on") c->huge_pages = storage::HugePageMode::kOn;
+         else if (v == "off") c->huge_pages = storage::HugePageMode::kOff;
+         else return absl::InvalidArgumentError(
+                  absl::StrCat("huge_pages: '", v, "' is not one of auto, on, off"));
+         return absl::OkStatus();
+       }},
+      {"worker_threads", [](const std::string& v, ServerConfig* c) {
+         int n = 0;
+         if (!absl::SimpleAtoi(v, &n) || n < 1 || n > 1024) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("worker_threads: '", v, "' is not an integer in [1, 1024]"));
+         }
+         c->worker_threads = n;
+         return absl::OkStatus();
+       }},
+  };
+  return *setters;
+}
+
+std::string NormalizeKey(std::string key) { return absl::StrReplaceAll(key, {{"-", "_"}}); }
+
+absl::Status Apply(const std::string& raw_key, const std::string& value, const std::string& where,
+                   ServerConfig* config) {
+  const std::string key = NormalizeKey(raw_key);
+  auto it = Setters().find(key);
+  if (it == Setters().end()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": unknown setting '", raw_key,
+                                                   "' (see spilld --help)"));
+  }
+  absl::Status s = it->second(value, config);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", s.message()));
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const ServerConfig& c) {
+  if (c.socket_path.empty()) {
+    return absl::InvalidArgumentError("--socket=PATH is required (or \"socket\" in --config)");
+  }
+  if (c.pinned_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "--pinned-bytes=SIZE is required and must be positive (e.g. 512MiB, 64GiB)");
+  }
+  if (c.segment_bytes == 0) return absl::InvalidArgumentError("--segment-bytes must be positive");
+  if (c.max_message_bytes < 4096 || c.max_message_bytes > (64u << 20)) {
+    return absl::InvalidArgumentError("--max-message-bytes must be within [4KiB, 64MiB]");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string ConfigUsage() {
+  return R"(usage: spilld --socket=PATH --pinned-bytes=SIZE [options]
+
+  --socket=PATH            Unix socket to listen on (0660, in a 0750 directory)
+  --socket-group=NAME      group owning the socket (training users); default: spilld's
+  --pinned-bytes=SIZE      pinned-CPU tier size, e.g. 512MiB, 64GiB (mlocked at start)
+  --segment-bytes=SIZE     memfd segment size = largest object (default 1GiB)
+  --huge-pages=auto|on|off 2 MiB pages for segments (default auto)
+  --job-pinned-quota=SIZE  pinned bytes one job may hold (default: whole pool)
+  --job-grace=DURATION     how long a job without sessions keeps its objects (default 5m)
+  --attach-timeout=DUR     how long an opened session may wait to attach (default 30s)
+  --shutdown-timeout=DUR   SIGTERM: time given to in-flight requests (default 10s)
+  --worker-threads=N       request worker pool size (default 4)
+  --max-message-bytes=SIZE largest accepted gRPC message (default 64KiB)
+  --config=FILE            JSON file with the same keys ("pinned_bytes": "64GiB");
+                           flags override it
+Sizes take B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB); durations ms, s, m, h.
+)";
+}
+
+absl::Status ApplyConfigJson(const std::string& text, const std::string& source,
+                             ServerConfig* config) {
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON"));
+  }
+  if (!doc.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": top level must be an object"));
+  }
+  ServerConfig staged = *config;  // All or nothing.
+  for (const auto& [key, value] : doc.items()) {
+    std::string text_value;
+    if (value.is_string()) text_value = value.get<std::string>();
+    else if (value.is_number_unsigned()) text_value = std::to_string(value.get<uint64_t>());
+    else if (value.is_number_integer()) text_value = std::to_string(value.get<int64_t>());
+    else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": key '", key, "' must be a string or an integer, got ", value.type_name()));
+    }
+    SPILL_RETURN_IF_ERROR(Apply(key, text_value, source, &staged));
+  }
+  *config = staged;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ServerConfig> ParseConfig(const std::vector<std::string>& args, bool* help) {
+  *help = false;
+  std::vector<std::pair<std::string, std::string>> flags;
+  ServerConfig config;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--help" || arg == "-h") {
+      *help = true;
+      return config;
+    }
+    if (arg.rfind("--", 0) != 0 || arg.find('=') == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("argument '", arg, "' is not of the form --name=value"));
+    }
+    size_t eq = arg.find('=');
+    std::string name = arg.substr(2, eq - 2);
+    std::string value = arg.substr(eq + 1);
+    if (name == "config") config.config_file = value;
+    else flags.emplace_back(name, value);
+  }
+  if (!config.config_file.empty()) {
+    std::ifstream in(config.config_file);
+    if (!in) {
+      return absl::NotFoundError(
+          absl::StrCat("--config: cannot read '", config.config_file, "'"));
+    }
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    SPILL_RETURN_IF_ERROR(ApplyConfigJson(buffer.str(), config.config_file, &config));
+  }
+  for (const auto& [name, value] : flags) {
+    SPILL_RETURN_IF_ERROR(Apply(name, value, absl::StrCat("--", name), &config));
+  }
+  SPILL_RETURN_IF_ERROR(Validate(config));
+  return config;
+}
+
+}  // namespace spill::server

@@ -1,0 +1,52 @@
+// spilld's configuration: command-line flags and an optional JSON file.
+//
+// Every setting has one name, used both as a flag (--pinned-bytes=64GiB) and
+// as a key of the file ({"pinned_bytes": "64GiB"}; dashes and underscores are
+// interchangeable). The file is read first; flags given on the command line
+// override it. Unknown flags and keys are errors that name them.
+#ifndef SPILL_SERVER_CONFIG_H_
+#define SPILL_SERVER_CONFIG_H_
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "storage/pinned_arena.h"
+
+namespace spill::server {
+
+struct ServerConfig {
+  std::string socket_path;
+  // Group that owns the socket (training users); empty keeps spilld's group.
+  std::string socket_group;
+  uint64_t pinned_bytes = 0;
+  uint64_t segment_bytes = uint64_t{1} << 30;
+  storage::HugePageMode huge_pages = storage::HugePageMode::kAuto;
+  uint64_t job_pinned_quota = 0;  // 0: the whole pool.
+  std::chrono::milliseconds job_grace{std::chrono::minutes(5)};
+  std::chrono::milliseconds attach_timeout{std::chrono::seconds(30)};
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(10)};
+  int worker_threads = 4;
+  // Largest gRPC message spilld accepts; bulk data never travels over gRPC.
+  uint64_t max_message_bytes = 64 * 1024;
+  std::string config_file;
+};
+
+// Text for --help.
+std::string ConfigUsage();
+
+// Parses argv (argv[0] is skipped). Loads --config=FILE first when present.
+// InvalidArgument names the flag or key and what was wrong; a missing
+// --socket or --pinned-bytes (after the file) is an error too.
+// *help is set when --help was given (the config is then not validated).
+absl::StatusOr<ServerConfig> ParseConfig(const std::vector<std::string>& args, bool* help);
+
+// Parses a JSON config file's text into config (file keys only).
+absl::Status ApplyConfigJson(const std::string& text, const std::string& source,
+                             ServerConfig* config);
+
+}  // namespace spill::server
+
+#endif  // SPILL_SERVER_CONFIG_H_

@@ -1,0 +1,90 @@
+#include "server/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+namespace spill::server {
+namespace {
+
+absl::StatusOr<ServerConfig> Parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "spilld");
+  bool help = false;
+  return ParseConfig(args, &help);
+}
+
+TEST(ConfigTest, FlagsParse) {
+  auto c = Parse({"--socket=/tmp/s.sock", "--pinned-bytes=512MiB", "--job-grace=30s",
+                  "--huge-pages=off", "--worker-threads=8", "--job_pinned_quota=1GiB"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->socket_path, "/tmp/s.sock");
+  EXPECT_EQ(c->pinned_bytes, 512u << 20);
+  EXPECT_EQ(c->job_grace, std::chrono::seconds(30));
+  EXPECT_EQ(c->huge_pages, storage::HugePageMode::kOff);
+  EXPECT_EQ(c->worker_threads, 8);
+  EXPECT_EQ(c->job_pinned_quota, 1u << 30);
+}
+
+TEST(ConfigTest, ErrorsNameTheFlag) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string needle;
+  } cases[] = {
+      {{"--pinned-bytes=1GiB"}, "--socket"},
+      {{"--socket=/x"}, "--pinned-bytes"},
+      {{"--socket=/x", "--pinned-bytes=12XB"}, "pinned-bytes"},
+      {{"--socket=/x", "--pinned-bytes=-5"}, "pinned-bytes"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--bogus=1"}, "bogus"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--huge-pages=maybe"}, "huge_pages"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--job-grace=10"}, "job-grace"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--worker-threads=0"}, "worker_threads"},
+      {{"--socket=/x", "--pinned-bytes=1G", "positional"}, "positional"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--config=/nonexistent/spilld.json"},
+       "/nonexistent/spilld.json"},
+  };
+  for (const Case& c : cases) {
+    auto r = Parse(c.args);
+    ASSERT_FALSE(r.ok()) << c.needle;
+    EXPECT_NE(r.status().message().find(c.needle), std::string::npos)
+        << c.needle << " not in: " << r.status().message();
+  }
+}
+
+TEST(ConfigTest, FileThenFlagsOverride) {
+  std::string path = ::testing::TempDir() + "/spilld_config_test.json";
+  {
+    std::ofstream out(path);
+    out << R"({"socket": "/run/spill/spilld.sock", "pinned_bytes": "2GiB", "job-grace": "1m",
+              "worker_threads": 3})";
+  }
+  auto c = Parse({"--config=" + path, "--pinned-bytes=1GiB"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->socket_path, "/run/spill/spilld.sock");
+  EXPECT_EQ(c->pinned_bytes, 1u << 30);
+  EXPECT_EQ(c->job_grace, std::chrono::minutes(1));
+  EXPECT_EQ(c->worker_threads, 3);
+  std::remove(path.c_str());
+}
+
+TEST(ConfigTest, BadFilesAreRejectedWhole) {
+  ServerConfig config;
+  config.pinned_bytes = 7;
+  EXPECT_FALSE(ApplyConfigJson("{not json", "f.json", &config).ok());
+  EXPECT_FALSE(ApplyConfigJson("[1,2]", "f.json", &config).ok());
+  auto unknown = ApplyConfigJson(R"({"pinned_bytes": "1GiB", "colour": "red"})", "f.json", &config);
+  EXPECT_NE(unknown.message().find("colour"), std::string::npos) << unknown;
+  auto wrong_type = ApplyConfigJson(R"({"pinned_bytes": [1]})", "f.json", &config);
+  EXPECT_NE(wrong_type.message().find("pinned_bytes"), std::string::npos) << wrong_type;
+  EXPECT_EQ(config.pinned_bytes, 7u);  // Nothing applied from the bad files.
+}
+
+TEST(ConfigTest, Help) {
+  bool help = false;
+  auto c = ParseConfig({"spilld", "--help"}, &help);
+  EXPECT_TRUE(help);
+  EXPECT_NE(ConfigUsage().find("--pinned-bytes"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace spill::server

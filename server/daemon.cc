@@ -1,0 +1,115 @@
+#include "server/daemon.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "server/admin_service.h"
+#include "server/listener.h"
+#include "server/metrics.h"
+#include "server/registry.h"
+#include "server/thread_pool.h"
+#include "server/worker_service.h"
+
+namespace spill::server {
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config) {
+  std::unique_ptr<Daemon> d(new Daemon());
+  d->config_ = config;
+  storage::ArenaOptions arena_options;
+  arena_options.total_bytes = config.pinned_bytes;
+  arena_options.segment_bytes = config.segment_bytes;
+  arena_options.huge_pages = config.huge_pages;
+  SPILL_ASSIGN_OR_RETURN(d->arena_, storage::PinnedArena::Create(arena_options));
+
+  RegistryOptions registry_options;
+  registry_options.job_pinned_quota = config.job_pinned_quota;
+  registry_options.job_grace = config.job_grace;
+  registry_options.attach_timeout = config.attach_timeout;
+  d->registry_ = std::make_unique<Registry>(d->arena_.get(), registry_options,
+                                            [] { return std::chrono::steady_clock::now(); });
+  d->metrics_ = std::make_unique<Metrics>();
+  d->pool_ = std::make_unique<ThreadPool>(config.worker_threads);
+  d->peers_ = std::make_unique<PeerTable>();
+
+  WorkerServiceDeps worker_deps;
+  worker_deps.registry = d->registry_.get();
+  worker_deps.peers = d->peers_.get();
+  worker_deps.pool = d->pool_.get();
+  worker_deps.metrics = d->metrics_.get();
+  worker_deps.alignment_bytes = d->arena_->alignment();
+  worker_deps.attach_timeout = config.attach_timeout;
+  d->worker_ = std::make_unique<WorkerService>(worker_deps);
+
+  AdminServiceDeps admin_deps;
+  admin_deps.registry = d->registry_.get();
+  admin_deps.arena = d->arena_.get();
+  admin_deps.pool = d->pool_.get();
+  admin_deps.metrics = d->metrics_.get();
+  admin_deps.socket_path = config.socket_path;
+  admin_deps.started = std::chrono::steady_clock::now();
+  d->admin_ = std::make_unique<AdminService>(admin_deps);
+
+  ListenerOptions listener_options;
+  listener_options.socket_path = config.socket_path;
+  listener_options.socket_group = config.socket_group;
+  SPILL_ASSIGN_OR_RETURN(d->listener_,
+                         Listener::Create(listener_options, d->registry_.get(), d->peers_.get()));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.RegisterService(d->worker_.get());
+  builder.RegisterService(d->admin_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // No listening port: the listener hands over each connection's fd.
+  d->server_ = builder.BuildAndStart();
+  if (d->server_ == nullptr) return absl::InternalError("gRPC server failed to start");
+  d->listener_->Start(d->server_.get());
+  d->ticker_ = std::thread([raw = d.get()] { raw->TickLoop(); });
+  return d;
+}
+
+void Daemon::TickLoop() {
+  std::unique_lock<std::mutex> lock(tick_mu_);
+  while (!stopping_) {
+    tick_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (stopping_) break;
+    lock.unlock();
+    registry_->Tick();
+    lock.lock();
+  }
+}
+
+std::string Daemon::Describe() const {
+  storage::ArenaStats stats = arena_->Stats();
+  return absl::StrCat("spilld ", SPILL_VERSION, " serving ", config_.socket_path, ": pinned ",
+                      FormatBytes(stats.capacity_bytes), " in ", stats.segments_total,
+                      " segment(s) of ", FormatBytes(stats.segment_bytes),
+                      stats.huge_pages ? " (2 MiB pages)" : " (4 KiB pages)");
+}
+
+void Daemon::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  admin_->SetStopping();
+  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
+  listener_->Stop();
+  worker_->StopStreams();
+  server_->Shutdown(std::chrono::system_clock::now() + config_.shutdown_timeout);
+  server_->Wait();
+  {
+    std::lock_guard<std::mutex> lock(tick_mu_);
+    stopping_ = true;
+  }
+  tick_cv_.notify_all();
+  if (ticker_.joinable()) ticker_.join();
+  pool_.reset();  // Runs what is queued, then joins.
+  registry_->Clear();
+}
+
+Daemon::~Daemon() { Stop(); }
+
+}  // namespace spill::server

@@ -1,0 +1,66 @@
+// Daemon: spilld assembled — arena, registry, services, listener — with an
+// orderly start and stop. spilld_main.cc wires it to signals.
+#ifndef SPILL_SERVER_DAEMON_H_
+#define SPILL_SERVER_DAEMON_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "server/config.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace spill::server {
+
+class AdminService;
+class Listener;
+class Metrics;
+class PeerTable;
+class Registry;
+class ThreadPool;
+class WorkerService;
+
+class Daemon {
+ public:
+  // Pins the pool, binds the socket and starts serving. Errors name the
+  // setting or system limit at fault (see PinnedArena::Create, Listener).
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const ServerConfig& config);
+
+  // Stops accepting, answers requests already read, closes every session
+  // stream, frees every job and unmaps the pool. Idempotent.
+  void Stop();
+  ~Daemon();
+
+  // One line describing what is being served.
+  std::string Describe() const;
+
+ private:
+  Daemon() = default;
+  void TickLoop();
+
+  ServerConfig config_;
+  std::unique_ptr<storage::PinnedArena> arena_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<PeerTable> peers_;
+  std::unique_ptr<WorkerService> worker_;
+  std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Listener> listener_;
+  std::thread ticker_;
+  std::mutex tick_mu_;
+  std::condition_variable tick_cv_;
+  bool stopping_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace spill::server
+
+#endif  // SPILL_SERVER_DAEMON_H_

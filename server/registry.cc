@@ -1,0 +1,448 @@
+#include "server/registry.h"
+
+#include <fcntl.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <limits>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/dtype.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+
+namespace spill::server {
+
+struct Registry::Session {
+  uint64_t id = 0;
+  Token token{};
+  std::string job_id;
+  int rank = 0;
+  int world_size = 0;
+  PeerCreds peer;
+  bool attached = false;
+  std::chrono::steady_clock::time_point attach_deadline;
+  std::map<uint64_t, uint32_t> pins;  // object id -> pins held
+};
+
+struct Registry::Job {
+  std::string id;
+  uid_t uid = 0;
+  int world_size = 0;
+  std::map<uint64_t, ObjectRecord> objects;
+  std::map<std::string, uint64_t> names;
+  std::set<uint64_t> sessions;
+  std::optional<std::chrono::steady_clock::time_point> grace_deadline;
+};
+
+namespace {
+
+Token RandomToken() {
+  Token token{};
+  size_t got = 0;
+  while (got < token.size()) {
+    ssize_t n = ::getrandom(token.data() + got, token.size() - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    // getrandom on Linux >= 3.17 only fails for bad arguments.
+    if (n < 0) std::abort();
+    got += static_cast<size_t>(n);
+  }
+  return token;
+}
+
+bool TokensEqual(const Token& a, const Token& b) {
+  uint8_t diff = 0;  // Constant time: no early exit on the first mismatch.
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
+bool ValidKind(int kind) { return kind >= 1 && kind <= 5; }
+
+}  // namespace
+
+absl::StatusOr<Token> TokenFromBytes(const std::string& bytes) {
+  if (bytes.size() != kSessionTokenBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session token must be ", kSessionTokenBytes, " bytes, got ", bytes.size()));
+  }
+  Token token{};
+  std::copy(bytes.begin(), bytes.end(), token.begin());
+  return token;
+}
+
+Registry::Registry(storage::PinnedArena* arena, RegistryOptions options, Clock clock)
+    : arena_(arena),
+      options_(options),
+      clock_(std::move(clock)),
+      quota_(options.job_pinned_quota != 0 ? options.job_pinned_quota
+                                           : arena->Stats().capacity_bytes) {}
+
+Registry::~Registry() { Clear(); }
+
+uint64_t Registry::job_pinned_quota() const { return quota_; }
+
+absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, int rank,
+                                                    int world_size, const PeerCreds& peer) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id must not be empty");
+  if (job_id.size() > options_.max_job_id_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("job_id is ", job_id.size(),
+                                                   " bytes; the limit is ",
+                                                   options_.max_job_id_bytes));
+  }
+  if (world_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("world_size must be >= 1, got ", world_size));
+  }
+  if (rank < 0 || rank >= world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", rank, " is outside [0, world_size=", world_size, ")"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  bool existed = false;
+  auto it = jobs_.find(job_id);
+  if (it != jobs_.end()) {
+    Job& job = *it->second;
+    if (job.uid != peer.uid) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "job '", job_id, "' belongs to uid ", job.uid, "; caller is uid ", peer.uid));
+    }
+    if (job.world_size != world_size) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job '", job_id, "' has world_size ", job.world_size, "; session asked for ",
+          world_size));
+    }
+    existed = true;
+  } else {
+    auto job = std::make_unique<Job>();
+    job->id = job_id;
+    job->uid = peer.uid;
+    job->world_size = world_size;
+    it = jobs_.emplace(job_id, std::move(job)).first;
+  }
+  auto session = std::make_unique<Session>();
+  session->id = next_session_id_++;
+  session->token = RandomToken();
+  session->job_id = job_id;
+  session->rank = rank;
+  session->world_size = world_size;
+  session->peer = peer;
+  session->attach_deadline = clock_() + options_.attach_timeout;
+  it->second->sessions.insert(session->id);
+  it->second->grace_deadline.reset();
+  OpenedSession opened{session->id, session->token, existed};
+  sessions_.emplace(session->id, std::move(session));
+  return opened;
+}
+
+Registry::Session* Registry::FindSessionLocked(uint64_t session_id) const {
+  auto it = sessions_.find(session_id);
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+absl::StatusOr<Registry::Session*> Registry::AuthLocked(uint64_t session_id,
+                                                        const Token& token) const {
+  Session* session = FindSessionLocked(session_id);
+  if (session == nullptr) {
+    return absl::NotFoundError(absl::StrCat("session ", session_id, " is not open"));
+  }
+  if (!TokensEqual(session->token, token)) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("wrong token for session ", session_id));
+  }
+  return session;
+}
+
+absl::StatusOr<Registry::Session*> Registry::StreamSessionLocked(uint64_t session_id) const {
+  Session* session = FindSessionLocked(session_id);
+  if (session == nullptr || !session->attached) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", session_id, " is closed"));
+  }
+  return session;
+}
+
+absl::Status Registry::Authenticate(uint64_t session_id, const Token& token) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return AuthLocked(session_id, token).status();
+}
+
+absl::StatusOr<std::string> Registry::AttachStream(uint64_t session_id, const Token& token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  if (session->attached) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", session_id, " already has a stream attached"));
+  }
+  session->attached = true;
+  return session->job_id;
+}
+
+void Registry::DetachStream(uint64_t session_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Session* session = FindSessionLocked(session_id);
+  if (session != nullptr) CloseSessionLocked(*session);
+}
+
+absl::Status Registry::CloseSession(uint64_t session_id, const Token& token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  CloseSessionLocked(*session);
+  return absl::OkStatus();
+}
+
+void Registry::CloseSessionLocked(Session& session) {
+  auto job_it = jobs_.find(session.job_id);
+  if (job_it != jobs_.end()) {
+    Job& job = *job_it->second;
+    for (const auto& [object_id, pins] : session.pins) {
+      auto obj = job.objects.find(object_id);
+      if (obj != job.objects.end()) obj->second.pin_count -= pins;
+    }
+    job.sessions.erase(session.id);
+    if (job.sessions.empty()) job.grace_deadline = clock_() + options_.job_grace;
+  }
+  sessions_.erase(session.id);  // Destroys session.
+}
+
+absl::Status Registry::CheckQuotaLocked(const Job& job, const std::string& name,
+                                        uint64_t bytes) const {
+  const uint64_t quota = quota_;
+  uint64_t used = arena_->JobUsage(job.id).used_bytes;
+  if (used + bytes > quota) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "job '", job.id, "' pinned quota is ", FormatBytes(quota), " (", quota, " B) with ",
+        FormatBytes(used), " (", used, " B) in use; object '", name, "' needs ",
+        FormatBytes(bytes), " (", bytes, " B)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const Token& token,
+                                                      const std::string& name, int kind,
+                                                      int dtype, int64_t num_elements) {
+  if (name.empty()) return absl::InvalidArgumentError("object name must not be empty");
+  if (name.size() > options_.max_name_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("object name is ", name.size(),
+                                                   " bytes; the limit is ",
+                                                   options_.max_name_bytes));
+  }
+  if (!ValidKind(kind)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("object '", name, "': kind ", kind, " is not a valid ObjectKind"));
+  }
+  const size_t elem = DTypeSize(dtype);
+  if (elem == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("object '", name, "': dtype ", dtype, " is not a valid DType"));
+  }
+  if (num_elements <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "object '", name, "': num_elements must be positive, got ", num_elements));
+  }
+  const uint64_t limit = arena_->segment_bytes();
+  if (static_cast<uint64_t>(num_elements) > limit / elem) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "object '", name, "': ", num_elements, " elements of ", DTypeName(dtype),
+        " exceed the largest object, one segment of ", FormatBytes(limit),
+        " (spilld --segment-bytes)"));
+  }
+  const uint64_t bytes = static_cast<uint64_t>(num_elements) * elem;
+
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  Job& job = *jobs_.at(session->job_id);
+  if (job.names.count(name) != 0) {
+    return absl::AlreadyExistsError(absl::StrCat("job '", job.id, "' already has an object '",
+                                                 name, "' (id ", job.names.at(name), ")"));
+  }
+  if (job.objects.size() >= options_.max_objects_per_job) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "job '", job.id, "' has ", job.objects.size(), " objects; the limit is ",
+        options_.max_objects_per_job));
+  }
+  SPILL_RETURN_IF_ERROR(CheckQuotaLocked(job, name, bytes));
+  SPILL_ASSIGN_OR_RETURN(storage::Extent extent, arena_->Allocate(job.id, bytes));
+  ObjectRecord record;
+  record.id = next_object_id_++;
+  record.name = name;
+  record.kind = kind;
+  record.dtype = dtype;
+  record.num_elements = static_cast<uint64_t>(num_elements);
+  record.extent = extent;
+  job.names.emplace(name, record.id);
+  job.objects.emplace(record.id, record);
+  return record;
+}
+
+absl::StatusOr<ObjectRecord*> Registry::FindObjectLocked(Job& job, uint64_t object_id) const {
+  auto it = job.objects.find(object_id);
+  if (it == job.objects.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("job '", job.id, "' has no object with id ", object_id));
+  }
+  return &it->second;
+}
+
+absl::Status Registry::FreeObject(uint64_t session_id, const Token& token, uint64_t object_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  Job& job = *jobs_.at(session->job_id);
+  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object, FindObjectLocked(job, object_id));
+  if (object->pin_count > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "object '", object->name, "' (id ", object_id, ") is pinned ", object->pin_count,
+        " time(s); release it before freeing"));
+  }
+  SPILL_RETURN_IF_ERROR(arena_->Free(job.id, object->extent));
+  job.names.erase(object->name);
+  job.objects.erase(object_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ObjectRecord>> Registry::ListObjects(uint64_t session_id,
+                                                                const Token& token) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  const Job& job = *jobs_.at(session->job_id);
+  std::vector<ObjectRecord> out;
+  out.reserve(job.objects.size());
+  for (const auto& [id, record] : job.objects) out.push_back(record);
+  return out;
+}
+
+absl::StatusOr<ObjectRecord> Registry::Acquire(uint64_t session_id, uint64_t object_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
+                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  if (object->pin_count == std::numeric_limits<uint32_t>::max()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("object '", object->name, "' has the maximum number of pins"));
+  }
+  ++object->pin_count;
+  ++session->pins[object_id];
+  return *object;
+}
+
+absl::StatusOr<ObjectRecord> Registry::Prefetch(uint64_t session_id, uint64_t object_id) {
+  // The pinned tier holds every object resident, so a prefetch only checks
+  // that the object exists; the NVMe tier makes this a read-ahead.
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
+                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  return *object;
+}
+
+absl::StatusOr<ObjectRecord> Registry::Release(uint64_t session_id, uint64_t object_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
+                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  auto pin = session->pins.find(object_id);
+  if (pin == session->pins.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "object '", object->name, "' (id ", object_id, ") is not pinned by session ",
+        session_id));
+  }
+  if (--pin->second == 0) session->pins.erase(pin);
+  --object->pin_count;
+  return *object;
+}
+
+absl::StatusOr<ObjectRecord> Registry::WriteBack(uint64_t session_id, uint64_t object_id,
+                                                 uint64_t version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
+                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  if (version < object->version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "write-back of object '", object->name, "' at version ", version,
+        " is older than its version ", object->version));
+  }
+  object->version = version;
+  return *object;
+}
+
+absl::StatusOr<SegmentGrant> Registry::SegmentForSession(uint64_t session_id,
+                                                         const Token& token, uid_t peer_uid,
+                                                         uint64_t segment_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  if (session->peer.uid != peer_uid) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "fd channel peer uid ", peer_uid, " is not session ", session_id, "'s uid ",
+        session->peer.uid));
+  }
+  SPILL_ASSIGN_OR_RETURN(storage::SegmentHandle handle,
+                         arena_->GetSegment(session->job_id, segment_id));
+  SegmentGrant grant;
+  grant.fd.Reset(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
+  if (!grant.fd.valid()) return absl::ErrnoToStatus(errno, "dup of segment fd");
+  grant.segment_id = handle.segment_id;
+  grant.size_bytes = handle.size_bytes;
+  grant.huge_pages = handle.huge_pages;
+  return grant;
+}
+
+void Registry::FreeJobLocked(const std::string& job_id) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  for (uint64_t sid : it->second->sessions) sessions_.erase(sid);
+  arena_->ReleaseJob(job_id);
+  jobs_.erase(it);
+}
+
+void Registry::Tick() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = clock_();
+  std::vector<uint64_t> stale;
+  for (const auto& [id, session] : sessions_) {
+    if (!session->attached && now >= session->attach_deadline) stale.push_back(id);
+  }
+  for (uint64_t id : stale) CloseSessionLocked(*sessions_.at(id));
+  std::vector<std::string> expired;
+  for (const auto& [id, job] : jobs_) {
+    if (job->grace_deadline.has_value() && now >= *job->grace_deadline) expired.push_back(id);
+  }
+  for (const auto& id : expired) FreeJobLocked(id);
+}
+
+void Registry::Clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  while (!jobs_.empty()) FreeJobLocked(jobs_.begin()->first);
+  sessions_.clear();
+}
+
+std::vector<JobSnapshot> Registry::Jobs() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = clock_();
+  const uint64_t quota = job_pinned_quota();
+  std::vector<JobSnapshot> out;
+  for (const auto& [id, job] : jobs_) {
+    JobSnapshot snap;
+    snap.job_id = id;
+    snap.uid = job->uid;
+    snap.in_grace = job->grace_deadline.has_value();
+    if (snap.in_grace) {
+      snap.grace_remaining = std::max(std::chrono::milliseconds(0),
+                                      std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          *job->grace_deadline - now));
+    }
+    snap.objects = static_cast<uint32_t>(job->objects.size());
+    snap.used_bytes = arena_->JobUsage(id).used_bytes;
+    snap.quota_bytes = quota;
+    for (uint64_t sid : job->sessions) {
+      const Session& s = *sessions_.at(sid);
+      uint32_t pins = 0;
+      for (const auto& [oid, n] : s.pins) pins += n;
+      snap.sessions.push_back({s.id, s.rank, s.world_size, s.peer, s.attached, pins});
+    }
+    out.push_back(std::move(snap));
+  }
+  return out;
+}
+
+}  // namespace spill::server

@@ -1,0 +1,201 @@
+// Registry: jobs, sessions, objects and pins — spilld's state, without gRPC.
+//
+// A job is named by its client (e.g. a torchrun run id) and belongs to the uid
+// that opened its first session; only sessions of that uid may join it. A
+// session is one worker process's connection: it is opened by a unary call,
+// then kept alive by its stream (the lease). When the stream ends, the
+// session's pins are dropped at once. When a job has no session left, its
+// objects stay for the grace period so a restarted worker can re-attach, and
+// are freed when it expires.
+//
+// Every mutating method either succeeds or changes nothing.
+//
+// Thread-safe. Time comes from the injected clock; Tick() applies deadlines
+// (attach timeouts, grace expiry) and is called periodically by the daemon
+// and explicitly by tests.
+#ifndef SPILL_SERVER_REGISTRY_H_
+#define SPILL_SERVER_REGISTRY_H_
+
+#include <sys/types.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/fd_protocol.h"
+#include "common/unique_fd.h"
+#include "storage/pinned_arena.h"
+
+namespace spill::server {
+
+using Clock = std::function<std::chrono::steady_clock::time_point()>;
+using Token = std::array<uint8_t, kSessionTokenBytes>;
+
+struct PeerCreds {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+struct RegistryOptions {
+  // Pinned bytes one job may hold; 0 means the whole pool.
+  uint64_t job_pinned_quota = 0;
+  // How long a job without sessions keeps its objects.
+  std::chrono::milliseconds job_grace{std::chrono::minutes(5)};
+  // How long an opened session may go without attaching its stream.
+  std::chrono::milliseconds attach_timeout{std::chrono::seconds(30)};
+  uint32_t max_objects_per_job = 1u << 20;
+  uint32_t max_name_bytes = 512;
+  uint32_t max_job_id_bytes = 128;
+};
+
+// Values match spill.v1.ObjectKind.
+enum class ObjectKind : int {
+  kParamShard = 1,
+  kGradShard = 2,
+  kMaster = 3,
+  kMoment = 4,
+  kOther = 5,
+};
+
+struct ObjectRecord {
+  uint64_t id = 0;
+  std::string name;
+  int kind = 0;
+  int dtype = 0;
+  uint64_t num_elements = 0;
+  storage::Extent extent;
+  uint64_t version = 0;
+  uint32_t pin_count = 0;
+};
+
+struct SegmentGrant {
+  UniqueFd fd;
+  uint64_t segment_id = 0;
+  uint64_t size_bytes = 0;
+  bool huge_pages = false;
+};
+
+struct OpenedSession {
+  uint64_t session_id = 0;
+  Token token{};
+  bool job_existed = false;
+};
+
+struct SessionSnapshot {
+  uint64_t session_id = 0;
+  int rank = 0;
+  int world_size = 0;
+  PeerCreds peer;
+  bool attached = false;
+  uint32_t pins = 0;
+};
+
+struct JobSnapshot {
+  std::string job_id;
+  uid_t uid = 0;
+  bool in_grace = false;
+  std::chrono::milliseconds grace_remaining{0};
+  uint32_t objects = 0;
+  uint64_t used_bytes = 0;
+  uint64_t quota_bytes = 0;
+  std::vector<SessionSnapshot> sessions;
+};
+
+class Registry {
+ public:
+  Registry(storage::PinnedArena* arena, RegistryOptions options, Clock clock);
+  ~Registry();
+
+  // Opens a session of job_id for peer, creating the job if needed.
+  // InvalidArgument for an empty/overlong job id, world_size < 1 or a rank
+  // outside [0, world_size); FailedPrecondition when the job exists with
+  // another world size; PermissionDenied when it belongs to another uid.
+  absl::StatusOr<OpenedSession> OpenSession(const std::string& job_id, int rank,
+                                            int world_size, const PeerCreds& peer);
+
+  // Checks that (session_id, token) names an open session. Unauthenticated
+  // for a wrong token, NotFound for an unknown or closed session.
+  absl::Status Authenticate(uint64_t session_id, const Token& token) const;
+
+  // Binds the session's stream. FailedPrecondition when already attached.
+  absl::StatusOr<std::string> AttachStream(uint64_t session_id, const Token& token);
+  // The stream ended: drops the session's pins and closes it. Idempotent.
+  void DetachStream(uint64_t session_id);
+  // Closes a session on request (drops its pins). Its job enters grace when
+  // this was its last session.
+  absl::Status CloseSession(uint64_t session_id, const Token& token);
+
+  absl::StatusOr<ObjectRecord> RegisterObject(uint64_t session_id, const Token& token,
+                                              const std::string& name, int kind, int dtype,
+                                              int64_t num_elements);
+  // FailedPrecondition while any session pins the object.
+  absl::Status FreeObject(uint64_t session_id, const Token& token, uint64_t object_id);
+  absl::StatusOr<std::vector<ObjectRecord>> ListObjects(uint64_t session_id,
+                                                        const Token& token) const;
+
+  // Stream operations; the session was authenticated when its stream attached.
+  absl::StatusOr<ObjectRecord> Acquire(uint64_t session_id, uint64_t object_id);
+  absl::StatusOr<ObjectRecord> Prefetch(uint64_t session_id, uint64_t object_id);
+  // FailedPrecondition when this session does not pin the object.
+  absl::StatusOr<ObjectRecord> Release(uint64_t session_id, uint64_t object_id);
+  // Records that the client wrote the object's bytes for step `version`.
+  // FailedPrecondition when version is older than the object's.
+  absl::StatusOr<ObjectRecord> WriteBack(uint64_t session_id, uint64_t object_id,
+                                         uint64_t version);
+
+  // The segment for the fd channel: the session must be open, its token
+  // right, the peer's uid the session's, and the segment owned by its job.
+  // The grant holds a duplicate of the segment's fd, so it stays valid even
+  // if the arena replaces the segment afterwards.
+  absl::StatusOr<SegmentGrant> SegmentForSession(uint64_t session_id,
+                                                           const Token& token, uid_t peer_uid,
+                                                           uint64_t segment_id) const;
+
+  // Applies attach timeouts and grace expiry as of now().
+  void Tick();
+  // Closes every session and frees every job (shutdown).
+  void Clear();
+
+  std::vector<JobSnapshot> Jobs() const;
+  uint64_t job_pinned_quota() const;
+
+ private:
+  struct Session;
+  struct Job;
+
+  Session* FindSessionLocked(uint64_t session_id) const;
+  absl::StatusOr<Session*> AuthLocked(uint64_t session_id, const Token& token) const;
+  absl::StatusOr<Session*> StreamSessionLocked(uint64_t session_id) const;
+  absl::StatusOr<ObjectRecord*> FindObjectLocked(Job& job, uint64_t object_id) const;
+  absl::Status CheckQuotaLocked(const Job& job, const std::string& name, uint64_t bytes) const;
+  void CloseSessionLocked(Session& session);
+  void FreeJobLocked(const std::string& job_id);
+
+  storage::PinnedArena* const arena_;
+  const RegistryOptions options_;
+  const Clock clock_;
+  const uint64_t quota_;
+  mutable std::mutex mu_;
+  uint64_t next_session_id_ = 1;
+  uint64_t next_object_id_ = 1;
+  std::map<std::string, std::unique_ptr<Job>> jobs_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Session>> sessions_;
+};
+
+// Parses a wire token; InvalidArgument when it is not kSessionTokenBytes long.
+absl::StatusOr<Token> TokenFromBytes(const std::string& bytes);
+
+}  // namespace spill::server
+
+#endif  // SPILL_SERVER_REGISTRY_H_

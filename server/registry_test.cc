@@ -1,0 +1,255 @@
+#include "server/registry.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "storage/pinned_arena.h"
+
+namespace spill::server {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr int kF32 = 1;
+constexpr int kBF16 = 3;
+constexpr int kParam = 1;
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make(RegistryOptions{}); }
+
+  void Make(RegistryOptions options) {
+    registry_.reset();
+    storage::ArenaOptions arena_options;
+    arena_options.total_bytes = 4 << 20;
+    arena_options.segment_bytes = 1 << 20;
+    arena_options.huge_pages = storage::HugePageMode::kOff;
+    arena_options.lock = false;
+    arena_ = storage::PinnedArena::Create(arena_options).value();
+    options.job_grace = milliseconds(1000);
+    options.attach_timeout = milliseconds(500);
+    registry_ = std::make_unique<Registry>(arena_.get(), options, [this] { return now_; });
+  }
+
+  OpenedSession Open(const std::string& job, int rank = 0, int world = 1, uid_t uid = 1000) {
+    auto s = registry_->OpenSession(job, rank, world, PeerCreds{42, uid, uid});
+    EXPECT_TRUE(s.ok()) << s.status();
+    auto attached = registry_->AttachStream(s->session_id, s->token);
+    EXPECT_TRUE(attached.ok()) << attached.status();
+    return *s;
+  }
+
+  size_t JobCount() const { return registry_->Jobs().size(); }
+
+  std::chrono::steady_clock::time_point now_{};
+  std::unique_ptr<storage::PinnedArena> arena_;
+  std::unique_ptr<Registry> registry_;
+};
+
+TEST_F(RegistryTest, RegisterListFree) {
+  OpenedSession s = Open("job");
+  auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kBF16, 1000);
+  ASSERT_TRUE(obj.ok()) << obj.status();
+  EXPECT_EQ(obj->extent.size, 2000u);
+  auto list = registry_->ListObjects(s.session_id, s.token);
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "w");
+  EXPECT_TRUE(registry_->FreeObject(s.session_id, s.token, obj->id).ok());
+  EXPECT_TRUE(registry_->ListObjects(s.session_id, s.token)->empty());
+  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 0u);
+}
+
+TEST_F(RegistryTest, BadRegistrationsChangeNothing) {
+  OpenedSession s = Open("job");
+  ASSERT_TRUE(registry_->RegisterObject(s.session_id, s.token, "a", kParam, kF32, 10).ok());
+  struct Case {
+    std::string name;
+    int kind, dtype;
+    int64_t n;
+    absl::StatusCode code;
+  } cases[] = {
+      {"", kParam, kF32, 1, absl::StatusCode::kInvalidArgument},
+      {"z", kParam, kF32, 0, absl::StatusCode::kInvalidArgument},
+      {"z", kParam, kF32, -5, absl::StatusCode::kInvalidArgument},
+      {"z", kParam, 99, 1, absl::StatusCode::kInvalidArgument},
+      {"z", kParam, 0, 1, absl::StatusCode::kInvalidArgument},
+      {"z", 0, kF32, 1, absl::StatusCode::kInvalidArgument},
+      {"z", 17, kF32, 1, absl::StatusCode::kInvalidArgument},
+      {"z", kParam, kF32, int64_t{1} << 40, absl::StatusCode::kOutOfRange},
+      {"z", kParam, kF32, (1 << 18) + 1, absl::StatusCode::kOutOfRange},
+      {"a", kParam, kF32, 1, absl::StatusCode::kAlreadyExists},
+      {std::string(600, 'x'), kParam, kF32, 1, absl::StatusCode::kInvalidArgument},
+  };
+  for (const Case& c : cases) {
+    auto r = registry_->RegisterObject(s.session_id, s.token, c.name, c.kind, c.dtype, c.n);
+    EXPECT_EQ(r.status().code(), c.code) << c.name << " " << c.n << ": " << r.status();
+    EXPECT_FALSE(r.status().message().empty());
+  }
+  EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 1u);
+  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 40u);
+}
+
+TEST_F(RegistryTest, WrongTokenAndUnknownSession) {
+  OpenedSession s = Open("job");
+  Token bad = s.token;
+  bad[0] ^= 1;
+  EXPECT_EQ(registry_->RegisterObject(s.session_id, bad, "a", kParam, kF32, 1).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(registry_->ListObjects(s.session_id + 100, s.token).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_->CloseSession(s.session_id, bad).code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(registry_->Authenticate(s.session_id, s.token).ok());
+}
+
+TEST_F(RegistryTest, OpenSessionValidation) {
+  PeerCreds peer{1, 1000, 1000};
+  EXPECT_EQ(registry_->OpenSession("", 0, 1, peer).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry_->OpenSession("j", 1, 1, peer).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry_->OpenSession("j", -1, 2, peer).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry_->OpenSession("j", 0, 0, peer).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(JobCount(), 0u);
+  ASSERT_TRUE(registry_->OpenSession("j", 0, 2, peer).ok());
+  auto other_world = registry_->OpenSession("j", 1, 4, peer);
+  EXPECT_EQ(other_world.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(other_world.status().message().find("world_size 2"), std::string::npos);
+  auto other_uid = registry_->OpenSession("j", 1, 2, PeerCreds{2, 1001, 1001});
+  EXPECT_EQ(other_uid.status().code(), absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(RegistryTest, JobsAreIsolated) {
+  OpenedSession a = Open("a");
+  OpenedSession b = Open("b");
+  auto obj = registry_->RegisterObject(a.session_id, a.token, "w", kParam, kF32, 100);
+  ASSERT_TRUE(obj.ok());
+  EXPECT_EQ(registry_->Acquire(b.session_id, obj->id).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_->FreeObject(b.session_id, b.token, obj->id).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_->SegmentForSession(b.session_id, b.token, 1000, obj->extent.segment_id)
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  auto grant = registry_->SegmentForSession(a.session_id, a.token, 1000, obj->extent.segment_id);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  EXPECT_TRUE(grant->fd.valid());
+  EXPECT_EQ(registry_->SegmentForSession(a.session_id, a.token, 1001, obj->extent.segment_id)
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(RegistryTest, PinsAndFreeWhilePinned) {
+  OpenedSession s = Open("job");
+  auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 100);
+  ASSERT_TRUE(obj.ok());
+  EXPECT_EQ(registry_->Acquire(s.session_id, obj->id)->pin_count, 1u);
+  EXPECT_EQ(registry_->Acquire(s.session_id, obj->id)->pin_count, 2u);
+  EXPECT_EQ(registry_->FreeObject(s.session_id, s.token, obj->id).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(registry_->Release(s.session_id, obj->id)->pin_count, 1u);
+  EXPECT_EQ(registry_->Release(s.session_id, obj->id)->pin_count, 0u);
+  EXPECT_EQ(registry_->Release(s.session_id, obj->id).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(registry_->FreeObject(s.session_id, s.token, obj->id).ok());
+}
+
+TEST_F(RegistryTest, DetachDropsPinsKeepsObjectsUntilGraceExpires) {
+  OpenedSession s = Open("job");
+  auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 100);
+  ASSERT_TRUE(registry_->Acquire(s.session_id, obj->id).ok());
+  registry_->DetachStream(s.session_id);
+  EXPECT_EQ(registry_->ListObjects(s.session_id, s.token).status().code(),
+            absl::StatusCode::kNotFound);
+  auto jobs = registry_->Jobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_TRUE(jobs[0].in_grace);
+  now_ += milliseconds(999);
+  registry_->Tick();
+  ASSERT_EQ(JobCount(), 1u);
+  // Re-attach within grace: the object is there, unpinned.
+  OpenedSession again = Open("job");
+  auto list = registry_->ListObjects(again.session_id, again.token);
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].pin_count, 0u);
+  EXPECT_FALSE(registry_->Jobs()[0].in_grace);
+  registry_->DetachStream(again.session_id);
+  now_ += milliseconds(1000);
+  registry_->Tick();
+  EXPECT_EQ(JobCount(), 0u);
+  EXPECT_EQ(arena_->Stats().used_bytes, 0u);
+}
+
+TEST_F(RegistryTest, UnattachedSessionTimesOut) {
+  auto s = registry_->OpenSession("job", 0, 1, PeerCreds{1, 1000, 1000});
+  ASSERT_TRUE(s.ok());
+  now_ += milliseconds(499);
+  registry_->Tick();
+  EXPECT_TRUE(registry_->Authenticate(s->session_id, s->token).ok());
+  now_ += milliseconds(1);
+  registry_->Tick();
+  EXPECT_EQ(registry_->Authenticate(s->session_id, s->token).code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, StreamOpsNeedAttachedSession) {
+  auto s = registry_->OpenSession("job", 0, 1, PeerCreds{1, 1000, 1000});
+  auto obj = registry_->RegisterObject(s->session_id, s->token, "w", kParam, kF32, 1);
+  ASSERT_TRUE(obj.ok());
+  EXPECT_EQ(registry_->Acquire(s->session_id, obj->id).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(registry_->AttachStream(s->session_id, s->token).ok());
+  EXPECT_EQ(registry_->AttachStream(s->session_id, s->token).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(registry_->Acquire(s->session_id, obj->id).ok());
+}
+
+TEST_F(RegistryTest, QuotaNamesLimitAndUse) {
+  RegistryOptions options;
+  options.job_pinned_quota = 10000;
+  Make(options);
+  OpenedSession s = Open("job");
+  ASSERT_TRUE(registry_->RegisterObject(s.session_id, s.token, "a", kParam, kF32, 2000).ok());
+  auto over = registry_->RegisterObject(s.session_id, s.token, "b", kParam, kF32, 1000);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("quota"), std::string::npos) << over.status();
+  EXPECT_NE(over.status().message().find("10000 B"), std::string::npos) << over.status();
+  EXPECT_NE(over.status().message().find("8000 B"), std::string::npos) << over.status();
+  EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 1u);
+  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 8000u);
+}
+
+TEST_F(RegistryTest, WriteBackVersionsOnlyMoveForward) {
+  OpenedSession s = Open("job");
+  auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 1);
+  EXPECT_EQ(registry_->WriteBack(s.session_id, obj->id, 3)->version, 3u);
+  EXPECT_EQ(registry_->WriteBack(s.session_id, obj->id, 2).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->at(0).version, 3u);
+}
+
+TEST_F(RegistryTest, PoolExhaustionIsResourceExhausted) {
+  OpenedSession s = Open("job");
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(registry_->RegisterObject(s.session_id, s.token, "o" + std::to_string(i), kParam,
+                                          kF32, (1 << 18))
+                    .ok());
+  }
+  auto r = registry_->RegisterObject(s.session_id, s.token, "more", kParam, kF32, 1);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 4u);
+}
+
+TEST(TokenTest, WrongLength) {
+  EXPECT_EQ(TokenFromBytes("short").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(TokenFromBytes(std::string(kSessionTokenBytes, 'x')).ok());
+}
+
+}  // namespace
+}  // namespace spill::server

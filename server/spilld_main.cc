@@ -1,0 +1,48 @@
+// spilld: the per-node offload daemon. See `spilld --help`.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "server/config.h"
+#include "server/daemon.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  bool help = false;
+  auto config = spill::server::ParseConfig(args, &help);
+  if (help) {
+    std::cout << spill::server::ConfigUsage();
+    return 0;
+  }
+  if (!config.ok()) {
+    std::cerr << "spilld: " << config.status().message() << "\n"
+              << "run 'spilld --help' for usage\n";
+    return 2;
+  }
+  // Signals are taken synchronously by this thread; every thread started
+  // from here on inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto daemon = spill::server::Daemon::Start(*config);
+  if (!daemon.ok()) {
+    std::cerr << "spilld: cannot start: " << daemon.status().message() << "\n";
+    return 1;
+  }
+  std::cerr << (*daemon)->Describe() << std::endl;
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cerr << "spilld: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
+            << ": finishing in-flight requests and stopping" << std::endl;
+  (*daemon)->Stop();
+  daemon->reset();
+  std::cerr << "spilld: stopped cleanly" << std::endl;
+  return 0;
+}

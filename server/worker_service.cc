@@ -1,0 +1,380 @@
+#include "server/worker_service.h"
+
+#include <deque>
+#include <vector>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "proto/grpc_status.h"
+
+namespace spill::server {
+namespace {
+
+using spill::v1::StreamEvent;
+using spill::v1::StreamRequest;
+using SteadyClock = std::chrono::steady_clock;
+
+absl::StatusOr<Token> TokenOf(const spill::v1::SessionRef& ref) {
+  return TokenFromBytes(ref.token());
+}
+
+const char* OpName(StreamRequest::OpCase op) {
+  switch (op) {
+    case StreamRequest::kAttach: return "attach";
+    case StreamRequest::kAcquire: return "acquire";
+    case StreamRequest::kPrefetch: return "prefetch";
+    case StreamRequest::kRelease: return "release";
+    case StreamRequest::kWriteBack: return "write_back";
+    case StreamRequest::kPing: return "ping";
+    default: return "invalid";
+  }
+}
+
+}  // namespace
+
+// One session's stream. Reads are processed on the pool; each produces one
+// event, queued and written in completion order.
+class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, StreamEvent> {
+ public:
+  SessionReactor(WorkerService* service, bool stopping)
+      : service_(service), deps_(service->deps()), stopping_(stopping) {
+    if (stopping_) {
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is shutting down"));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  // Called with the service's stream lock held. Returns true when the caller
+  // must call Finish (nothing is in flight); otherwise the reactor finishes
+  // itself once its in-flight requests are answered.
+  bool BeginShutdown() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    if (finished_ || pending_ != 0 || writing_) return false;
+    finished_ = true;
+    return true;
+  }
+
+  void FinishStopping() {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is shutting down"));
+  }
+
+  void OnReadDone(bool ok) override {
+    bool stopping;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping = stopping_;
+    }
+    if (!ok || stopping) {
+      OnReadsDone();
+      return;
+    }
+    StreamRequest request = std::move(request_);
+    const bool is_attach = request.op_case() == StreamRequest::kAttach;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++pending_;
+    }
+    auto start = SteadyClock::now();
+    bool posted = deps_.pool->Post([this, request = std::move(request), start] {
+      Process(request, start);
+    });
+    if (!posted) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --pending_;
+      }
+      OnReadsDone();
+      return;
+    }
+    // Until the attach is processed nothing else is read, so every later
+    // request sees the session bound.
+    if (!is_attach) StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    const StreamEvent* next = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writes_.pop_front();
+      if (!ok) {
+        broken_ = true;  // The client is gone; drop what is queued.
+        writes_.clear();
+      }
+      writing_ = !writes_.empty();
+      if (writing_) next = &writes_.front();
+    }
+    if (next != nullptr) StartWrite(next);
+    MaybeFinish();
+  }
+
+  void OnDone() override {
+    service_->Untrack(this);
+    delete this;
+  }
+
+ private:
+  void OnReadsDone() {
+    uint64_t session = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reads_done_ = true;
+      session = session_id_;
+    }
+    // The lease ends with the stream: pins are dropped at once.
+    if (session != 0) deps_.registry->DetachStream(session);
+    MaybeFinish();
+  }
+
+  void Process(const StreamRequest& request, SteadyClock::time_point start) {
+    StreamEvent event;
+    event.set_tag(request.tag());
+    absl::Status status = Execute(request, &event);
+    if (!status.ok()) {
+      event.clear_object();
+      event.set_code(static_cast<int>(status.code()));
+      event.set_message(std::string(status.message()));
+    }
+    deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
+                                 status.ok());
+    Enqueue(std::move(event));
+    if (request.op_case() == StreamRequest::kAttach) {
+      if (status.ok()) {
+        StartRead(&request_);
+      } else {
+        OnReadsDone();  // A failed attach ends the stream.
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --pending_;
+    }
+    MaybeFinish();
+  }
+
+  absl::Status Execute(const StreamRequest& request, StreamEvent* event) {
+    uint64_t session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      session = session_id_;
+    }
+    if (request.op_case() == StreamRequest::kAttach) {
+      if (session != 0) return absl::FailedPreconditionError("stream is already attached");
+      auto token = TokenOf(request.attach().session());
+      if (!token.ok()) return token.status();
+      uint64_t id = request.attach().session().session_id();
+      auto job = deps_.registry->AttachStream(id, *token);
+      if (!job.ok()) return job.status();
+      std::lock_guard<std::mutex> lock(mu_);
+      session_id_ = id;
+      return absl::OkStatus();
+    }
+    if (session == 0) {
+      return absl::FailedPreconditionError(
+          "the first message on a session stream must be an attach");
+    }
+    absl::StatusOr<ObjectRecord> record;
+    switch (request.op_case()) {
+      case StreamRequest::kAcquire:
+        record = deps_.registry->Acquire(session, request.acquire().object_id());
+        if (record.ok()) deps_.metrics->AddBytesOut(record->extent.size);
+        break;
+      case StreamRequest::kPrefetch:
+        record = deps_.registry->Prefetch(session, request.prefetch().object_id());
+        break;
+      case StreamRequest::kRelease:
+        record = deps_.registry->Release(session, request.release().object_id());
+        break;
+      case StreamRequest::kWriteBack:
+        record = deps_.registry->WriteBack(session, request.write_back().object_id(),
+                                           request.write_back().version());
+        if (record.ok()) deps_.metrics->AddBytesIn(record->extent.size);
+        break;
+      case StreamRequest::kPing:
+        return absl::OkStatus();
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("stream request with tag ", request.tag(), " names no operation"));
+    }
+    if (!record.ok()) return record.status();
+    ToProto(*record, event->mutable_object());
+    return absl::OkStatus();
+  }
+
+  void Enqueue(StreamEvent event) {
+    const StreamEvent* next = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (broken_ || finished_) return;
+      writes_.push_back(std::move(event));
+      if (!writing_) {
+        writing_ = true;
+        next = &writes_.front();
+      }
+    }
+    // Deque elements stay put while others are pushed, so next stays valid.
+    if (next != nullptr) StartWrite(next);
+  }
+
+  void MaybeFinish() {
+    bool stopping;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || !(reads_done_ || stopping_) || pending_ != 0 || writing_) return;
+      finished_ = true;
+      stopping = stopping_;
+    }
+    if (stopping) {
+      FinishStopping();
+    } else {
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  WorkerService* const service_;
+  const WorkerServiceDeps& deps_;
+  bool stopping_ = false;
+  StreamRequest request_;
+  std::mutex mu_;
+  uint64_t session_id_ = 0;
+  std::deque<StreamEvent> writes_;  // front() is being written while writing_.
+  bool writing_ = false;
+  bool broken_ = false;
+  bool reads_done_ = false;
+  bool finished_ = false;
+  int pending_ = 0;
+};
+
+void ToProto(const ObjectRecord& record, spill::v1::ObjectInfo* out) {
+  out->set_object_id(record.id);
+  out->set_name(record.name);
+  out->set_kind(static_cast<spill::v1::ObjectKind>(record.kind));
+  out->set_dtype(static_cast<spill::v1::DType>(record.dtype));
+  out->set_num_elements(record.num_elements);
+  out->mutable_location()->set_segment_id(record.extent.segment_id);
+  out->mutable_location()->set_offset(record.extent.offset);
+  out->mutable_location()->set_size_bytes(record.extent.size);
+  out->set_version(record.version);
+  out->set_pin_count(record.pin_count);
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* WorkerService::RunUnary(grpc::CallbackServerContext* ctx,
+                                                  const char* op, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto start = SteadyClock::now();
+  Metrics* metrics = deps_.metrics;
+  bool posted = deps_.pool->Post([reactor, fn = std::move(fn), op, start, metrics]() mutable {
+    absl::Status status = fn();
+    metrics->RecordRequest(op, SteadyClock::now() - start, status.ok());
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  if (!posted) reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is stopping"));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerService::OpenSession(grpc::CallbackServerContext* ctx,
+                                                     const spill::v1::OpenSessionRequest* request,
+                                                     spill::v1::OpenSessionResponse* response) {
+  std::optional<PeerCreds> peer = deps_.peers->Get(ctx->peer());
+  return RunUnary(ctx, "open_session", [this, request, response, peer]() -> absl::Status {
+    if (!peer.has_value()) {
+      return absl::PermissionDeniedError("connection has no recorded peer credentials");
+    }
+    auto opened = deps_.registry->OpenSession(request->job_id(), request->rank(),
+                                              request->world_size(), *peer);
+    if (!opened.ok()) return opened.status();
+    response->mutable_session()->set_session_id(opened->session_id);
+    response->mutable_session()->set_token(
+        std::string(opened->token.begin(), opened->token.end()));
+    response->set_job_existed(opened->job_existed);
+    response->set_attach_timeout_ms(deps_.attach_timeout.count());
+    response->set_alignment_bytes(deps_.alignment_bytes);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::CloseSession(
+    grpc::CallbackServerContext* ctx, const spill::v1::CloseSessionRequest* request,
+    spill::v1::CloseSessionResponse* /*response*/) {
+  return RunUnary(ctx, "close_session", [this, request]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    return deps_.registry->CloseSession(request->session().session_id(), *token);
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::RegisterObject(
+    grpc::CallbackServerContext* ctx, const spill::v1::RegisterObjectRequest* request,
+    spill::v1::RegisterObjectResponse* response) {
+  return RunUnary(ctx, "register", [this, request, response]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    auto record = deps_.registry->RegisterObject(request->session().session_id(), *token,
+                                                 request->name(), request->kind(),
+                                                 request->dtype(), request->num_elements());
+    if (!record.ok()) return record.status();
+    ToProto(*record, response->mutable_object());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::FreeObject(grpc::CallbackServerContext* ctx,
+                                                    const spill::v1::FreeObjectRequest* request,
+                                                    spill::v1::FreeObjectResponse* /*response*/) {
+  return RunUnary(ctx, "free", [this, request]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    return deps_.registry->FreeObject(request->session().session_id(), *token,
+                                      request->object_id());
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::ListObjects(grpc::CallbackServerContext* ctx,
+                                                     const spill::v1::ListObjectsRequest* request,
+                                                     spill::v1::ListObjectsResponse* response) {
+  return RunUnary(ctx, "list", [this, request, response]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    auto records = deps_.registry->ListObjects(request->session().session_id(), *token);
+    if (!records.ok()) return records.status();
+    for (const ObjectRecord& r : *records) ToProto(r, response->add_objects());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerBidiReactor<StreamRequest, StreamEvent>* WorkerService::Session(
+    grpc::CallbackServerContext* /*ctx*/) {
+  {
+    std::lock_guard<std::mutex> lock(streams_mu_);
+    if (!stopping_) {
+      auto* reactor = new SessionReactor(this, /*stopping=*/false);
+      streams_.insert(reactor);
+      return reactor;
+    }
+  }
+  return new SessionReactor(this, /*stopping=*/true);  // Finishes at once; untracked.
+}
+
+void WorkerService::Untrack(SessionReactor* reactor) {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  streams_.erase(reactor);
+}
+
+void WorkerService::StopStreams() {
+  std::vector<SessionReactor*> to_finish;
+  {
+    std::lock_guard<std::mutex> lock(streams_mu_);
+    stopping_ = true;
+    for (SessionReactor* r : streams_) {
+      if (r->BeginShutdown()) to_finish.push_back(r);
+    }
+  }
+  // A reactor is not deleted before OnDone, which cannot run before Finish.
+  for (SessionReactor* r : to_finish) r->FinishStopping();
+}
+
+}  // namespace spill::server

@@ -1,0 +1,81 @@
+// spill.v1.Worker: sessions, objects and the per-session stream.
+//
+// Every handler posts its work to the thread pool and returns at once; the
+// pool finishes the unary reactor or queues the stream's completion event,
+// and the stream reactor drives its writes from OnWriteDone.
+#ifndef SPILL_SERVER_WORKER_SERVICE_H_
+#define SPILL_SERVER_WORKER_SERVICE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/listener.h"
+#include "server/metrics.h"
+#include "server/registry.h"
+#include "server/thread_pool.h"
+#include "spill/v1/spill.grpc.pb.h"
+
+namespace spill::server {
+
+struct WorkerServiceDeps {
+  Registry* registry = nullptr;
+  PeerTable* peers = nullptr;
+  ThreadPool* pool = nullptr;
+  Metrics* metrics = nullptr;
+  uint64_t alignment_bytes = 0;
+  std::chrono::milliseconds attach_timeout{0};
+};
+
+class SessionReactor;
+
+class WorkerService final : public spill::v1::Worker::CallbackService {
+ public:
+  explicit WorkerService(WorkerServiceDeps deps) : deps_(deps) {}
+
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,
+                                        const spill::v1::OpenSessionRequest* request,
+                                        spill::v1::OpenSessionResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx,
+                                         const spill::v1::CloseSessionRequest* request,
+                                         spill::v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* RegisterObject(grpc::CallbackServerContext* ctx,
+                                           const spill::v1::RegisterObjectRequest* request,
+                                           spill::v1::RegisterObjectResponse* response) override;
+  grpc::ServerUnaryReactor* FreeObject(grpc::CallbackServerContext* ctx,
+                                       const spill::v1::FreeObjectRequest* request,
+                                       spill::v1::FreeObjectResponse* response) override;
+  grpc::ServerUnaryReactor* ListObjects(grpc::CallbackServerContext* ctx,
+                                        const spill::v1::ListObjectsRequest* request,
+                                        spill::v1::ListObjectsResponse* response) override;
+  grpc::ServerBidiReactor<spill::v1::StreamRequest, spill::v1::StreamEvent>* Session(
+      grpc::CallbackServerContext* ctx) override;
+
+  const WorkerServiceDeps& deps() const { return deps_; }
+
+  // Shutdown: every session stream finishes with UNAVAILABLE as soon as the
+  // requests it already read have been answered; new requests are not read.
+  void StopStreams();
+
+ private:
+  friend class SessionReactor;
+  void Untrack(SessionReactor* reactor);
+
+  template <typename Fn>
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx, const char* op, Fn fn);
+
+  const WorkerServiceDeps deps_;
+  std::mutex streams_mu_;
+  std::set<SessionReactor*> streams_;
+  bool stopping_ = false;
+};
+
+// Fills a wire ObjectInfo from a registry record.
+void ToProto(const ObjectRecord& record, spill::v1::ObjectInfo* out);
+
+}  // namespace spill::server
+
+#endif  // SPILL_SERVER_WORKER_SERVICE_H_
