@@ -357,6 +357,11 @@ absl::StatusOr<ObjectRecord> Registry::WriteBack(uint64_t session_id, uint64_t o
   SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
   SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
                          FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  if (session->pins.count(object_id) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "write-back of object '", object->name, "' (id ", object_id,
+        ") needs a pin from this session: acquire it first"));
+  }
   if (version < object->version) {
     return absl::FailedPreconditionError(absl::StrCat(
         "write-back of object '", object->name, "' at version ", version,

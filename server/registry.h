@@ -150,7 +150,8 @@ class Registry {
   // FailedPrecondition when this session does not pin the object.
   absl::StatusOr<ObjectRecord> Release(uint64_t session_id, uint64_t object_id);
   // Records that the client wrote the object's bytes for step `version`.
-  // FailedPrecondition when version is older than the object's.
+  // FailedPrecondition when this session does not pin the object or when
+  // version is older than the object's.
   absl::StatusOr<ObjectRecord> WriteBack(uint64_t session_id, uint64_t object_id,
                                          uint64_t version);
 

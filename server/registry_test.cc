@@ -228,6 +228,9 @@ TEST_F(RegistryTest, QuotaNamesLimitAndUse) {
 TEST_F(RegistryTest, WriteBackVersionsOnlyMoveForward) {
   OpenedSession s = Open("job");
   auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 1);
+  EXPECT_EQ(registry_->WriteBack(s.session_id, obj->id, 3).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // Not pinned.
+  ASSERT_TRUE(registry_->Acquire(s.session_id, obj->id).ok());
   EXPECT_EQ(registry_->WriteBack(s.session_id, obj->id, 3)->version, 3u);
   EXPECT_EQ(registry_->WriteBack(s.session_id, obj->id, 2).status().code(),
             absl::StatusCode::kFailedPrecondition);
