@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   if (d->server_ == nullptr) return absl::InternalError("gRPC server failed to start");
   d->listener_->Start(d->server_.get());
   d->ticker_ = std::thread([raw = d.get()] { raw->TickLoop(); });
+  d->stopped_ = false;
   return d;
 }
 
@@ -98,7 +99,15 @@ void Daemon::Stop() {
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   listener_->Stop();
   worker_->StopStreams();
-  server_->Shutdown(std::chrono::system_clock::now() + config_.shutdown_timeout);
+  // In-flight requests get up to shutdown_timeout to finish. gRPC's own
+  // Shutdown deadline would also wait that long for idle connections to
+  // close (it does for connections added from fds), so wait here for the
+  // calls, then give gRPC only a moment.
+  const auto deadline = std::chrono::steady_clock::now() + config_.shutdown_timeout;
+  while (worker_->InFlight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   server_->Wait();
   {
     std::lock_guard<std::mutex> lock(tick_mu_);

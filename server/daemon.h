@@ -58,7 +58,7 @@ class Daemon {
   std::mutex tick_mu_;
   std::condition_variable tick_cv_;
   bool stopping_ = false;
-  bool stopped_ = false;
+  bool stopped_ = true;  // Until Start() has brought everything up.
 };
 
 }  // namespace spill::server

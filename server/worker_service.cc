@@ -73,14 +73,15 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       return;
     }
     StreamRequest request = std::move(request_);
-    const bool is_attach = request.op_case() == StreamRequest::kAttach;
+    bool binds_stream;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++pending_;
+      binds_stream = request.op_case() == StreamRequest::kAttach && session_id_ == 0;
     }
     auto start = SteadyClock::now();
-    bool posted = deps_.pool->Post([this, request = std::move(request), start] {
-      Process(request, start);
+    bool posted = deps_.pool->Post([this, request = std::move(request), start, binds_stream] {
+      Process(request, start, binds_stream);
     });
     if (!posted) {
       {
@@ -92,7 +93,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     }
     // Until the attach is processed nothing else is read, so every later
     // request sees the session bound.
-    if (!is_attach) StartRead(&request_);
+    if (!binds_stream) StartRead(&request_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -129,7 +130,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     MaybeFinish();
   }
 
-  void Process(const StreamRequest& request, SteadyClock::time_point start) {
+  void Process(const StreamRequest& request, SteadyClock::time_point start, bool binds_stream) {
     StreamEvent event;
     event.set_tag(request.tag());
     absl::Status status = Execute(request, &event);
@@ -141,7 +142,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
                                  status.ok());
     Enqueue(std::move(event));
-    if (request.op_case() == StreamRequest::kAttach) {
+    if (binds_stream) {
       if (status.ok()) {
         StartRead(&request_);
       } else {
@@ -267,12 +268,17 @@ grpc::ServerUnaryReactor* WorkerService::RunUnary(grpc::CallbackServerContext* c
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   auto start = SteadyClock::now();
   Metrics* metrics = deps_.metrics;
-  bool posted = deps_.pool->Post([reactor, fn = std::move(fn), op, start, metrics]() mutable {
+  unary_in_flight_.fetch_add(1);
+  bool posted = deps_.pool->Post([this, reactor, fn = std::move(fn), op, start, metrics]() mutable {
     absl::Status status = fn();
     metrics->RecordRequest(op, SteadyClock::now() - start, status.ok());
     reactor->Finish(ToGrpcStatus(status));
+    unary_in_flight_.fetch_sub(1);
   });
-  if (!posted) reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is stopping"));
+  if (!posted) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is stopping"));
+    unary_in_flight_.fetch_sub(1);
+  }
   return reactor;
 }
 
@@ -362,6 +368,11 @@ grpc::ServerBidiReactor<StreamRequest, StreamEvent>* WorkerService::Session(
 void WorkerService::Untrack(SessionReactor* reactor) {
   std::lock_guard<std::mutex> lock(streams_mu_);
   streams_.erase(reactor);
+}
+
+size_t WorkerService::InFlight() {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  return unary_in_flight_.load() + streams_.size();
 }
 
 void WorkerService::StopStreams() {

@@ -6,6 +6,7 @@
 #ifndef SPILL_SERVER_WORKER_SERVICE_H_
 #define SPILL_SERVER_WORKER_SERVICE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -59,6 +60,8 @@ class WorkerService final : public spill::v1::Worker::CallbackService {
   // Shutdown: every session stream finishes with UNAVAILABLE as soon as the
   // requests it already read have been answered; new requests are not read.
   void StopStreams();
+  // Unary calls not yet finished plus streams not yet done.
+  size_t InFlight();
 
  private:
   friend class SessionReactor;
@@ -71,6 +74,7 @@ class WorkerService final : public spill::v1::Worker::CallbackService {
   std::mutex streams_mu_;
   std::set<SessionReactor*> streams_;
   bool stopping_ = false;
+  std::atomic<size_t> unary_in_flight_{0};
 };
 
 // Fills a wire ObjectInfo from a registry record.
