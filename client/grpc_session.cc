@@ -1,0 +1,348 @@
+#include "client/grpc_session.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "client/cuda_host_register.h"
+#include "client/unix_socket.h"
+#include "client/wire.h"
+#include "common/fd_protocol.h"
+#include "common/status_macros.h"
+#include "proto/grpc_status.h"
+
+namespace spill::client {
+
+Session::~Session() = default;
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& options) {
+  SessionOptions resolved = options;
+  if (resolved.socket_path.empty()) resolved.socket_path = DefaultSocketPath();
+  SPILL_RETURN_IF_ERROR(ValidateSessionOptions(resolved));
+  SPILL_RETURN_IF_ERROR(internal::CheckSocketPath(resolved.socket_path));
+  return internal::GrpcSession::Open(std::move(resolved));
+}
+
+namespace internal {
+namespace {
+
+// How long Close waits for spilld to end the stream after the half-close
+// before cancelling it.
+constexpr std::chrono::milliseconds kStreamEndGrace(2000);
+
+}  // namespace
+
+GrpcSession::GrpcSession(SessionOptions options) : options_(std::move(options)) {}
+
+GrpcSession::~GrpcSession() { Close().IgnoreError(); }
+
+absl::StatusOr<std::unique_ptr<Session>> GrpcSession::Open(SessionOptions options) {
+  std::unique_ptr<GrpcSession> session(new GrpcSession(std::move(options)));
+  absl::Status status = session->OpenSessionRpc();
+  if (status.ok()) status = session->AttachStream();
+  if (status.ok()) status = session->OpenFdChannel();
+  if (!status.ok()) {
+    session->Close().IgnoreError();
+    return status;
+  }
+  return std::unique_ptr<Session>(std::move(session));
+}
+
+void GrpcSession::SetDeadline(grpc::ClientContext* context) const {
+  context->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+}
+
+absl::Status GrpcSession::RpcError(const char* method, const grpc::Status& status) const {
+  const std::string& path = options_.socket_path;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return CannotConnect(absl::StatusCode::kUnavailable, path,
+                           absl::StrCat(method, ": ", status.error_message()));
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return absl::DeadlineExceededError(absl::StrCat("spilld at ", path, " did not answer ",
+                                                      method, " within ",
+                                                      options_.timeout.count(), " ms"));
+    default: {
+      absl::Status converted = FromGrpcStatus(status);
+      return absl::Status(converted.code(), absl::StrCat(method, ": ", converted.message()));
+    }
+  }
+}
+
+absl::Status GrpcSession::OpenSessionRpc() {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(kMaxSendMessageBytes);
+  args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  // One connection per session: spilld identifies peers per connection.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  channel_ = grpc::CreateCustomChannel("unix:" + options_.socket_path,
+                                       grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::Worker::NewStub(channel_);
+
+  v1::OpenSessionRequest request;
+  request.set_job_id(options_.job_id);
+  request.set_rank(options_.rank);
+  request.set_world_size(options_.world_size);
+  v1::OpenSessionResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->OpenSession(&context, request, &response);
+  if (!status.ok()) return RpcError("OpenSession", status);
+  ref_ = response.session();
+  opened_ = true;
+  job_existed_ = response.job_existed();
+  alignment_bytes_ = response.alignment_bytes();
+  if (ref_.token().size() != kSessionTokenBytes) {
+    return absl::InternalError(absl::StrCat("spilld returned a ", ref_.token().size(),
+                                            "-byte session token; expected ", kSessionTokenBytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GrpcSession::AttachStream() {
+  stream_ = stub_->Session(&stream_context_);
+  reader_ = std::thread([this] { ReadLoop(); });
+  v1::StreamRequest request;
+  *request.mutable_attach()->mutable_session() = ref_;
+  std::shared_ptr<Work> attach = Submit(WorkOp::kAttach, 0, std::move(request));
+  absl::Status status = attach->Wait(options_.timeout);
+  if (status.ok()) return status;
+  if (!attach->IsCompleted()) {
+    return absl::DeadlineExceededError(absl::StrCat("spilld at ", options_.socket_path,
+                                                    " did not answer the session attach within ",
+                                                    options_.timeout.count(), " ms"));
+  }
+  return absl::Status(status.code(), absl::StrCat("attaching the session stream: ", status.message()));
+}
+
+absl::Status GrpcSession::OpenFdChannel() {
+  SPILL_ASSIGN_OR_RETURN(fd_channel_, FdChannel::Connect(options_.socket_path, ref_.session_id(),
+                                                         ref_.token(), options_.timeout));
+  FdChannel* channel = fd_channel_.get();
+  segments_ = std::make_unique<SegmentMap>(
+      [channel](uint64_t segment_id) { return channel->GetSegment(segment_id); },
+      options_.register_with_cuda);
+  return absl::OkStatus();
+}
+
+absl::Status GrpcSession::Usable() const {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  switch (state_) {
+    case State::kOpen: return absl::OkStatus();
+    case State::kBroken: return broken_status_;
+    case State::kClosed: break;
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "session ", ref_.session_id(), " of job '", options_.job_id, "' is closed"));
+}
+
+std::shared_ptr<Work> GrpcSession::Submit(WorkOp op, uint64_t object_id,
+                                          v1::StreamRequest request) {
+  absl::Status usable = Usable();
+  if (!usable.ok()) return WorkTable::Failed(op, object_id, std::move(usable));
+  WorkTable::Started started = works_.Start(op, object_id);
+  if (started.tag == 0) return started.work;
+  request.set_tag(started.tag);
+  bool written = false;
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    written = !writes_done_ && stream_->Write(request);
+  }
+  if (!written) {
+    // The stream is ending; the reader reports why, unless Close got here first.
+    absl::Status why = Usable();
+    if (why.ok()) {
+      why = absl::UnavailableError(absl::StrCat("cannot send to spilld at ", options_.socket_path,
+                                                ": the session stream is broken"));
+    }
+    works_.Complete(started.tag, std::move(why), {});
+  }
+  return started.work;
+}
+
+void GrpcSession::ReadLoop() {
+  v1::StreamEvent event;
+  while (stream_->Read(&event)) {
+    absl::Status status = StatusFromCode(event.code(), event.message());
+    ObjectInfo object;
+    if (status.ok() && event.has_object()) object = FromProto(event.object());
+    // An unknown tag (a request already failed locally) is dropped.
+    works_.Complete(event.tag(), std::move(status), std::move(object));
+  }
+  OnStreamEnded(stream_->Finish());
+  {
+    std::lock_guard<std::mutex> lock(reader_mu_);
+    reader_done_ = true;
+  }
+  reader_cv_.notify_all();
+}
+
+void GrpcSession::OnStreamEnded(const grpc::Status& status) {
+  absl::Status failure;
+  {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    if (state_ != State::kOpen) return;
+    state_ = State::kBroken;
+    absl::Status ended = FromGrpcStatus(status);
+    broken_status_ = absl::UnavailableError(absl::StrCat(
+        "lost the session stream to spilld at ", options_.socket_path, " (",
+        ended.ok() ? "ended by spilld" : ended.ToString(), "); session ", ref_.session_id(),
+        " no longer holds pins: open a new session to re-attach job '", options_.job_id, "'"));
+    failure = broken_status_;
+  }
+  works_.Shutdown(failure);
+}
+
+void GrpcSession::EndStream() {
+  if (stream_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (!writes_done_) {
+      writes_done_ = true;
+      stream_->WritesDone();
+    }
+  }
+  {
+    std::unique_lock<std::mutex> lock(reader_mu_);
+    if (!reader_cv_.wait_for(lock, std::min(options_.timeout, kStreamEndGrace),
+                             [this] { return reader_done_; })) {
+      stream_context_.TryCancel();
+    }
+  }
+  if (reader_.joinable()) reader_.join();
+}
+
+absl::Status GrpcSession::Close() {
+  std::lock_guard<std::mutex> close_lock(close_mu_);
+  bool was_broken = false;
+  {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    if (state_ == State::kClosed) return absl::OkStatus();
+    was_broken = state_ == State::kBroken;
+    state_ = State::kClosed;
+  }
+  works_.Shutdown(absl::CancelledError(absl::StrCat(
+      "session ", ref_.session_id(), " was closed before spilld answered")));
+  absl::Status result;
+  if (opened_) {
+    v1::CloseSessionRequest request;
+    *request.mutable_session() = ref_;
+    v1::CloseSessionResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    grpc::Status status = stub_->CloseSession(&context, request, &response);
+    // After a lost stream spilld may have dropped the session already.
+    if (!status.ok() && !was_broken) result = RpcError("CloseSession", status);
+  }
+  EndStream();
+  if (fd_channel_ != nullptr) fd_channel_->Close();
+  if (segments_ != nullptr) segments_->Clear();
+  return result;
+}
+
+absl::StatusOr<ObjectInfo> GrpcSession::Register(const std::string& name, ObjectKind kind,
+                                                  DType dtype, int64_t num_elements) {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::RegisterObjectRequest request;
+  *request.mutable_session() = ref_;
+  request.set_name(name);
+  request.set_kind(static_cast<v1::ObjectKind>(kind));
+  request.set_dtype(static_cast<v1::DType>(dtype));
+  request.set_num_elements(num_elements);
+  v1::RegisterObjectResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->RegisterObject(&context, request, &response);
+  if (!status.ok()) return RpcError("RegisterObject", status);
+  return FromProto(response.object());
+}
+
+absl::Status GrpcSession::Free(uint64_t object_id) {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::FreeObjectRequest request;
+  *request.mutable_session() = ref_;
+  request.set_object_id(object_id);
+  v1::FreeObjectResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->FreeObject(&context, request, &response);
+  if (!status.ok()) return RpcError("FreeObject", status);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ObjectInfo>> GrpcSession::List() {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::ListObjectsRequest request;
+  *request.mutable_session() = ref_;
+  v1::ListObjectsResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->ListObjects(&context, request, &response);
+  if (!status.ok()) return RpcError("ListObjects", status);
+  std::vector<ObjectInfo> objects;
+  objects.reserve(response.objects_size());
+  for (const v1::ObjectInfo& object : response.objects()) objects.push_back(FromProto(object));
+  return objects;
+}
+
+std::shared_ptr<Work> GrpcSession::Acquire(uint64_t object_id) {
+  v1::StreamRequest request;
+  request.mutable_acquire()->set_object_id(object_id);
+  return Submit(WorkOp::kAcquire, object_id, std::move(request));
+}
+
+std::shared_ptr<Work> GrpcSession::Prefetch(uint64_t object_id) {
+  v1::StreamRequest request;
+  request.mutable_prefetch()->set_object_id(object_id);
+  return Submit(WorkOp::kPrefetch, object_id, std::move(request));
+}
+
+std::shared_ptr<Work> GrpcSession::Release(uint64_t object_id) {
+  v1::StreamRequest request;
+  request.mutable_release()->set_object_id(object_id);
+  return Submit(WorkOp::kRelease, object_id, std::move(request));
+}
+
+std::shared_ptr<Work> GrpcSession::WriteBack(uint64_t object_id, uint64_t version) {
+  v1::StreamRequest request;
+  request.mutable_write_back()->set_object_id(object_id);
+  request.mutable_write_back()->set_version(version);
+  return Submit(WorkOp::kWriteBack, object_id, std::move(request));
+}
+
+std::shared_ptr<Work> GrpcSession::Ping() {
+  v1::StreamRequest request;
+  request.mutable_ping();
+  return Submit(WorkOp::kPing, 0, std::move(request));
+}
+
+absl::StatusOr<absl::Span<uint8_t>> GrpcSession::Bytes(const ObjectInfo& object) {
+  SPILL_RETURN_IF_ERROR(Usable());
+  if (DTypeSize(object.dtype) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("object '", object.name, "' has no valid dtype (",
+                                                   static_cast<int>(object.dtype), ")"));
+  }
+  uint64_t length = object.byte_size();
+  if (length == 0) return absl::Span<uint8_t>();
+  if (!object.resident()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "object '", object.name, "' (id ", object.object_id,
+        ") has no pinned location; Acquire it and use the ObjectInfo the Acquire returns"));
+  }
+  if (length > object.location.size_bytes) {
+    return absl::OutOfRangeError(absl::StrCat("object '", object.name, "' needs ", length,
+                                              " bytes but its location holds ",
+                                              object.location.size_bytes));
+  }
+  return segments_->Resolve(object.location.segment_id, object.location.offset, length);
+}
+
+MappingStats GrpcSession::mapping_stats() const {
+  if (segments_ != nullptr) return segments_->stats();
+  MappingStats stats;
+  stats.cuda_compiled = CudaCompiled();
+  return stats;
+}
+
+}  // namespace internal
+}  // namespace spill::client

@@ -1,0 +1,109 @@
+// GrpcSession: the Session that talks to a real spilld (see spill/client.h
+// for the contract; this file is about how).
+//
+// Threads: one reader thread per session reads the stream and completes Work
+// by tag; requests are written by the calling thread under write_mu_. Close
+// is serialised by close_mu_; state_mu_ guards the open/broken/closed state.
+#ifndef SPILL_CLIENT_GRPC_SESSION_H_
+#define SPILL_CLIENT_GRPC_SESSION_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "client/fd_channel.h"
+#include "client/segment_map.h"
+#include "client/work_table.h"
+#include "spill/client.h"
+#include "spill/v1/spill.grpc.pb.h"
+
+namespace spill::client::internal {
+
+// Control messages are small; bulk data never goes over gRPC. A list of
+// every object of a big job is the largest answer (about 100 bytes each).
+inline constexpr int kMaxSendMessageBytes = 64 << 10;
+inline constexpr int kMaxReceiveMessageBytes = 4 << 20;
+
+class GrpcSession final : public Session {
+ public:
+  // options must have passed ValidateSessionOptions, with socket_path set.
+  static absl::StatusOr<std::unique_ptr<Session>> Open(SessionOptions options);
+  ~GrpcSession() override;
+
+  const SessionOptions& options() const override { return options_; }
+  uint64_t session_id() const override { return ref_.session_id(); }
+  bool job_existed() const override { return job_existed_; }
+  uint64_t alignment_bytes() const override { return alignment_bytes_; }
+
+  absl::StatusOr<ObjectInfo> Register(const std::string& name, ObjectKind kind, DType dtype,
+                                      int64_t num_elements) override;
+  absl::Status Free(uint64_t object_id) override;
+  absl::StatusOr<std::vector<ObjectInfo>> List() override;
+
+  std::shared_ptr<Work> Acquire(uint64_t object_id) override;
+  std::shared_ptr<Work> Prefetch(uint64_t object_id) override;
+  std::shared_ptr<Work> Release(uint64_t object_id) override;
+  std::shared_ptr<Work> WriteBack(uint64_t object_id, uint64_t version) override;
+  std::shared_ptr<Work> Ping() override;
+
+  absl::StatusOr<absl::Span<uint8_t>> Bytes(const ObjectInfo& object) override;
+  MappingStats mapping_stats() const override;
+  absl::Status Close() override;
+
+ private:
+  enum class State { kOpen, kBroken, kClosed };
+
+  explicit GrpcSession(SessionOptions options);
+
+  absl::Status OpenSessionRpc();
+  absl::Status AttachStream();
+  absl::Status OpenFdChannel();
+
+  // Sends request (its tag filled in) as a new Work; fails the Work instead
+  // when the session is not usable or the write fails.
+  std::shared_ptr<Work> Submit(WorkOp op, uint64_t object_id, v1::StreamRequest request);
+  void ReadLoop();
+  void OnStreamEnded(const grpc::Status& status);
+  // Half-closes the stream, waits briefly for spilld to end it, cancels it
+  // otherwise, and joins the reader.
+  void EndStream();
+
+  // OK while open; FailedPrecondition once closed; the Unavailable status of
+  // the lost stream once broken.
+  absl::Status Usable() const;
+  absl::Status RpcError(const char* method, const grpc::Status& status) const;
+  void SetDeadline(grpc::ClientContext* context) const;
+
+  const SessionOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Worker::Stub> stub_;
+  v1::SessionRef ref_;
+  bool opened_ = false;  // OpenSession succeeded: Close must tell spilld.
+  bool job_existed_ = false;
+  uint64_t alignment_bytes_ = 0;
+
+  WorkTable works_;
+  grpc::ClientContext stream_context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamEvent>> stream_;
+  std::mutex write_mu_;
+  bool writes_done_ = false;  // Guarded by write_mu_.
+  std::thread reader_;
+  std::mutex reader_mu_;
+  std::condition_variable reader_cv_;
+  bool reader_done_ = false;  // Guarded by reader_mu_.
+
+  std::mutex close_mu_;
+  mutable std::mutex state_mu_;
+  State state_ = State::kOpen;    // Guarded by state_mu_.
+  absl::Status broken_status_;    // Guarded by state_mu_.
+
+  std::unique_ptr<FdChannel> fd_channel_;
+  std::unique_ptr<SegmentMap> segments_;
+};
+
+}  // namespace spill::client::internal
+
+#endif  // SPILL_CLIENT_GRPC_SESSION_H_

@@ -1,0 +1,201 @@
+// libspill_client: a training rank's handle on the node's spilld.
+//
+// A Session is one rank's attachment to one job. Control goes over gRPC on
+// spilld's Unix socket (one bidirectional stream per session, which is also
+// the session's lease: when it ends, spilld drops the session's pins); data
+// never does: objects live in memfd segments that the session maps once and,
+// where a CUDA device is present, registers with cudaHostRegister once, so
+// copies to and from the GPU are DMA straight from spilld's pages.
+//
+//   using namespace spill::client;
+//   SessionOptions options;
+//   options.job_id = "llama-7b";
+//   options.rank = rank;
+//   options.world_size = world_size;
+//   absl::StatusOr<std::unique_ptr<Session>> session = Session::Open(options);
+//   if (!session.ok()) return session.status();
+//   absl::StatusOr<ObjectInfo> param = (*session)->Register(
+//       "layer0.param", ObjectKind::kParamShard, DType::kBFloat16, n);
+//   std::shared_ptr<Work> acquire = (*session)->Acquire(param->object_id);
+//   absl::StatusOr<ObjectInfo> pinned = acquire->Get(std::chrono::seconds(30));
+//   absl::StatusOr<absl::Span<uint16_t>> bits = (*session)->Data<uint16_t>(*pinned);
+//   ...  // cudaMemcpyAsync(dst, bits->data(), bits->size() * 2, ...)
+//   (*session)->WriteBack(param->object_id, step)->Wait();
+//   (*session)->Release(param->object_id)->Wait();
+//   (*session)->Close();
+//
+// This header and those it includes contain no gRPC or protobuf type.
+#ifndef SPILL_CLIENT_CLIENT_H_
+#define SPILL_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "spill/export.h"
+#include "spill/object.h"
+#include "spill/work.h"
+
+namespace spill::client {
+
+struct SessionOptions {
+  // spilld's Unix socket. Empty means DefaultSocketPath().
+  std::string socket_path;
+  // The job this rank belongs to; every rank of a job uses the same id.
+  std::string job_id;
+  int rank = 0;
+  int world_size = 1;
+  // Bound on each unary call (Open's handshake, Register, Free, List, Close)
+  // and on each fd-channel exchange. Stream requests have no implicit
+  // deadline: their Work's Wait() takes one.
+  std::chrono::milliseconds timeout{10'000};
+  // Register every mapped segment with cudaHostRegister (when the library is
+  // built with CUDA and a device is present). Registration pins the pages
+  // and is what makes H2D/D2H copies run at full DMA speed.
+  bool register_with_cuda = true;
+};
+
+// $SPILL_SOCKET when set and non-empty, else "/run/spill/spilld.sock".
+SPILL_CLIENT_EXPORT std::string DefaultSocketPath();
+
+// Checks options without connecting: a non-empty job id, 0 <= rank <
+// world_size, a positive timeout and a socket path that fits a sockaddr_un.
+// InvalidArgument naming the offending field. (Session::Open runs this.)
+SPILL_CLIENT_EXPORT absl::Status ValidateSessionOptions(const SessionOptions& options);
+
+// How a session's segments are mapped and registered; cumulative.
+struct MappingStats {
+  uint64_t segments_mapped = 0;
+  uint64_t bytes_mapped = 0;
+  // Wall time spent receiving and mapping segments (including pre-faulting).
+  double map_seconds = 0;
+  // True when the library was built with CUDA support.
+  bool cuda_compiled = false;
+  uint64_t cuda_registered_segments = 0;
+  uint64_t cuda_registered_bytes = 0;
+  // Wall time spent inside cudaHostRegister.
+  double cuda_register_seconds = 0;
+  // Why segments are not being registered ("no CUDA device", "disabled by
+  // SessionOptions::register_with_cuda", "built without CUDA"); empty when
+  // they are.
+  std::string cuda_skip_reason;
+};
+
+// One rank's session with spilld. Obtain one with Open; an implementation for
+// tests may derive from it.
+//
+// Thread-safe: any thread may call any method concurrently, Close included.
+// After Close (or once the connection to spilld is lost) every request fails
+// without being sent: FailedPrecondition after Close, Unavailable naming the
+// socket after a lost connection.
+class SPILL_CLIENT_EXPORT Session {
+ public:
+  // Connects to spilld at options.socket_path, opens a session for
+  // (job_id, rank, world_size), attaches its stream and opens the fd channel.
+  // InvalidArgument for bad options; Unavailable ("cannot connect to spilld
+  // at PATH: ...") when nothing listens there; PermissionDenied when the
+  // socket may not be opened; DeadlineExceeded when spilld does not answer
+  // within options.timeout; otherwise the error spilld answered with.
+  static absl::StatusOr<std::unique_ptr<Session>> Open(const SessionOptions& options);
+
+  // Closes the session if it is still open, ignoring errors.
+  virtual ~Session();
+
+  virtual const SessionOptions& options() const = 0;
+  virtual uint64_t session_id() const = 0;
+  // True when spilld already had this job (a re-attach): its objects remain.
+  virtual bool job_existed() const = 0;
+  // Every object's offset in its segment is a multiple of this.
+  virtual uint64_t alignment_bytes() const = 0;
+
+  // --- unary calls: each blocks for at most options().timeout -------------
+
+  // Creates an object of num_elements elements of dtype, named uniquely
+  // within the job. Returns its ObjectInfo. AlreadyExists when the name is
+  // taken, ResourceExhausted past the job's quota, InvalidArgument for a bad
+  // dtype, kind or count.
+  virtual absl::StatusOr<ObjectInfo> Register(const std::string& name, ObjectKind kind,
+                                              DType dtype, int64_t num_elements) = 0;
+  // Deletes an object of the job. NotFound for an unknown id;
+  // FailedPrecondition while it is pinned.
+  virtual absl::Status Free(uint64_t object_id) = 0;
+  // Every object of the job, in spilld's order.
+  virtual absl::StatusOr<std::vector<ObjectInfo>> List() = 0;
+
+  // --- stream requests: each returns at once; never null -------------------
+
+  // Pins the object in the pinned tier (reading it back from NVMe first if
+  // needed); the Work's object() has its current location.
+  virtual std::shared_ptr<Work> Acquire(uint64_t object_id) = 0;
+  // Asks spilld to bring the object into the pinned tier ahead of an
+  // Acquire; does not pin it.
+  virtual std::shared_ptr<Work> Prefetch(uint64_t object_id) = 0;
+  // Drops one pin taken by this session's Acquire.
+  virtual std::shared_ptr<Work> Release(uint64_t object_id) = 0;
+  // Declares that the object's bytes now hold the result of step `version`
+  // (which must not go backwards). The object must be pinned by this session.
+  virtual std::shared_ptr<Work> WriteBack(uint64_t object_id, uint64_t version) = 0;
+  // A round trip on the stream; completes OK while the session is healthy.
+  virtual std::shared_ptr<Work> Ping() = 0;
+
+  // --- data ------------------------------------------------------------
+
+  // The object's bytes (exactly object.byte_size() of them) in its segment,
+  // mapping and registering the segment on first use. The span stays valid
+  // until Close; its contents are the object's only while the object is
+  // pinned. FailedPrecondition when the object is not resident
+  // (object.location.size_bytes == 0) or the session is closed; OutOfRange
+  // when the location does not fit the segment; the fd channel's or mmap's
+  // error otherwise.
+  virtual absl::StatusOr<absl::Span<uint8_t>> Bytes(const ObjectInfo& object) = 0;
+
+  // Bytes() viewed as num_elements values of T. T must be trivially
+  // copyable, sizeof(T) must equal DTypeSize(object.dtype), and a
+  // floating-point T needs a floating-point dtype: float for kFloat32,
+  // double for kFloat64, a 16-bit type (uint16_t, at::BFloat16, at::Half)
+  // for kBFloat16 and kFloat16. InvalidArgument naming both types otherwise.
+  template <typename T>
+  absl::StatusOr<absl::Span<T>> Data(const ObjectInfo& object);
+
+  virtual MappingStats mapping_stats() const = 0;
+
+  // Closes the session: fails every pending Work with Cancelled, tells
+  // spilld (CloseSession), ends the stream, unregisters and unmaps every
+  // segment. Spans from Bytes() and Data() must not be used afterwards. The
+  // job's objects stay in spilld. Returns CloseSession's status; OK when
+  // already closed.
+  virtual absl::Status Close() = 0;
+
+ protected:
+  Session() = default;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+};
+
+// Checks that a T of element_size bytes (a floating-point type when
+// t_is_floating_point) may view the object's elements. See Session::Data.
+SPILL_CLIENT_EXPORT absl::Status CheckElementType(const ObjectInfo& object, size_t element_size,
+                                                  bool t_is_floating_point);
+
+template <typename T>
+absl::StatusOr<absl::Span<T>> Session::Data(const ObjectInfo& object) {
+  static_assert(std::is_trivially_copyable_v<T>, "Session::Data<T> needs a trivially copyable T");
+  absl::Status type_ok = CheckElementType(object, sizeof(T), std::is_floating_point_v<T>);
+  if (!type_ok.ok()) return type_ok;
+  absl::StatusOr<absl::Span<uint8_t>> bytes = Bytes(object);
+  if (!bytes.ok()) return bytes.status();
+  if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(T) != 0) {
+    return absl::InternalError("object data is not aligned for the requested type");
+  }
+  return absl::Span<T>(reinterpret_cast<T*>(bytes->data()), bytes->size() / sizeof(T));
+}
+
+}  // namespace spill::client
+
+#endif  // SPILL_CLIENT_CLIENT_H_

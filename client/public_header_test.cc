@@ -1,0 +1,56 @@
+// The public headers must compile without gRPC or protobuf (training
+// processes compile them with LibTorch's older protobuf headers on the
+// include path). This file includes nothing else of ours.
+#include <spill/client.h>
+
+#include <gtest/gtest.h>
+
+#if defined(GOOGLE_PROTOBUF_VERSION) || defined(GRPCPP_GRPCPP_H) || defined(GRPC_GRPC_H)
+#error "spill/client.h must not pull in protobuf or gRPC headers"
+#endif
+
+namespace {
+
+// A Session for tests of code built on the client can derive from Session.
+class NullSession final : public spill::client::Session {
+ public:
+  const spill::client::SessionOptions& options() const override { return options_; }
+  uint64_t session_id() const override { return 1; }
+  bool job_existed() const override { return false; }
+  uint64_t alignment_bytes() const override { return 64; }
+  absl::StatusOr<spill::client::ObjectInfo> Register(const std::string&, spill::client::ObjectKind,
+                                                     spill::client::DType, int64_t) override {
+    return absl::UnimplementedError("null");
+  }
+  absl::Status Free(uint64_t) override { return absl::UnimplementedError("null"); }
+  absl::StatusOr<std::vector<spill::client::ObjectInfo>> List() override {
+    return std::vector<spill::client::ObjectInfo>();
+  }
+  std::shared_ptr<spill::client::Work> Acquire(uint64_t) override { return nullptr; }
+  std::shared_ptr<spill::client::Work> Prefetch(uint64_t) override { return nullptr; }
+  std::shared_ptr<spill::client::Work> Release(uint64_t) override { return nullptr; }
+  std::shared_ptr<spill::client::Work> WriteBack(uint64_t, uint64_t) override { return nullptr; }
+  std::shared_ptr<spill::client::Work> Ping() override { return nullptr; }
+  absl::StatusOr<absl::Span<uint8_t>> Bytes(const spill::client::ObjectInfo& object) override {
+    return absl::Span<uint8_t>(buffer_, object.byte_size());
+  }
+  spill::client::MappingStats mapping_stats() const override { return {}; }
+  absl::Status Close() override { return absl::OkStatus(); }
+
+ private:
+  spill::client::SessionOptions options_;
+  alignas(64) uint8_t buffer_[256] = {};
+};
+
+TEST(PublicHeaderTest, DataViewsBytesThroughTheVirtualInterface) {
+  NullSession session;
+  spill::client::ObjectInfo object;
+  object.dtype = spill::client::DType::kFloat32;
+  object.num_elements = 8;
+  absl::StatusOr<absl::Span<float>> data = session.Data<float>(object);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->size(), 8u);
+  EXPECT_FALSE(session.Data<uint16_t>(object).ok());
+}
+
+}  // namespace

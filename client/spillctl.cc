@@ -1,0 +1,174 @@
+// spillctl: the node administrator's view of spilld (tier stats, jobs,
+// health) through its Admin service. Human tables by default, --json for
+// scripts. Exit status: 0 success, 1 error (or health not SERVING), 2 usage.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/admin_format.h"
+#include "client/unix_socket.h"
+#include "common/units.h"
+#include "spill/v1/spill.grpc.pb.h"
+
+namespace spill::client {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+constexpr char kUsage[] = R"(usage: spillctl [--socket=PATH] [--json] [--timeout=DURATION] COMMAND
+
+Shows what spilld, the node's parameter and optimizer offload daemon, holds.
+
+commands:
+  stats    tiers (capacity, used, free, per-job usage), bytes moved, request
+           counts and latency percentiles
+  jobs     jobs with their state, grace period left, objects and sessions
+  health   daemon status, version, pid, uptime (exit status 1 unless SERVING)
+
+options:
+  --socket=PATH       spilld's socket (default: $SPILL_SOCKET, else
+                      /run/spill/spilld.sock)
+  --json              print JSON (numbers as JSON numbers) instead of tables
+  --timeout=DURATION  give up after DURATION, e.g. 500ms, 10s (default 5s)
+  -h, --help          print this help
+
+exit status: 0 success, 1 error, 2 usage error
+)";
+
+struct Args {
+  std::string socket_path;
+  std::string command;
+  bool json = false;
+  bool help = false;
+  std::chrono::milliseconds timeout{5000};
+};
+
+// Parses argv; on a usage error returns the message to print.
+std::optional<std::string> ParseArgs(int argc, char** argv, Args* args) {
+  const char* env = std::getenv("SPILL_SOCKET");
+  args->socket_path = env != nullptr && env[0] != '\0' ? env : "/run/spill/spilld.sock";
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value_of = [&](const std::string& flag) -> std::optional<std::string> {
+      if (absl::StartsWith(arg, flag + "=")) return arg.substr(flag.size() + 1);
+      if (arg == flag && i + 1 < argc) return std::string(argv[++i]);
+      return std::nullopt;
+    };
+    if (arg == "-h" || arg == "--help" || arg == "help") {
+      args->help = true;
+    } else if (arg == "--json") {
+      args->json = true;
+    } else if (auto socket = value_of("--socket")) {
+      if (socket->empty()) return "--socket needs a path";
+      args->socket_path = *socket;
+    } else if (auto timeout = value_of("--timeout")) {
+      absl::StatusOr<std::chrono::milliseconds> parsed = ParseDuration(*timeout);
+      if (!parsed.ok()) return absl::StrCat("--timeout: ", parsed.status().message());
+      if (parsed->count() == 0) return "--timeout must be positive";
+      args->timeout = *parsed;
+    } else if (absl::StartsWith(arg, "-")) {
+      return absl::StrCat("unknown option '", arg, "'");
+    } else if (!args->command.empty()) {
+      return absl::StrCat("unexpected argument '", arg, "' after command '", args->command, "'");
+    } else {
+      args->command = arg;
+    }
+  }
+  if (args->help) return std::nullopt;
+  if (args->command.empty()) return "no command given (stats, jobs or health)";
+  if (args->command != "stats" && args->command != "jobs" && args->command != "health") {
+    return absl::StrCat("unknown command '", args->command, "' (expected stats, jobs or health)");
+  }
+  return std::nullopt;
+}
+
+int Fail(const std::string& message) {
+  std::cerr << "spillctl: " << message << "\n";
+  return kExitError;
+}
+
+// One Admin call, with the errors a user can act on.
+template <typename Request, typename Response, typename Method>
+int Call(const Args& args, v1::Admin::Stub* stub, Method method, const char* name,
+         Response* response) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + args.timeout);
+  Request request;
+  grpc::Status status = (stub->*method)(&context, request, response);
+  if (status.ok()) return kExitOk;
+  const std::string& path = args.socket_path;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return Fail(absl::StrCat("cannot connect to spilld at ", path, ": ", status.error_message()));
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return Fail(absl::StrCat("spilld at ", path, " did not answer ", name, " within ",
+                               args.timeout.count(), " ms"));
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return Fail(absl::StrCat("spilld at ", path, " does not implement Admin.", name,
+                               " (a different version of spilld?)"));
+    default:
+      return Fail(absl::StrCat(name, " failed: ", status.error_message(), " (gRPC code ",
+                               static_cast<int>(status.error_code()), ")"));
+  }
+}
+
+void Print(const Args& args, const nlohmann::ordered_json& json, const std::string& table) {
+  if (args.json) {
+    std::cout << json.dump(2) << "\n";
+  } else {
+    std::cout << table;
+  }
+}
+
+int Run(const Args& args) {
+  absl::Status reachable = internal::CheckSocketPath(args.socket_path);
+  if (!reachable.ok()) return Fail(std::string(reachable.message()));
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxSendMessageSize(64 << 10);
+  channel_args.SetMaxReceiveMessageSize(16 << 20);
+  auto channel = grpc::CreateCustomChannel("unix:" + args.socket_path,
+                                           grpc::InsecureChannelCredentials(), channel_args);
+  std::unique_ptr<v1::Admin::Stub> stub = v1::Admin::NewStub(channel);
+  if (args.command == "stats") {
+    v1::StatsResponse stats;
+    int rc = Call<v1::StatsRequest>(args, stub.get(), &v1::Admin::Stub::Stats, "Stats", &stats);
+    if (rc == kExitOk) Print(args, StatsToJson(stats), FormatStats(stats));
+    return rc;
+  }
+  if (args.command == "jobs") {
+    v1::JobsResponse jobs;
+    int rc = Call<v1::JobsRequest>(args, stub.get(), &v1::Admin::Stub::Jobs, "Jobs", &jobs);
+    if (rc == kExitOk) Print(args, JobsToJson(jobs), FormatJobs(jobs));
+    return rc;
+  }
+  v1::HealthResponse health;
+  int rc = Call<v1::HealthRequest>(args, stub.get(), &v1::Admin::Stub::Health, "Health", &health);
+  if (rc != kExitOk) return rc;
+  Print(args, HealthToJson(health), FormatHealth(health));
+  return health.status() == "SERVING" ? kExitOk : kExitError;
+}
+
+}  // namespace
+}  // namespace spill::client
+
+int main(int argc, char** argv) {
+  spill::client::Args args;
+  if (std::optional<std::string> error = spill::client::ParseArgs(argc, argv, &args)) {
+    std::cerr << "spillctl: " << *error << "\nrun 'spillctl --help' for usage\n";
+    return spill::client::kExitUsage;
+  }
+  if (args.help) {
+    std::cout << spill::client::kUsage;
+    return spill::client::kExitOk;
+  }
+  return spill::client::Run(args);
+}
