@@ -6,7 +6,11 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <cstdlib>
 #include <filesystem>
@@ -73,6 +77,22 @@ std::string ReadAll(int fd, std::chrono::milliseconds deadline) {
   return out;
 }
 
+namespace {
+
+// True when something accepts connections on the Unix socket at path (the
+// probe sends nothing, so spilld drops it after its handshake timeout).
+bool CanConnect(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
     std::vector<std::string> flags) {
   std::unique_ptr<SpilldProcess> p(new SpilldProcess());
@@ -98,11 +118,10 @@ absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
   if (!spawned.ok()) return spawned.status();
   p->pid_ = spawned->pid;
   p->out_fd_ = spawned->stdout_fd;
-  p->channel_ = p->NewChannel();
-  p->admin_ = spill::v1::Admin::NewStub(p->channel_);
-  p->worker_ = spill::v1::Worker::NewStub(p->channel_);
+  // Wait until the socket accepts connections; a gRPC channel created
+  // earlier would sit in its reconnect backoff.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < deadline) {
+  for (;;) {
     int status = 0;
     if (::waitpid(p->pid_, &status, WNOHANG) == p->pid_) {
       p->pid_ = -1;
@@ -110,13 +129,24 @@ absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
       p->out_fd_ = -1;
       return absl::FailedPreconditionError(absl::StrCat("spilld exited at start: ", out));
     }
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
-    spill::v1::HealthResponse health;
-    if (p->admin_->Health(&ctx, {}, &health).ok() && health.status() == "SERVING") return p;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // Poll, not sync.
+    if (CanConnect(p->socket_path_)) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      return absl::DeadlineExceededError("spilld did not listen within 20 s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // Polling a process start.
   }
-  return absl::DeadlineExceededError("spilld did not become healthy within 20 s");
+  p->channel_ = p->NewChannel();
+  p->admin_ = spill::v1::Admin::NewStub(p->channel_);
+  p->worker_ = spill::v1::Worker::NewStub(p->channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  spill::v1::HealthResponse health;
+  grpc::Status s = p->admin_->Health(&ctx, {}, &health);
+  if (!s.ok() || health.status() != "SERVING") {
+    return absl::UnavailableError(absl::StrCat("spilld is not healthy: ", s.error_message(), " ",
+                                               health.status()));
+  }
+  return p;
 }
 
 std::shared_ptr<grpc::Channel> SpilldProcess::NewChannel() const {
