@@ -11,15 +11,17 @@
 namespace spill {
 namespace {
 
-// Splits "123abc" into digits and suffix; fails when there are no digits.
-bool SplitNumber(absl::string_view text, uint64_t* number,
-                 std::string* suffix) {
+enum class NumberParse { kOk, kNoDigits, kOverflow };
+
+// Splits "123abc" into digits and suffix. The digits alone can fail to
+// parse only by exceeding 64 bits, which callers report as OutOfRange.
+NumberParse SplitNumber(absl::string_view text, uint64_t* number, std::string* suffix) {
   size_t i = 0;
   while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
-  if (i == 0) return false;
-  if (!absl::SimpleAtoi(text.substr(0, i), number)) return false;
+  if (i == 0) return NumberParse::kNoDigits;
+  if (!absl::SimpleAtoi(text.substr(0, i), number)) return NumberParse::kOverflow;
   *suffix = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text.substr(i)));
-  return true;
+  return NumberParse::kOk;
 }
 
 }  // namespace
@@ -28,7 +30,11 @@ absl::StatusOr<uint64_t> ParseSize(absl::string_view text) {
   uint64_t number = 0;
   std::string suffix;
   absl::string_view trimmed = absl::StripAsciiWhitespace(text);
-  if (!SplitNumber(trimmed, &number, &suffix)) {
+  NumberParse parsed = SplitNumber(trimmed, &number, &suffix);
+  if (parsed == NumberParse::kOverflow) {
+    return absl::OutOfRangeError(absl::StrCat("size '", text, "' overflows 64 bits"));
+  }
+  if (parsed == NumberParse::kNoDigits) {
     return absl::InvalidArgumentError(absl::StrCat(
         "'", text, "' is not a size: expected a non-negative integer with an "
         "optional unit such as 512MiB, 64GiB or 4096"));
@@ -63,6 +69,11 @@ std::string FormatBytes(uint64_t bytes) {
     value /= 1024.0;
     ++unit;
   }
+  // "%.1f" would print 1023.96 KiB as "1024.0 KiB".
+  if (value >= 1023.95 && unit < 5) {
+    value /= 1024.0;
+    ++unit;
+  }
   return absl::StrFormat("%.1f %s", value, kUnits[unit]);
 }
 
@@ -70,7 +81,11 @@ absl::StatusOr<std::chrono::milliseconds> ParseDuration(absl::string_view text) 
   uint64_t number = 0;
   std::string suffix;
   absl::string_view trimmed = absl::StripAsciiWhitespace(text);
-  if (!SplitNumber(trimmed, &number, &suffix)) {
+  NumberParse parsed = SplitNumber(trimmed, &number, &suffix);
+  if (parsed == NumberParse::kOverflow) {
+    return absl::OutOfRangeError(absl::StrCat("duration '", text, "' is too long"));
+  }
+  if (parsed == NumberParse::kNoDigits) {
     return absl::InvalidArgumentError(absl::StrCat(
         "'", text, "' is not a duration: expected an integer with a unit "
         "(ms, s, m, h), such as 30s"));

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,10 @@ struct ArenaOptions {
   bool lock = true;
   // Alignment of every extent's offset (power of two, >= 64).
   uint64_t alignment = 4096;
+  // Threads that populate and lock segments in Create (page faulting and
+  // zeroing is most of a large pool's start-up time). 0: half the CPUs, at
+  // most 16.
+  uint32_t populate_threads = 0;
 };
 
 // A byte range of one segment held by one job.
@@ -100,10 +105,11 @@ class PinnedArena {
   PinnedArena& operator=(const PinnedArena&) = delete;
 
   // Allocates size bytes for job. InvalidArgument when size is 0 or larger
-  // than a segment (the message names the segment size);
+  // than a segment (the message names the segment size), or job is empty;
   // ResourceExhausted when neither the job's segments nor a free segment can
   // hold it (the message names capacity and use). May replace a free
-  // segment's memfd (see above), which costs time proportional to its size.
+  // segment's memfd (see above), which costs time proportional to its size
+  // (spent without holding the arena's lock).
   absl::StatusOr<Extent> Allocate(const std::string& job, uint64_t size);
 
   // Frees an extent of job. NotFound when job does not hold exactly that
@@ -115,10 +121,18 @@ class PinnedArena {
 
   // The segment with this id if job owns it now; NotFound (unknown or
   // replaced id) or PermissionDenied (owned by another job, or free) otherwise.
+  // handle.fd may be closed (and its number reused) as soon as the job frees
+  // the segment; to send it to a client, use DupSegmentFd.
   absl::StatusOr<SegmentHandle> GetSegment(const std::string& job, uint64_t segment_id) const;
 
+  // Like GetSegment, but returns a duplicate of the segment's fd (close-on-
+  // exec), made under the arena's lock: it stays valid after the segment is
+  // freed or replaced, so it can be sent to a client without racing them.
+  absl::StatusOr<UniqueFd> DupSegmentFd(const std::string& job, uint64_t segment_id) const;
+
   // The daemon's own mapping of an extent's first byte. The extent must be
-  // live (returned by Allocate and not freed).
+  // live (returned by Allocate and not freed); nullptr when its segment id
+  // is unknown.
   uint8_t* Data(const Extent& extent) const;
 
   JobArenaUsage JobUsage(const std::string& job) const;
@@ -132,8 +146,27 @@ class PinnedArena {
   struct Segment;
   PinnedArena(const ArenaOptions& options, uint64_t segment_bytes, bool huge_pages);
 
+  struct JobState {
+    std::vector<Segment*> segments;  // Owned segments, in the order taken.
+    uint64_t used_bytes = 0;
+  };
+
+  // Creates segment's memfd, maps it (populated) and mlocks it when lock_.
+  // Touches only segment and const members, so it runs without mu_.
   absl::Status Populate(Segment& segment);
   Segment* FindSegmentLocked(uint64_t segment_id) const;
+  // The segment if job owns it; the NotFound / PermissionDenied of GetSegment else.
+  absl::StatusOr<Segment*> OwnedSegmentLocked(const std::string& job, uint64_t segment_id) const;
+  absl::Status CreateSegments(uint64_t count, uint32_t threads);
+  std::optional<Extent> AllocateInOwnedLocked(const std::string& job, uint64_t size);
+  Segment* PickFreeSegmentLocked(const std::string& job) const;
+  // Gives segment, whose memfd is stale or missing, a fresh one for job.
+  // Releases lock while the pages are made; on failure the segment is left
+  // free and without a memfd.
+  absl::Status RefillLocked(std::unique_lock<std::mutex>& lock, Segment& segment,
+                            const std::string& job);
+  void ReturnToPoolLocked(Segment& segment);
+  absl::Status ExhaustedLocked(const std::string& job, uint64_t size) const;
 
   const uint64_t segment_bytes_;
   const uint64_t alignment_;
@@ -141,7 +174,9 @@ class PinnedArena {
   const bool lock_;
   mutable std::mutex mu_;
   uint64_t next_segment_id_ = 1;
-  std::vector<std::unique_ptr<Segment>> segments_;
+  std::vector<std::unique_ptr<Segment>> segments_;  // Fixed after Create.
+  absl::flat_hash_map<uint64_t, Segment*> by_id_;    // Live ids only.
+  absl::flat_hash_map<std::string, JobState> jobs_;  // Jobs owning a segment.
 };
 
 }  // namespace spill::storage
