@@ -1,6 +1,5 @@
 #include "server/registry.h"
 
-#include <fcntl.h>
 #include <sys/random.h>
 
 #include <algorithm>
@@ -384,8 +383,7 @@ absl::StatusOr<SegmentGrant> Registry::SegmentForSession(uint64_t session_id,
   SPILL_ASSIGN_OR_RETURN(storage::SegmentHandle handle,
                          arena_->GetSegment(session->job_id, segment_id));
   SegmentGrant grant;
-  grant.fd.Reset(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
-  if (!grant.fd.valid()) return absl::ErrnoToStatus(errno, "dup of segment fd");
+  SPILL_ASSIGN_OR_RETURN(grant.fd, arena_->DupSegmentFd(session->job_id, segment_id));
   grant.segment_id = handle.segment_id;
   grant.size_bytes = handle.size_bytes;
   grant.huge_pages = handle.huge_pages;
