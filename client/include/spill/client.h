@@ -151,8 +151,10 @@ class SPILL_CLIENT_EXPORT Session {
   // until Close; its contents are the object's only while the object is
   // pinned. FailedPrecondition when the object is not resident
   // (object.location.size_bytes == 0) or the session is closed; OutOfRange
-  // when the location does not fit the segment; the fd channel's or mmap's
-  // error otherwise.
+  // when the location does not fit the segment; the fd channel's, mmap's or
+  // cudaHostRegister's error otherwise. The first call for a segment maps and
+  // registers it (pinning runs at a few GB/s): call Bytes() on each object
+  // before the training loop to keep that off the critical path.
   virtual absl::StatusOr<absl::Span<uint8_t>> Bytes(const ObjectInfo& object) = 0;
 
   // Bytes() viewed as num_elements values of T. T must be trivially
