@@ -1,0 +1,58 @@
+# Spill's environment. Source it (bash, zsh, dash):  . /opt/spill/env.sh
+#
+# Puts the bundle's programs on PATH, its libraries on LD_LIBRARY_PATH (gRPC,
+# protobuf, abseil, ... as built on Debian 12: the node needs only glibc,
+# libstdc++, zlib and, for CUDA registration, CUDA's runtime) and the bundle on
+# CMAKE_PREFIX_PATH, for find_package(Spill CONFIG), and SPILL_SPILLD for the
+# bundled benchmarks and tests. Sourcing it twice adds nothing twice.
+
+# install.sh writes the install prefix here; bash and zsh find it themselves.
+SPILL_HOME_DEFAULT=
+if [ -n "${BASH_VERSION:-}" ]; then
+  eval 'SPILL_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)'
+elif [ -n "${ZSH_VERSION:-}" ]; then
+  eval 'SPILL_HOME=${${(%):-%x}:A:h}'
+else
+  SPILL_HOME=$SPILL_HOME_DEFAULT
+fi
+
+if [ -z "$SPILL_HOME" ] || [ ! -x "$SPILL_HOME/bin/spilld" ]; then
+  echo "env.sh: cannot tell where Spill is: source this file from bash or zsh," \
+    "or install the bundle with its install.sh" >&2
+  unset SPILL_HOME SPILL_HOME_DEFAULT
+  return 1 2>/dev/null || exit 1
+fi
+export SPILL_HOME
+
+# _spill_add VARIABLE DIR front|back: adds DIR to a ':'-list unless it is there.
+_spill_add() {
+  eval "_spill_list=\${$1:-}"
+  case ":$_spill_list:" in
+    *":$2:"*) ;;
+    *) if [ -z "$_spill_list" ]; then eval "$1=\$2"
+       elif [ "$3" = front ]; then eval "$1=\$2:\$_spill_list"
+       else eval "$1=\$_spill_list:\$2"; fi
+       eval "export $1" ;;
+  esac
+  unset _spill_list
+}
+_spill_add PATH "$SPILL_HOME/bin" front
+_spill_add LD_LIBRARY_PATH "$SPILL_HOME/lib" front
+_spill_add CMAKE_PREFIX_PATH "$SPILL_HOME" front
+# The spilld that the bundled benchmarks and tests start.
+SPILL_SPILLD=$SPILL_HOME/bin/spilld
+export SPILL_SPILLD
+# libspill_client built with CUDA needs CUDA's runtime (libcudart): after
+# everything else, the toolkit's when the loader would not find one itself.
+_spill_cudart='@SPILL_CUDART@'  # Empty when built without CUDA.
+if [ -n "$_spill_cudart" ] && ! /sbin/ldconfig -p 2>/dev/null | grep -qF "$_spill_cudart"; then
+  for _spill_cuda in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
+    if [ -n "$_spill_cuda" ] && [ -e "$_spill_cuda/lib64/$_spill_cudart" ]; then
+      _spill_add LD_LIBRARY_PATH "$_spill_cuda/lib64" back
+      break
+    fi
+  done
+  unset _spill_cuda
+fi
+unset -f _spill_add
+unset SPILL_HOME_DEFAULT _spill_cudart

@@ -1,0 +1,74 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/*.sh and deploy/make-bundle.sh. Source it; it does
+# nothing on its own.
+#
+# Every dependency comes from Debian 12 packages (nothing is vendored or
+# downloaded at build time); spill_ensure_deps installs the ones missing.
+
+# Build and test dependencies, by Debian package name.
+SPILL_DEB_PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev liburing-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+SPILL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Parallel build and test jobs; the CI machine has 2 cores.
+SPILL_JOBS=${SPILL_JOBS:-$(nproc 2>/dev/null || echo 2)}
+
+spill_step() { printf '\n==> %s\n' "$*"; }
+spill_info() { printf '    %s\n' "$*"; }
+spill_warn() { printf 'warning: %s\n' "$*" >&2; }
+spill_die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo.
+spill_as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    spill_die "need root to run '$*' and sudo is not installed"
+  fi
+}
+
+# Installs whichever of SPILL_DEB_PACKAGES and the extra packages given as
+# arguments are not installed yet. apt-get update runs only when something is
+# missing; nothing asks a question.
+# shellcheck disable=SC2120  # The extra packages are optional.
+spill_ensure_deps() {
+  local missing=() pkg
+  if ! command -v dpkg-query >/dev/null 2>&1; then
+    spill_warn "not a Debian system (no dpkg-query): install the equivalents of" \
+      "${SPILL_DEB_PACKAGES[*]} $* yourself"
+    return 0
+  fi
+  for pkg in "${SPILL_DEB_PACKAGES[@]}" "$@"; do
+    if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    spill_info "all $((${#SPILL_DEB_PACKAGES[@]} + $#)) required Debian packages are installed"
+    return 0
+  fi
+  spill_info "installing missing packages: ${missing[*]}"
+  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300)
+  spill_as_root "${apt[@]}" update
+  spill_as_root "${apt[@]}" install --no-install-recommends "${missing[@]}"
+}
+
+# Configures and builds a preset from CMakePresets.json (binary dir
+# build/<preset>). Extra arguments are build targets; none builds everything.
+spill_build_preset() {
+  local preset=$1
+  shift
+  local targets=()
+  [ $# -gt 0 ] && targets=(--target "$@")
+  (cd "$SPILL_ROOT" && cmake --preset "$preset") || return 1
+  (cd "$SPILL_ROOT" && cmake --build --preset "$preset" -j "$SPILL_JOBS" "${targets[@]}")
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The demo job, on binaries that are already built:
+#   1. start spilld on a private socket in a new temporary directory, with a
+#      small pinned pool, and wait until it answers `spillctl health`;
+#   2. run spill_demo: it offloads tensors into spilld's pinned tier, fetches
+#      them back and verifies every byte;
+#   3. print `spillctl stats`;
+#   4. stop spilld with SIGTERM and require exit status 0.
+# The temporary directory goes away on any exit, and spilld with it.
+#
+# Binaries: $SPILLD, $SPILLCTL and $SPILL_DEMO when set, else those next to
+# this script, else those on PATH. scripts/demo.sh builds them and calls this;
+# the offline bundle ships it as bin/spill-demo-job.
+#
+# Environment (all optional):
+#   SPILL_PINNED_BYTES   pinned pool size       (default 256MiB)
+#   SPILL_SEGMENT_BYTES  memfd segment size     (default 64MiB)
+#   SPILL_START_TIMEOUT  seconds to wait for spilld to answer      (default 30)
+#   SPILL_STOP_TIMEOUT   seconds to wait for it to exit on SIGTERM (default 30)
+#   SPILLD_ARGS          more spilld flags, e.g. "--huge-pages=off"
+#   SPILL_DEMO_ARGS      more spill_demo flags, e.g. "--tensors=32 --mib=4"
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+pinned_bytes=${SPILL_PINNED_BYTES:-256MiB}
+segment_bytes=${SPILL_SEGMENT_BYTES:-64MiB}
+start_timeout=${SPILL_START_TIMEOUT:-30}
+stop_timeout=${SPILL_STOP_TIMEOUT:-30}
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() {
+  printf '\nFAILED: %s\n' "$*" >&2
+  exit 1
+}
+shown() {  # Prints a command, then runs it.
+  printf '    $ %s\n' "$*"
+  "$@"
+}
+
+find_tool() {  # find_tool VARIABLE NAME
+  local value=${!1:-}
+  if [ -z "$value" ] && [ -x "$here/$2" ]; then value=$here/$2; fi
+  if [ -z "$value" ]; then value=$(command -v "$2" || true); fi
+  if [ -z "$value" ] || [ ! -x "$value" ]; then
+    fail "$2 not found (set $1, or put it on PATH)"
+  fi
+  printf '%s' "$value"
+}
+spilld=$(find_tool SPILLD spilld)
+spillctl=$(find_tool SPILLCTL spillctl)
+spill_demo=$(find_tool SPILL_DEMO spill_demo)
+
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/spill-demo.XXXXXX")
+socket=$workdir/spilld.sock
+log=$workdir/spilld.log
+spilld_pid=
+
+# True while spilld runs (an exited child stays a zombie until waited for,
+# and kill -0 would still find it).
+spilld_running() {
+  local stat
+  [ -n "$spilld_pid" ] || return 1
+  stat=$(cat "/proc/$spilld_pid/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+show_log() {
+  [ -s "$log" ] || return 0
+  echo "    --- spilld's log ---"
+  sed 's/^/    | /' "$log"
+}
+
+cleanup() {
+  local rc=$?
+  if spilld_running; then
+    echo "    killing spilld (pid $spilld_pid) left running by the failure above" >&2
+    kill -KILL "$spilld_pid" 2>/dev/null || true
+    wait "$spilld_pid" 2>/dev/null || true
+  fi
+  if [ $rc -ne 0 ]; then show_log >&2; fi
+  rm -rf "$workdir"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "1/4 start spilld on a private socket (pool $pinned_bytes in $segment_bytes segments)"
+echo "    working directory $workdir (removed on exit)"
+read -r -a extra_args <<<"${SPILLD_ARGS:-}"
+spilld_cmd=("$spilld" --socket="$socket" --pinned-bytes="$pinned_bytes"
+  --segment-bytes="$segment_bytes" "${extra_args[@]}")
+printf '    $ %s 2>%s &\n' "${spilld_cmd[*]}" "$log"
+"${spilld_cmd[@]}" 2>"$log" &
+spilld_pid=$!
+echo "    spilld pid $spilld_pid; waiting up to ${start_timeout}s for it to answer health"
+deadline=$((SECONDS + start_timeout))
+until "$spillctl" --socket="$socket" --timeout=1s health >/dev/null 2>&1; do
+  if ! spilld_running; then
+    status=0
+    wait "$spilld_pid" || status=$?
+    spilld_pid=
+    fail "spilld exited with status $status before answering"
+  fi
+  [ $SECONDS -lt $deadline ] || fail "spilld did not answer within ${start_timeout}s"
+  sleep 0.1
+done
+shown "$spillctl" --socket="$socket" health
+
+step "2/4 run the demo client: offload tensors, fetch them back, verify them"
+read -r -a extra_args <<<"${SPILL_DEMO_ARGS:-}"
+shown "$spill_demo" --socket="$socket" "${extra_args[@]}" || fail "spill_demo failed (status $?)"
+
+step "3/4 spilld's tier stats"
+shown "$spillctl" --socket="$socket" stats || fail "spillctl stats failed (status $?)"
+
+step "4/4 stop spilld with SIGTERM"
+kill -TERM "$spilld_pid"
+deadline=$((SECONDS + stop_timeout))
+while spilld_running; do
+  if [ $SECONDS -ge $deadline ]; then
+    kill -KILL "$spilld_pid"
+    fail "spilld did not exit within ${stop_timeout}s of SIGTERM (killed it)"
+  fi
+  sleep 0.1
+done
+status=0
+wait "$spilld_pid" || status=$?
+spilld_pid=
+show_log
+[ $status -eq 0 ] || fail "spilld exited with status $status after SIGTERM (expected 0)"
+echo "    spilld exited with status 0"
+
+printf '\nDEMO OK: spilld served the demo client and stopped cleanly.\n'
