@@ -25,7 +25,7 @@ namespace spill::client::internal {
 // Control messages are small; bulk data never goes over gRPC. A list of
 // every object of a big job is the largest answer (about 100 bytes each).
 inline constexpr int kMaxSendMessageBytes = 64 << 10;
-inline constexpr int kMaxReceiveMessageBytes = 4 << 20;
+inline constexpr int kMaxReceiveMessageBytes = 256 << 20;  // spilld caps answers here too.
 
 class GrpcSession final : public Session {
  public:

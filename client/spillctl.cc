@@ -134,7 +134,7 @@ int Run(const Args& args) {
   if (!reachable.ok()) return Fail(std::string(reachable.message()));
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxSendMessageSize(64 << 10);
-  channel_args.SetMaxReceiveMessageSize(16 << 20);
+  channel_args.SetMaxReceiveMessageSize(256 << 20);
   auto channel = grpc::CreateCustomChannel("unix:" + args.socket_path,
                                            grpc::InsecureChannelCredentials(), channel_args);
   std::unique_ptr<v1::Admin::Stub> stub = v1::Admin::NewStub(channel);

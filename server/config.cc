@@ -75,6 +75,13 @@ const std::map<std::string, Setter>& Setters() {
                   absl::StrCat("huge_pages: '", v, "' is not one of auto, on, off"));
          return absl::OkStatus();
        }},
+      {"stream_dispatch", [](const std::string& v, ServerConfig* c) {
+         if (v == "inline") c->stream_inline = true;
+         else if (v == "pool") c->stream_inline = false;
+         else return absl::InvalidArgumentError(
+                  absl::StrCat("stream_dispatch: '", v, "' is not one of inline, pool"));
+         return absl::OkStatus();
+       }},
       {"worker_threads", [](const std::string& v, ServerConfig* c) {
          int n = 0;
          if (!absl::SimpleAtoi(v, &n) || n < 1 || n > 1024) {
@@ -133,6 +140,8 @@ std::string ConfigUsage() {
   --attach-timeout=DUR     how long an opened session may wait to attach (default 30s)
   --shutdown-timeout=DUR   SIGTERM: time given to in-flight requests (default 10s)
   --worker-threads=N       request worker pool size (default 4)
+  --stream-dispatch=inline|pool  run non-blocking stream requests on the
+                           reactor thread (inline, default) or the pool
   --max-message-bytes=SIZE largest accepted gRPC message (default 64KiB)
   --config=FILE            JSON file with the same keys ("pinned_bytes": "64GiB");
                            flags override it

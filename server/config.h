@@ -30,7 +30,12 @@ struct ServerConfig {
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(10)};
   int worker_threads = 4;
   // Largest gRPC message spilld accepts; bulk data never travels over gRPC.
+  // (Answers, such as a job's object list, may be larger.)
   uint64_t max_message_bytes = 64 * 1024;
+  // Stream requests that cannot block (every one the pinned tier serves) run
+  // on the gRPC reactor thread that read them ("inline"), saving a thread
+  // hop per round trip; "pool" sends them to the worker pool like unary calls.
+  bool stream_inline = true;
   std::string config_file;
 };
 

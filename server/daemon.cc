@@ -14,6 +14,11 @@
 #include "server/worker_service.h"
 
 namespace spill::server {
+namespace {
+
+constexpr int kMaxAnswerBytes = 256 << 20;
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config) {
   std::unique_ptr<Daemon> d(new Daemon());
@@ -41,6 +46,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   worker_deps.metrics = d->metrics_.get();
   worker_deps.alignment_bytes = d->arena_->alignment();
   worker_deps.attach_timeout = config.attach_timeout;
+  worker_deps.stream_inline = config.stream_inline;
   d->worker_ = std::make_unique<WorkerService>(worker_deps);
 
   AdminServiceDeps admin_deps;
@@ -63,7 +69,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   builder.RegisterService(d->worker_.get());
   builder.RegisterService(d->admin_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // Answers may be larger than requests (a job's object list, its sessions):
+  // they are bounded by what the job registered, not by what a client sends.
+  builder.SetMaxSendMessageSize(kMaxAnswerBytes);
   // No listening port: the listener hands over each connection's fd.
   d->server_ = builder.BuildAndStart();
   if (d->server_ == nullptr) return absl::InternalError("gRPC server failed to start");

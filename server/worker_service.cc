@@ -80,6 +80,13 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       binds_stream = request.op_case() == StreamRequest::kAttach && session_id_ == 0;
     }
     auto start = SteadyClock::now();
+    if (deps_.stream_inline) {
+      // Every stream operation of the pinned tier is a short in-memory
+      // update: it does not block, so it may run on the reactor thread.
+      Process(request, start, binds_stream);
+      if (!binds_stream) StartRead(&request_);
+      return;
+    }
     bool posted = deps_.pool->Post([this, request = std::move(request), start, binds_stream] {
       Process(request, start, binds_stream);
     });

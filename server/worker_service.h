@@ -29,6 +29,8 @@ struct WorkerServiceDeps {
   Metrics* metrics = nullptr;
   uint64_t alignment_bytes = 0;
   std::chrono::milliseconds attach_timeout{0};
+  // See ServerConfig::stream_inline.
+  bool stream_inline = true;
 };
 
 class SessionReactor;

@@ -254,6 +254,19 @@ TEST_F(SessionTest, KilledClientLosesItsPinsOthersAreUnaffected) {
   EXPECT_EQ(FindJob(latest, "victim"), nullptr);
 }
 
+TEST_F(SessionTest, ListsAJobWithThousandsOfObjects) {
+  // Requests are capped at 64 KiB; a job's object list is far larger.
+  auto s = OpenOrDie(daemon_->socket_path(), "many");
+  for (int i = 0; i < 3000; ++i) {
+    auto obj = s->Register("layer." + std::to_string(i) + ".attention.qkv.param_shard.rank0",
+                           ObjectKind::kParamShard, DType::kBFloat16, 8);
+    ASSERT_TRUE(obj.ok()) << obj.status();
+  }
+  auto list = s->List();
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->size(), 3000u);
+}
+
 TEST_F(SessionTest, ManyConcurrentRequestsAllAnswered) {
   auto s = OpenOrDie(daemon_->socket_path(), "busy");
   auto obj = s->Register("w", ObjectKind::kParamShard, DType::kBFloat16, 1 << 16);
