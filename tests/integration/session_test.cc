@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <thread>
@@ -205,7 +206,9 @@ TEST_F(SessionTest, KilledClientLosesItsPinsOthersAreUnaffected) {
   ASSERT_TRUE(keep.ok());
   ASSERT_TRUE(survivor->Acquire(keep->object_id)->Wait(seconds(10)).ok());
 
-  auto child = Spawn({SPILL_TEST_CLIENT_PATH, daemon_->socket_path(), "victim"});
+  const char* env = std::getenv("SPILL_TEST_CLIENT");  // Set when run from a bundle.
+  auto child = Spawn({env != nullptr && *env ? env : SPILL_TEST_CLIENT_PATH,
+                      daemon_->socket_path(), "victim"});
   ASSERT_TRUE(child.ok());
   // The child prints "ready" once it holds a pin, then blocks forever.
   std::string line;
