@@ -224,11 +224,10 @@ CMAKE
 
 # env.sh, install.sh, README.txt, the self-test, the demo job and the example.
 write_support_files() {
-  local stage=$1 version=$2 name=$3 cudart=$4 cuda_note
+  local stage=$1 version=$2 name=$3 cudart=$4 cuda_note="CUDA: $5."
   if [ -n "$cudart" ]; then
-    cuda_note="libspill_client was built with CUDA and needs CUDA's runtime ($cudart) from the node: env.sh adds CUDA_HOME/lib64 or /usr/local/cuda/lib64 when the loader does not find it by itself."
-  else
-    cuda_note="This build has no CUDA support: the client does not register its segments with cudaHostRegister."
+    cuda_note+=" For $cudart, env.sh adds \$CUDA_HOME/lib64 or /usr/local/cuda/lib64"
+    cuda_note+=" to LD_LIBRARY_PATH when the loader does not find it by itself."
   fi
   sed "s|@SPILL_CUDART@|$cudart|g" "$templates/env.sh" >"$stage/env.sh"
   sed "s|@SPILL_VERSION@|$version|g" "$templates/install.sh" >"$stage/install.sh"
@@ -336,16 +335,18 @@ main() {
   finish_own_files "$stage"
   copy_deps "$stage"
   copy_headers "$stage"
-  cudart=$(ldd "$stage/lib/libspill_client.so" | awk '$1 ~ /^libcudart\.so/ { print $1 }')
-  cuda="built without CUDA"
-  if [ -n "$cudart" ]; then
+  # The shared CUDA runtime some programs (benchmarks, GPU tests) may need.
+  cudart=$(printf '%s\n' "${!node_from[@]}" | grep -m 1 '^libcudart\.so' || true)
+  cuda="built without CUDA: the client does not register segments with cudaHostRegister"
+  if grep -q 'SPILL_CLIENT_WITH_CUDA=1' "$build/compile_commands.json"; then
     with_cuda=ON
     nvcc=$(sed -n 's/^CUDAToolkit_NVCC_EXECUTABLE:[A-Z]*=//p' "$build/CMakeCache.txt")
-    cuda="libspill_client built with CUDA $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p');"
-    cuda+=" needs $cudart from the node"
+    cuda="built with CUDA $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'):"
+    cuda+=" the client registers segments with cudaHostRegister (needs the node's NVIDIA driver)"
   fi
+  if [ -n "$cudart" ]; then cuda+="; $cudart comes from the node"; fi
   write_cmake_package "$stage" "$version" "$with_cuda"
-  write_support_files "$stage" "$version" "$name" "$cudart"
+  write_support_files "$stage" "$version" "$name" "$cudart" "$cuda"
   write_build_info "$stage" "$version" "$cuda"
   spill_step "pack"
   pack "$stage" "$name"

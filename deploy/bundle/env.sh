@@ -2,9 +2,9 @@
 #
 # Puts the bundle's programs on PATH, its libraries on LD_LIBRARY_PATH (gRPC,
 # protobuf, abseil, ... as built on Debian 12: the node needs only glibc,
-# libstdc++, zlib and, for CUDA registration, CUDA's runtime) and the bundle on
-# CMAKE_PREFIX_PATH, for find_package(Spill CONFIG), and SPILL_SPILLD for the
-# bundled benchmarks and tests. Sourcing it twice adds nothing twice.
+# libstdc++, zlib and the NVIDIA driver), the bundle on CMAKE_PREFIX_PATH for
+# find_package(Spill CONFIG), and sets SPILL_SPILLD and SPILL_TEST_CLIENT for
+# the bundled benchmarks and tests. Sourcing it twice adds nothing twice.
 
 # install.sh writes the install prefix here; bash and zsh find it themselves.
 SPILL_HOME_DEFAULT=
@@ -39,12 +39,17 @@ _spill_add() {
 _spill_add PATH "$SPILL_HOME/bin" front
 _spill_add LD_LIBRARY_PATH "$SPILL_HOME/lib" front
 _spill_add CMAKE_PREFIX_PATH "$SPILL_HOME" front
-# The spilld that the bundled benchmarks and tests start.
+# The spilld (and test client) that the bundled benchmarks and tests start.
 SPILL_SPILLD=$SPILL_HOME/bin/spilld
 export SPILL_SPILLD
-# libspill_client built with CUDA needs CUDA's runtime (libcudart): after
-# everything else, the toolkit's when the loader would not find one itself.
-_spill_cudart='@SPILL_CUDART@'  # Empty when built without CUDA.
+if [ -x "$SPILL_HOME/bin/spill_test_client" ]; then
+  SPILL_TEST_CLIENT=$SPILL_HOME/bin/spill_test_client
+  export SPILL_TEST_CLIENT
+fi
+# Programs built against the shared CUDA runtime (benchmarks, GPU tests) need
+# libcudart: after everything else, the toolkit's when the loader would not
+# find one itself.
+_spill_cudart='@SPILL_CUDART@'  # Empty when no program needs it.
 if [ -n "$_spill_cudart" ] && ! /sbin/ldconfig -p 2>/dev/null | grep -qF "$_spill_cudart"; then
   for _spill_cuda in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
     if [ -n "$_spill_cuda" ] && [ -e "$_spill_cuda/lib64/$_spill_cudart" ]; then
