@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -66,9 +67,13 @@ int Run(const Options& opt) {
   }
   cudaDeviceProp prop{};
   CUDA_OR_DIE(cudaGetDeviceProperties(&prop, 0));
-  std::string machine = opt.machine.empty() ? std::string(prop.name) + " / " +
-                                                  spill::bench::MachineName()
-                                            : opt.machine;
+  // $SPILL_BENCH_MACHINE (or --machine) names the whole machine, GPU included.
+  std::string machine = opt.machine;
+  if (machine.empty()) {
+    const char* env = std::getenv("SPILL_BENCH_MACHINE");
+    machine = env != nullptr && *env ? env
+                                     : std::string(prop.name) + " / " + spill::bench::MachineName();
+  }
   const uint64_t max_size = *std::max_element(opt.sizes.begin(), opt.sizes.end());
   const std::string seg = std::to_string(max_size);
   auto daemon = spill::testing::SpilldProcess::Start(
