@@ -34,6 +34,10 @@ struct Registry::Job {
   std::map<std::string, uint64_t> names;
   std::set<uint64_t> sessions;
   std::optional<std::chrono::steady_clock::time_point> grace_deadline;
+  uint64_t used_bytes = 0;  // Sum of the objects' sizes.
+  // Registrations between their quota check and their allocation.
+  uint64_t pending_bytes = 0;
+  std::set<std::string> pending_names;
 };
 
 namespace {
@@ -207,7 +211,9 @@ void Registry::CloseSessionLocked(Session& session) {
 absl::Status Registry::CheckQuotaLocked(const Job& job, const std::string& name,
                                         uint64_t bytes) const {
   const uint64_t quota = quota_;
-  uint64_t used = arena_->JobUsage(job.id).used_bytes;
+  // Counted here, not read from the arena: an allocation that has finished
+  // in the arena but not yet been recorded would otherwise count twice.
+  uint64_t used = job.used_bytes + job.pending_bytes;
   if (used + bytes > quota) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "job '", job.id, "' pinned quota is ", FormatBytes(quota), " (", quota, " B) with ",
@@ -248,29 +254,44 @@ absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const
   }
   const uint64_t bytes = static_cast<uint64_t>(num_elements) * elem;
 
+  Job* job = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+    job = jobs_.at(session->job_id).get();
+    if (job->names.count(name) != 0 || job->pending_names.count(name) != 0) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("job '", job->id, "' already has an object '", name, "'"));
+    }
+    if (job->objects.size() + job->pending_names.size() >= options_.max_objects_per_job) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "job '", job->id, "' has ", job->objects.size(), " objects; the limit is ",
+          options_.max_objects_per_job));
+    }
+    SPILL_RETURN_IF_ERROR(CheckQuotaLocked(*job, name, bytes));
+    // Reserved until the allocation is done; a job with a registration in
+    // flight is never freed (Tick skips it), so `job` stays valid.
+    job->pending_bytes += bytes;
+    job->pending_names.insert(name);
+  }
+  // Allocation may replace a segment's memfd (populate and mlock: ~0.5 s per
+  // GiB), so it runs without the registry's lock: other sessions' requests
+  // go on meanwhile.
+  absl::StatusOr<storage::Extent> extent = arena_->Allocate(job->id, bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
-  Job& job = *jobs_.at(session->job_id);
-  if (job.names.count(name) != 0) {
-    return absl::AlreadyExistsError(absl::StrCat("job '", job.id, "' already has an object '",
-                                                 name, "' (id ", job.names.at(name), ")"));
-  }
-  if (job.objects.size() >= options_.max_objects_per_job) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "job '", job.id, "' has ", job.objects.size(), " objects; the limit is ",
-        options_.max_objects_per_job));
-  }
-  SPILL_RETURN_IF_ERROR(CheckQuotaLocked(job, name, bytes));
-  SPILL_ASSIGN_OR_RETURN(storage::Extent extent, arena_->Allocate(job.id, bytes));
+  job->pending_bytes -= bytes;
+  job->pending_names.erase(name);
+  if (!extent.ok()) return extent.status();
   ObjectRecord record;
   record.id = next_object_id_++;
   record.name = name;
   record.kind = kind;
   record.dtype = dtype;
   record.num_elements = static_cast<uint64_t>(num_elements);
-  record.extent = extent;
-  job.names.emplace(name, record.id);
-  job.objects.emplace(record.id, record);
+  record.extent = *extent;
+  job->names.emplace(name, record.id);
+  job->objects.emplace(record.id, record);
+  job->used_bytes += bytes;
   return record;
 }
 
@@ -294,6 +315,7 @@ absl::Status Registry::FreeObject(uint64_t session_id, const Token& token, uint6
         " time(s); release it before freeing"));
   }
   SPILL_RETURN_IF_ERROR(arena_->Free(job.id, object->extent));
+  job.used_bytes -= object->extent.size;
   job.names.erase(object->name);
   job.objects.erase(object_id);
   return absl::OkStatus();
@@ -408,7 +430,10 @@ void Registry::Tick() {
   for (uint64_t id : stale) CloseSessionLocked(*sessions_.at(id));
   std::vector<std::string> expired;
   for (const auto& [id, job] : jobs_) {
-    if (job->grace_deadline.has_value() && now >= *job->grace_deadline) expired.push_back(id);
+    if (job->grace_deadline.has_value() && now >= *job->grace_deadline &&
+        job->pending_names.empty()) {
+      expired.push_back(id);
+    }
   }
   for (const auto& id : expired) FreeJobLocked(id);
 }

@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include "storage/pinned_arena.h"
 
@@ -247,6 +250,34 @@ TEST_F(RegistryTest, PoolExhaustionIsResourceExhausted) {
   auto r = registry_->RegisterObject(s.session_id, s.token, "more", kParam, kF32, 1);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
   EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 4u);
+}
+
+TEST_F(RegistryTest, ConcurrentRegistrationsNeverPassTheQuota) {
+  // Allocation runs outside the registry's lock; the quota must still hold
+  // and names stay unique when many registrations race.
+  RegistryOptions options;
+  options.job_pinned_quota = 100 * 4000;
+  Make(options);
+  OpenedSession s = Open("job");
+  std::atomic<int> ok{0}, exhausted{0}, duplicate{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 40; ++i) {
+        // Threads 0-3 and 4-7 race on the same names.
+        std::string name = "o" + std::to_string(t % 4) + "." + std::to_string(i);
+        auto r = registry_->RegisterObject(s.session_id, s.token, name, kParam, kF32, 1000);
+        if (r.ok()) ++ok;
+        else if (r.status().code() == absl::StatusCode::kResourceExhausted) ++exhausted;
+        else if (r.status().code() == absl::StatusCode::kAlreadyExists) ++duplicate;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 100);
+  EXPECT_EQ(ok + exhausted + duplicate, 320);
+  EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 100u);
+  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 100u * 4000);
 }
 
 TEST(TokenTest, WrongLength) {
