@@ -10,15 +10,13 @@
 #include <cstdio>
 #include <functional>
 
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "storage/pinned_arena.h"
 
-#define SPILL_TEST_CONCAT_INNER_(a, b) a##b
-#define SPILL_TEST_CONCAT_(a, b) SPILL_TEST_CONCAT_INNER_(a, b)
-
 // Declares lhs from a StatusOr expression, failing the test when not OK.
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
-  ASSERT_OK_AND_ASSIGN_IMPL_(SPILL_TEST_CONCAT_(statusor_, __LINE__), lhs, expr)
+  ASSERT_OK_AND_ASSIGN_IMPL_(SPILL_STATUS_CONCAT_(statusor_, __LINE__), lhs, expr)
 #define ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, expr)               \
   auto statusor = (expr);                                             \
   ASSERT_TRUE(statusor.ok()) << #expr << ": " << statusor.status();   \
