@@ -1,5 +1,6 @@
 // spilld: the per-node offload daemon. See `spilld --help`.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <iostream>
@@ -21,6 +22,13 @@ int main(int argc, char** argv) {
     std::cerr << "spilld: " << config.status().message() << "\n"
               << "run 'spilld --help' for usage\n";
     return 2;
+  }
+  // Every segment is an open memfd, and every connection a socket: take the
+  // whole hard limit on descriptors (the soft default is often 1024).
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
   }
   // Signals are taken synchronously by this thread; every thread started
   // from here on inherits the mask.
