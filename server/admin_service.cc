@@ -36,13 +36,12 @@ void AdminService::FillStats(spill::v1::StatsResponse* response) const {
   tier->set_segments_total(arena.segments_total);
   tier->set_segments_free(arena.segments_free);
   tier->set_huge_pages(arena.huge_pages);
-  const uint64_t quota = deps_.registry->job_pinned_quota();
-  for (const auto& [job, usage] : arena.jobs) {
+  for (const JobSnapshot& snap : deps_.registry->Jobs()) {
     spill::v1::JobUsage* j = tier->add_jobs();
-    j->set_job_id(job);
-    j->set_used_bytes(usage.used_bytes);
-    j->set_reserved_bytes(usage.reserved_bytes);
-    j->set_quota_bytes(quota);
+    j->set_job_id(snap.job_id);
+    j->set_used_bytes(snap.used_bytes);
+    j->set_reserved_bytes(snap.reserved_bytes);
+    j->set_quota_bytes(snap.quota_bytes);
   }
   response->set_bytes_in(deps_.metrics->bytes_in());
   response->set_bytes_out(deps_.metrics->bytes_out());

@@ -178,7 +178,14 @@ void Listener::AcceptLoop() {
       if (fd == listen_fd_.get()) {
         for (;;) {
           int conn = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-          if (conn < 0) break;
+          if (conn < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+              // Out of descriptors: the pending connection stays readable,
+              // so back off instead of spinning on it.
+              std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+            break;
+          }
           auto creds = ReadPeerCreds(conn);
           if (!creds.ok()) {
             ::close(conn);

@@ -28,6 +28,10 @@ struct Registry::Session {
 
 struct Registry::Job {
   std::string id;
+  // The arena's name for this job: unique to this instance of the job, so a
+  // later job that reuses the id (perhaps another user's) is a different
+  // owner to the arena and never inherits this one's segments unzeroed.
+  std::string arena_key;
   uid_t uid = 0;
   int world_size = 0;
   std::map<uint64_t, ObjectRecord> objects;
@@ -119,6 +123,7 @@ absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, i
   } else {
     auto job = std::make_unique<Job>();
     job->id = job_id;
+    job->arena_key = absl::StrCat(job_id, "#", next_job_instance_++);
     job->uid = peer.uid;
     job->world_size = world_size;
     it = jobs_.emplace(job_id, std::move(job)).first;
@@ -277,7 +282,7 @@ absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const
   // Allocation may replace a segment's memfd (populate and mlock: ~0.5 s per
   // GiB), so it runs without the registry's lock: other sessions' requests
   // go on meanwhile.
-  absl::StatusOr<storage::Extent> extent = arena_->Allocate(job->id, bytes);
+  absl::StatusOr<storage::Extent> extent = arena_->Allocate(job->arena_key, bytes);
   std::lock_guard<std::mutex> lock(mu_);
   job->pending_bytes -= bytes;
   job->pending_names.erase(name);
@@ -314,7 +319,7 @@ absl::Status Registry::FreeObject(uint64_t session_id, const Token& token, uint6
         "object '", object->name, "' (id ", object_id, ") is pinned ", object->pin_count,
         " time(s); release it before freeing"));
   }
-  SPILL_RETURN_IF_ERROR(arena_->Free(job.id, object->extent));
+  SPILL_RETURN_IF_ERROR(arena_->Free(job.arena_key, object->extent));
   job.used_bytes -= object->extent.size;
   job.names.erase(object->name);
   job.objects.erase(object_id);
@@ -403,9 +408,10 @@ absl::StatusOr<SegmentGrant> Registry::SegmentForSession(uint64_t session_id,
         session->peer.uid));
   }
   SPILL_ASSIGN_OR_RETURN(storage::SegmentHandle handle,
-                         arena_->GetSegment(session->job_id, segment_id));
+                         arena_->GetSegment(jobs_.at(session->job_id)->arena_key, segment_id));
   SegmentGrant grant;
-  SPILL_ASSIGN_OR_RETURN(grant.fd, arena_->DupSegmentFd(session->job_id, segment_id));
+  SPILL_ASSIGN_OR_RETURN(grant.fd,
+                         arena_->DupSegmentFd(jobs_.at(session->job_id)->arena_key, segment_id));
   grant.segment_id = handle.segment_id;
   grant.size_bytes = handle.size_bytes;
   grant.huge_pages = handle.huge_pages;
@@ -416,7 +422,7 @@ void Registry::FreeJobLocked(const std::string& job_id) {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
   for (uint64_t sid : it->second->sessions) sessions_.erase(sid);
-  arena_->ReleaseJob(job_id);
+  arena_->ReleaseJob(it->second->arena_key);
   jobs_.erase(it);
 }
 
@@ -460,7 +466,9 @@ std::vector<JobSnapshot> Registry::Jobs() const {
                                           *job->grace_deadline - now));
     }
     snap.objects = static_cast<uint32_t>(job->objects.size());
-    snap.used_bytes = arena_->JobUsage(id).used_bytes;
+    const storage::JobArenaUsage usage = arena_->JobUsage(job->arena_key);
+    snap.used_bytes = usage.used_bytes;
+    snap.reserved_bytes = usage.reserved_bytes;
     snap.quota_bytes = quota;
     for (uint64_t sid : job->sessions) {
       const Session& s = *sessions_.at(sid);

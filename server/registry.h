@@ -108,6 +108,7 @@ struct JobSnapshot {
   std::chrono::milliseconds grace_remaining{0};
   uint32_t objects = 0;
   uint64_t used_bytes = 0;
+  uint64_t reserved_bytes = 0;  // Segments the job owns.
   uint64_t quota_bytes = 0;
   std::vector<SessionSnapshot> sessions;
 };
@@ -190,6 +191,7 @@ class Registry {
   mutable std::mutex mu_;
   uint64_t next_session_id_ = 1;
   uint64_t next_object_id_ = 1;
+  uint64_t next_job_instance_ = 1;
   std::map<std::string, std::unique_ptr<Job>> jobs_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Session>> sessions_;
 };

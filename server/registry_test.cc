@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -45,6 +46,13 @@ class RegistryTest : public ::testing::Test {
 
   size_t JobCount() const { return registry_->Jobs().size(); }
 
+  uint64_t UsedBytes(const std::string& job) const {
+    for (const JobSnapshot& j : registry_->Jobs()) {
+      if (j.job_id == job) return j.used_bytes;
+    }
+    return 0;
+  }
+
   std::chrono::steady_clock::time_point now_{};
   std::unique_ptr<storage::PinnedArena> arena_;
   std::unique_ptr<Registry> registry_;
@@ -61,7 +69,7 @@ TEST_F(RegistryTest, RegisterListFree) {
   EXPECT_EQ((*list)[0].name, "w");
   EXPECT_TRUE(registry_->FreeObject(s.session_id, s.token, obj->id).ok());
   EXPECT_TRUE(registry_->ListObjects(s.session_id, s.token)->empty());
-  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 0u);
+  EXPECT_EQ(UsedBytes("job"), 0u);
 }
 
 TEST_F(RegistryTest, BadRegistrationsChangeNothing) {
@@ -91,7 +99,7 @@ TEST_F(RegistryTest, BadRegistrationsChangeNothing) {
     EXPECT_FALSE(r.status().message().empty());
   }
   EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 1u);
-  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 40u);
+  EXPECT_EQ(UsedBytes("job"), 40u);
 }
 
 TEST_F(RegistryTest, WrongTokenAndUnknownSession) {
@@ -189,6 +197,29 @@ TEST_F(RegistryTest, DetachDropsPinsKeepsObjectsUntilGraceExpires) {
   EXPECT_EQ(arena_->Stats().used_bytes, 0u);
 }
 
+TEST_F(RegistryTest, AJobIdReusedByAnotherUserGetsZeroedSegments) {
+  OpenedSession a = Open("run1", 0, 1, /*uid=*/1000);
+  auto obj = registry_->RegisterObject(a.session_id, a.token, "w", kParam, kF32, 1 << 18);
+  ASSERT_TRUE(obj.ok()) << obj.status();
+  uint8_t* bytes = arena_->Data(obj->extent);
+  std::memset(bytes, 0xAB, obj->extent.size);
+  registry_->DetachStream(a.session_id);
+  now_ += milliseconds(1000);
+  registry_->Tick();  // Grace over: "run1" is freed.
+  ASSERT_EQ(JobCount(), 0u);
+  // Another user names a job "run1" too: it must not inherit the old pages.
+  OpenedSession b = Open("run1", 0, 1, /*uid=*/1001);
+  EXPECT_FALSE(b.job_existed);
+  for (int i = 0; i < 4; ++i) {
+    auto mine = registry_->RegisterObject(b.session_id, b.token, "w" + std::to_string(i), kParam,
+                                          kF32, 1 << 18);
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    EXPECT_NE(mine->extent.segment_id, obj->extent.segment_id);
+    const uint8_t* fresh = arena_->Data(mine->extent);
+    for (uint64_t k = 0; k < mine->extent.size; k += 4093) ASSERT_EQ(fresh[k], 0) << k;
+  }
+}
+
 TEST_F(RegistryTest, UnattachedSessionTimesOut) {
   auto s = registry_->OpenSession("job", 0, 1, PeerCreds{1, 1000, 1000});
   ASSERT_TRUE(s.ok());
@@ -225,7 +256,7 @@ TEST_F(RegistryTest, QuotaNamesLimitAndUse) {
   EXPECT_NE(over.status().message().find("10000 B"), std::string::npos) << over.status();
   EXPECT_NE(over.status().message().find("8000 B"), std::string::npos) << over.status();
   EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 1u);
-  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 8000u);
+  EXPECT_EQ(UsedBytes("job"), 8000u);
 }
 
 TEST_F(RegistryTest, WriteBackVersionsOnlyMoveForward) {
@@ -277,7 +308,7 @@ TEST_F(RegistryTest, ConcurrentRegistrationsNeverPassTheQuota) {
   EXPECT_EQ(ok.load(), 100);
   EXPECT_EQ(ok + exhausted + duplicate, 320);
   EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->size(), 100u);
-  EXPECT_EQ(arena_->JobUsage("job").used_bytes, 100u * 4000);
+  EXPECT_EQ(UsedBytes("job"), 100u * 4000);
 }
 
 TEST(TokenTest, WrongLength) {

@@ -33,10 +33,15 @@ const char* OpName(StreamRequest::OpCase op) {
 
 }  // namespace
 
-// One session's stream. Reads are processed on the pool; each produces one
-// event, queued and written in completion order.
+// One session's stream. Each request read produces one event, queued and
+// written in order. Requests run one at a time per stream, in the order read
+// (inline on the reactor thread, or on the pool), so a pipelined acquire then
+// release of one object keep their order. At most kMaxQueuedEvents answers
+// wait to be written; past that, reading pauses until the client catches up.
 class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, StreamEvent> {
  public:
+  static constexpr size_t kMaxQueuedEvents = 1024;
+
   SessionReactor(WorkerService* service, bool stopping)
       : service_(service), deps_(service->deps()), stopping_(stopping) {
     if (stopping_) {
@@ -53,7 +58,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
   bool BeginShutdown() {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    if (finished_ || pending_ != 0 || writing_) return false;
+    if (finished_ || Busy()) return false;
     finished_ = true;
     return true;
   }
@@ -63,48 +68,50 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
   }
 
   void OnReadDone(bool ok) override {
-    bool stopping;
+    StreamRequest request;
+    bool binds_stream = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stopping = stopping_;
+      if (ok && !stopping_ && !finished_) {
+        request = std::move(request_);
+        ++pending_;
+        binds_stream = request.op_case() == StreamRequest::kAttach && session_id_ == 0;
+        ok = true;
+      } else {
+        ok = false;
+      }
     }
-    if (!ok || stopping) {
+    if (!ok) {
       OnReadsDone();
       return;
     }
-    StreamRequest request = std::move(request_);
-    bool binds_stream;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++pending_;
-      binds_stream = request.op_case() == StreamRequest::kAttach && session_id_ == 0;
-    }
     auto start = SteadyClock::now();
+    auto run = [this, request = std::move(request), start, binds_stream] {
+      absl::Status status = Process(request, start);
+      if (binds_stream && !status.ok()) {
+        OnReadsDone();  // A failed attach ends the stream.
+      } else {
+        ReadNext();
+      }
+    };
     if (deps_.stream_inline) {
       // Every stream operation of the pinned tier is a short in-memory
       // update: it does not block, so it may run on the reactor thread.
-      Process(request, start, binds_stream);
-      if (!binds_stream) StartRead(&request_);
+      run();
       return;
     }
-    bool posted = deps_.pool->Post([this, request = std::move(request), start, binds_stream] {
-      Process(request, start, binds_stream);
-    });
-    if (!posted) {
+    if (!deps_.pool->Post(std::move(run))) {
       {
         std::lock_guard<std::mutex> lock(mu_);
         --pending_;
       }
       OnReadsDone();
-      return;
     }
-    // Until the attach is processed nothing else is read, so every later
-    // request sees the session bound.
-    if (!binds_stream) StartRead(&request_);
   }
 
   void OnWriteDone(bool ok) override {
     const StreamEvent* next = nullptr;
+    bool resume_reading = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       writes_.pop_front();
@@ -114,8 +121,13 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       }
       writing_ = !writes_.empty();
       if (writing_) next = &writes_.front();
+      if (read_paused_ && writes_.size() <= kMaxQueuedEvents / 2) {
+        read_paused_ = false;
+        resume_reading = true;
+      }
     }
     if (next != nullptr) StartWrite(next);
+    if (resume_reading) ReadNext();
     MaybeFinish();
   }
 
@@ -125,6 +137,29 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
   }
 
  private:
+  // Something is in flight that Finish must wait for. Requires mu_.
+  bool Busy() const { return pending_ != 0 || writing_ || starting_read_; }
+
+  // Reads the next request unless the stream is ending or too many answers
+  // wait to be written. starting_read_ keeps Finish from racing StartRead.
+  void ReadNext() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || stopping_ || reads_done_) return;
+      if (writes_.size() >= kMaxQueuedEvents) {
+        read_paused_ = true;
+        return;
+      }
+      starting_read_ = true;
+    }
+    StartRead(&request_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      starting_read_ = false;
+    }
+    MaybeFinish();
+  }
+
   void OnReadsDone() {
     uint64_t session = 0;
     {
@@ -137,7 +172,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     MaybeFinish();
   }
 
-  void Process(const StreamRequest& request, SteadyClock::time_point start, bool binds_stream) {
+  absl::Status Process(const StreamRequest& request, SteadyClock::time_point start) {
     StreamEvent event;
     event.set_tag(request.tag());
     absl::Status status = Execute(request, &event);
@@ -149,18 +184,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
                                  status.ok());
     Enqueue(std::move(event));
-    if (binds_stream) {
-      if (status.ok()) {
-        StartRead(&request_);
-      } else {
-        OnReadsDone();  // A failed attach ends the stream.
-      }
-    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       --pending_;
     }
     MaybeFinish();
+    return status;
   }
 
   absl::Status Execute(const StreamRequest& request, StreamEvent* event) {
@@ -231,7 +260,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     bool stopping;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (finished_ || !(reads_done_ || stopping_) || pending_ != 0 || writing_) return;
+      if (finished_ || !(reads_done_ || stopping_) || Busy()) return;
       finished_ = true;
       stopping = stopping_;
     }
@@ -253,6 +282,8 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
   bool broken_ = false;
   bool reads_done_ = false;
   bool finished_ = false;
+  bool read_paused_ = false;    // Too many answers queued; OnWriteDone resumes.
+  bool starting_read_ = false;  // Between deciding to read and StartRead.
   int pending_ = 0;
 };
 
