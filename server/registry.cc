@@ -300,6 +300,14 @@ absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const
   return record;
 }
 
+absl::StatusOr<Registry::StreamTarget> Registry::StreamTargetLocked(uint64_t session_id,
+                                                                   uint64_t object_id) const {
+  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
+                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  return StreamTarget{session, object};
+}
+
 absl::StatusOr<ObjectRecord*> Registry::FindObjectLocked(Job& job, uint64_t object_id) const {
   auto it = job.objects.find(object_id);
   if (it == job.objects.end()) {
@@ -339,9 +347,8 @@ absl::StatusOr<std::vector<ObjectRecord>> Registry::ListObjects(uint64_t session
 
 absl::StatusOr<ObjectRecord> Registry::Acquire(uint64_t session_id, uint64_t object_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
-  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
-                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
+  auto [session, object] = target;
   if (object->pin_count == std::numeric_limits<uint32_t>::max()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("object '", object->name, "' has the maximum number of pins"));
@@ -355,17 +362,15 @@ absl::StatusOr<ObjectRecord> Registry::Prefetch(uint64_t session_id, uint64_t ob
   // The pinned tier holds every object resident, so a prefetch only checks
   // that the object exists; the NVMe tier makes this a read-ahead.
   std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
-  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
-                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
+  auto [session, object] = target;
   return *object;
 }
 
 absl::StatusOr<ObjectRecord> Registry::Release(uint64_t session_id, uint64_t object_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
-  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
-                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
+  auto [session, object] = target;
   auto pin = session->pins.find(object_id);
   if (pin == session->pins.end()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -380,9 +385,8 @@ absl::StatusOr<ObjectRecord> Registry::Release(uint64_t session_id, uint64_t obj
 absl::StatusOr<ObjectRecord> Registry::WriteBack(uint64_t session_id, uint64_t object_id,
                                                  uint64_t version) {
   std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
-  SPILL_ASSIGN_OR_RETURN(ObjectRecord * object,
-                         FindObjectLocked(*jobs_.at(session->job_id), object_id));
+  SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
+  auto [session, object] = target;
   if (session->pins.count(object_id) == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "write-back of object '", object->name, "' (id ", object_id,

@@ -180,6 +180,12 @@ class Registry {
   absl::StatusOr<Session*> AuthLocked(uint64_t session_id, const Token& token) const;
   absl::StatusOr<Session*> StreamSessionLocked(uint64_t session_id) const;
   absl::StatusOr<ObjectRecord*> FindObjectLocked(Job& job, uint64_t object_id) const;
+  // The attached session and one of its job's objects, for stream requests.
+  struct StreamTarget {
+    Session* session;
+    ObjectRecord* object;
+  };
+  absl::StatusOr<StreamTarget> StreamTargetLocked(uint64_t session_id, uint64_t object_id) const;
   absl::Status CheckQuotaLocked(const Job& job, const std::string& name, uint64_t bytes) const;
   void CloseSessionLocked(Session& session);
   void FreeJobLocked(const std::string& job_id);
