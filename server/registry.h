@@ -59,20 +59,11 @@ struct RegistryOptions {
   uint32_t max_job_id_bytes = 128;
 };
 
-// Values match spill.v1.ObjectKind.
-enum class ObjectKind : int {
-  kParamShard = 1,
-  kGradShard = 2,
-  kMaster = 3,
-  kMoment = 4,
-  kOther = 5,
-};
-
 struct ObjectRecord {
   uint64_t id = 0;
   std::string name;
-  int kind = 0;
-  int dtype = 0;
+  int kind = 0;   // A spill.v1.ObjectKind value.
+  int dtype = 0;  // A spill.v1.DType value.
   uint64_t num_elements = 0;
   storage::Extent extent;
   uint64_t version = 0;
