@@ -6,6 +6,7 @@ find_package(Protobuf REQUIRED)
 # Needs protobuf-compiler-grpc for the plugin target.
 find_package(gRPC CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
+find_package(hwy CONFIG REQUIRED)  # Google Highway (libhwy-dev): SIMD with run-time dispatch
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBURING REQUIRED IMPORTED_TARGET liburing)
 
