@@ -155,7 +155,7 @@ std::shared_ptr<Work> GrpcSession::Submit(WorkOp op, uint64_t object_id,
       why = absl::UnavailableError(absl::StrCat("cannot send to spilld at ", options_.socket_path,
                                                 ": the session stream is broken"));
     }
-    works_.Complete(started.tag, std::move(why), {});
+    works_.Complete(started.tag, std::move(why), WorkResult{});
   }
   return started.work;
 }
@@ -164,10 +164,14 @@ void GrpcSession::ReadLoop() {
   v1::StreamEvent event;
   while (stream_->Read(&event)) {
     absl::Status status = StatusFromCode(event.code(), event.message());
-    ObjectInfo object;
-    if (status.ok() && event.has_object()) object = FromProto(event.object());
+    WorkResult result;
+    if (status.ok()) {
+      if (event.has_object()) result.object = FromProto(event.object());
+      if (event.has_step()) result.step = FromProto(event.step());
+      result.sum_squares = event.sum_squares();
+    }
     // An unknown tag (a request already failed locally) is dropped.
-    works_.Complete(event.tag(), std::move(status), std::move(object));
+    works_.Complete(event.tag(), std::move(status), std::move(result));
   }
   OnStreamEnded(stream_->Finish());
   {
@@ -314,6 +318,71 @@ std::shared_ptr<Work> GrpcSession::Ping() {
   v1::StreamRequest request;
   request.mutable_ping();
   return Submit(WorkOp::kPing, 0, std::move(request));
+}
+
+absl::StatusOr<GroupInfo> GrpcSession::CreateGroup(const GroupSpec& spec) {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::CreateGroupRequest request;
+  *request.mutable_session() = ref_;
+  ToProto(spec, &request);
+  v1::CreateGroupResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->CreateGroup(&context, request, &response);
+  if (!status.ok()) return RpcError("CreateGroup", status);
+  GroupInfo group = FromProto(response.group());
+  group.existed = response.existed();
+  return group;
+}
+
+absl::Status GrpcSession::DropGroup(uint64_t group_id) {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::DropGroupRequest request;
+  *request.mutable_session() = ref_;
+  request.set_group_id(group_id);
+  v1::DropGroupResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->DropGroup(&context, request, &response);
+  if (!status.ok()) return RpcError("DropGroup", status);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<GroupInfo>> GrpcSession::ListGroups() {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::ListGroupsRequest request;
+  *request.mutable_session() = ref_;
+  v1::ListGroupsResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->ListGroups(&context, request, &response);
+  if (!status.ok()) return RpcError("ListGroups", status);
+  std::vector<GroupInfo> groups;
+  for (const v1::GroupInfo& g : response.groups()) groups.push_back(FromProto(g));
+  return groups;
+}
+
+std::shared_ptr<Work> GrpcSession::GradReady(uint64_t group_id, uint64_t grad_object_id,
+                                             uint64_t step, uint32_t micro_step) {
+  v1::StreamRequest request;
+  v1::GradReady* g = request.mutable_grad_ready();
+  g->set_group_id(group_id);
+  g->set_grad_object_id(grad_object_id);
+  g->set_step(step);
+  g->set_micro_step(micro_step);
+  return Submit(WorkOp::kGradReady, grad_object_id, std::move(request));
+}
+
+std::shared_ptr<Work> GrpcSession::OptimizerStep(uint64_t group_id, uint64_t step, float lr,
+                                                 float grad_scale, bool skip) {
+  v1::StreamRequest request;
+  v1::OptimizerStep* st = request.mutable_optimizer_step();
+  st->set_group_id(group_id);
+  st->set_step(step);
+  st->set_lr(lr);
+  st->set_grad_scale(grad_scale);
+  st->set_skip(skip);
+  return Submit(WorkOp::kOptimizerStep, 0, std::move(request));
 }
 
 absl::StatusOr<absl::Span<uint8_t>> GrpcSession::Bytes(const ObjectInfo& object) {

@@ -49,6 +49,14 @@ class GrpcSession final : public Session {
   std::shared_ptr<Work> WriteBack(uint64_t object_id, uint64_t version) override;
   std::shared_ptr<Work> Ping() override;
 
+  absl::StatusOr<GroupInfo> CreateGroup(const GroupSpec& spec) override;
+  absl::Status DropGroup(uint64_t group_id) override;
+  absl::StatusOr<std::vector<GroupInfo>> ListGroups() override;
+  std::shared_ptr<Work> GradReady(uint64_t group_id, uint64_t grad_object_id, uint64_t step,
+                                  uint32_t micro_step) override;
+  std::shared_ptr<Work> OptimizerStep(uint64_t group_id, uint64_t step, float lr,
+                                      float grad_scale, bool skip) override;
+
   absl::StatusOr<absl::Span<uint8_t>> Bytes(const ObjectInfo& object) override;
   MappingStats mapping_stats() const override;
   absl::Status Close() override;

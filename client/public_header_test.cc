@@ -31,6 +31,20 @@ class NullSession final : public spill::client::Session {
   std::shared_ptr<spill::client::Work> Release(uint64_t) override { return nullptr; }
   std::shared_ptr<spill::client::Work> WriteBack(uint64_t, uint64_t) override { return nullptr; }
   std::shared_ptr<spill::client::Work> Ping() override { return nullptr; }
+  absl::StatusOr<spill::client::GroupInfo> CreateGroup(const spill::client::GroupSpec&) override {
+    return absl::UnimplementedError("null");
+  }
+  absl::Status DropGroup(uint64_t) override { return absl::UnimplementedError("null"); }
+  absl::StatusOr<std::vector<spill::client::GroupInfo>> ListGroups() override {
+    return std::vector<spill::client::GroupInfo>();
+  }
+  std::shared_ptr<spill::client::Work> GradReady(uint64_t, uint64_t, uint64_t, uint32_t) override {
+    return nullptr;
+  }
+  std::shared_ptr<spill::client::Work> OptimizerStep(uint64_t, uint64_t, float, float,
+                                                     bool) override {
+    return nullptr;
+  }
   absl::StatusOr<absl::Span<uint8_t>> Bytes(const spill::client::ObjectInfo& object) override {
     return absl::Span<uint8_t>(buffer_, object.byte_size());
   }

@@ -23,6 +23,8 @@ const char* WorkOpName(WorkOp op) {
     case WorkOp::kRelease: return "release";
     case WorkOp::kWriteBack: return "write-back";
     case WorkOp::kPing: return "ping";
+    case WorkOp::kGradReady: return "grad-ready";
+    case WorkOp::kOptimizerStep: return "optimizer-step";
   }
   return "unknown";
 }
@@ -61,8 +63,18 @@ absl::Status Work::status() const {
 const ObjectInfo& Work::object() const {
   static const ObjectInfo* const kEmpty = new ObjectInfo();
   std::lock_guard<std::mutex> lock(mu_);
-  // object_ is written once, before done_ is set, and never again.
-  return done_ && status_.ok() ? object_ : *kEmpty;
+  // result_ is written once, before done_ is set, and never again.
+  return done_ && status_.ok() ? result_.object : *kEmpty;
+}
+
+double Work::sum_squares() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_ && status_.ok() ? result_.sum_squares : 0;
+}
+
+StepOutcome Work::step_outcome() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_ && status_.ok() ? result_.step : StepOutcome();
 }
 
 absl::StatusOr<ObjectInfo> Work::Get(std::chrono::milliseconds timeout) const {
@@ -71,12 +83,12 @@ absl::StatusOr<ObjectInfo> Work::Get(std::chrono::milliseconds timeout) const {
   return object();
 }
 
-bool Work::Complete(absl::Status status, ObjectInfo object) {
+bool Work::Complete(absl::Status status, WorkResult result) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (done_) return false;
     status_ = std::move(status);
-    if (status_.ok()) object_ = std::move(object);
+    if (status_.ok()) result_ = std::move(result);
     done_ = true;
   }
   done_cv_.notify_all();
@@ -98,6 +110,12 @@ WorkTable::Started WorkTable::Start(WorkOp op, uint64_t object_id) {
 }
 
 bool WorkTable::Complete(uint64_t tag, absl::Status status, ObjectInfo object) {
+  WorkResult result;
+  result.object = std::move(object);
+  return Complete(tag, std::move(status), std::move(result));
+}
+
+bool WorkTable::Complete(uint64_t tag, absl::Status status, WorkResult result) {
   std::shared_ptr<Work> work;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -107,7 +125,7 @@ bool WorkTable::Complete(uint64_t tag, absl::Status status, ObjectInfo object) {
     pending_.erase(it);
   }
   // Waiters run after this returns; never call into a Work under mu_.
-  return work->Complete(std::move(status), std::move(object));
+  return work->Complete(std::move(status), std::move(result));
 }
 
 void WorkTable::Shutdown(const absl::Status& status) {

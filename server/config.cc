@@ -35,6 +35,16 @@ absl::Status SetDuration(const std::string& key, const std::string& value,
   return absl::OkStatus();
 }
 
+absl::Status SetInt(const std::string& key, const std::string& value, int lo, int hi, int* out) {
+  int n = 0;
+  if (!absl::SimpleAtoi(value, &n) || n < lo || n > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, ": '", value, "' is not an integer in [", lo, ", ", hi, "]"));
+  }
+  *out = n;
+  return absl::OkStatus();
+}
+
 const std::map<std::string, Setter>& Setters() {
   static const auto* setters = new std::map<std::string, Setter>{
       {"socket", [](const std::string& v, ServerConfig* c) {
@@ -83,13 +93,16 @@ const std::map<std::string, Setter>& Setters() {
          return absl::OkStatus();
        }},
       {"worker_threads", [](const std::string& v, ServerConfig* c) {
-         int n = 0;
-         if (!absl::SimpleAtoi(v, &n) || n < 1 || n > 1024) {
-           return absl::InvalidArgumentError(
-               absl::StrCat("worker_threads: '", v, "' is not an integer in [1, 1024]"));
-         }
-         c->worker_threads = n;
-         return absl::OkStatus();
+         return SetInt("worker_threads", v, 1, 1024, &c->worker_threads);
+       }},
+      {"optim_threads", [](const std::string& v, ServerConfig* c) {
+         return SetInt("optim_threads", v, 0, 1024, &c->optim_threads);
+       }},
+      {"optim_threads_per_job", [](const std::string& v, ServerConfig* c) {
+         return SetInt("optim_threads_per_job", v, 0, 1024, &c->optim_threads_per_job);
+       }},
+      {"optim_concurrency", [](const std::string& v, ServerConfig* c) {
+         return SetInt("optim_concurrency", v, 1, 256, &c->optim_concurrency);
        }},
   };
   return *setters;
@@ -140,6 +153,10 @@ std::string ConfigUsage() {
   --attach-timeout=DUR     how long an opened session may wait to attach (default 30s)
   --shutdown-timeout=DUR   SIGTERM: time given to in-flight requests (default 10s)
   --worker-threads=N       request worker pool size (default 4)
+  --optim-threads=N        CPU optimizer threads (default 0: one per CPU)
+  --optim-threads-per-job=N  most optimizer threads one job's step may use
+                           (default 0: all of them)
+  --optim-concurrency=N    optimizer groups stepping at once (default 4)
   --stream-dispatch=inline|pool  run non-blocking stream requests on the
                            reactor thread (inline, default) or the pool
   --max-message-bytes=SIZE largest accepted gRPC message (default 64KiB)

@@ -29,6 +29,11 @@ struct ServerConfig {
   std::chrono::milliseconds attach_timeout{std::chrono::seconds(30)};
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(10)};
   int worker_threads = 4;
+  // CPU optimizer: executor threads (0: one per CPU), the most one job's
+  // step may use (0: all), and how many groups may step at once.
+  int optim_threads = 0;
+  int optim_threads_per_job = 0;
+  int optim_concurrency = 4;
   // Largest gRPC message spilld accepts; bulk data never travels over gRPC.
   // (Answers, such as a job's object list, may be larger.)
   uint64_t max_message_bytes = 64 * 1024;

@@ -9,6 +9,7 @@
 #include "server/admin_service.h"
 #include "server/listener.h"
 #include "server/metrics.h"
+#include "server/optimizer_host.h"
 #include "server/registry.h"
 #include "server/thread_pool.h"
 #include "server/worker_service.h"
@@ -38,12 +39,19 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   d->metrics_ = std::make_unique<Metrics>();
   d->pool_ = std::make_unique<ThreadPool>(config.worker_threads);
   d->peers_ = std::make_unique<PeerTable>();
+  OptimizerHostOptions optimizer_options;
+  optimizer_options.threads = static_cast<uint32_t>(config.optim_threads);
+  optimizer_options.threads_per_job = static_cast<uint32_t>(config.optim_threads_per_job);
+  d->optimizer_ = std::make_unique<OptimizerHost>(d->registry_.get(), optimizer_options);
+  d->compute_pool_ = std::make_unique<ThreadPool>(config.optim_concurrency);
 
   WorkerServiceDeps worker_deps;
   worker_deps.registry = d->registry_.get();
   worker_deps.peers = d->peers_.get();
   worker_deps.pool = d->pool_.get();
   worker_deps.metrics = d->metrics_.get();
+  worker_deps.optimizer = d->optimizer_.get();
+  worker_deps.compute_pool = d->compute_pool_.get();
   worker_deps.alignment_bytes = d->arena_->alignment();
   worker_deps.attach_timeout = config.attach_timeout;
   worker_deps.stream_inline = config.stream_inline;
@@ -124,7 +132,9 @@ void Daemon::Stop() {
   tick_cv_.notify_all();
   if (ticker_.joinable()) ticker_.join();
   pool_.reset();  // Runs what is queued, then joins.
+  compute_pool_.reset();  // Finishes running optimizer steps.
   registry_->Clear();
+  optimizer_.reset();
 }
 
 Daemon::~Daemon() { Stop(); }

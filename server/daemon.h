@@ -21,6 +21,7 @@ namespace spill::server {
 class AdminService;
 class Listener;
 class Metrics;
+class OptimizerHost;
 class PeerTable;
 class Registry;
 class ThreadPool;
@@ -49,6 +50,8 @@ class Daemon {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<OptimizerHost> optimizer_;
+  std::unique_ptr<ThreadPool> compute_pool_;
   std::unique_ptr<PeerTable> peers_;
   std::unique_ptr<WorkerService> worker_;
   std::unique_ptr<AdminService> admin_;

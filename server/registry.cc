@@ -42,6 +42,9 @@ struct Registry::Job {
   // Registrations between their quota check and their allocation.
   uint64_t pending_bytes = 0;
   std::set<std::string> pending_names;
+  // Objects pinned by computations inside spilld; the job is not freed
+  // while any is.
+  uint64_t compute_pins = 0;
 };
 
 namespace {
@@ -327,6 +330,11 @@ absl::Status Registry::FreeObject(uint64_t session_id, const Token& token, uint6
         "object '", object->name, "' (id ", object_id, ") is pinned ", object->pin_count,
         " time(s); release it before freeing"));
   }
+  if (object->compute_pins > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "object '", object->name, "' (id ", object_id,
+        ") is in use by an optimizer step in spilld; free it after the step completes"));
+  }
   SPILL_RETURN_IF_ERROR(arena_->Free(job.arena_key, object->extent));
   job.used_bytes -= object->extent.size;
   job.names.erase(object->name);
@@ -422,9 +430,64 @@ absl::StatusOr<SegmentGrant> Registry::SegmentForSession(uint64_t session_id,
   return grant;
 }
 
+absl::StatusOr<std::string> Registry::StreamJob(uint64_t session_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+  return session->job_id;
+}
+
+absl::StatusOr<std::string> Registry::SessionJob(uint64_t session_id, const Token& token) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+  return session->job_id;
+}
+
+absl::StatusOr<std::vector<ComputeView>> Registry::PinForCompute(
+    const std::string& job_id, const std::vector<uint64_t>& ids) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job '", job_id, "' is gone"));
+  Job& job = *it->second;
+  std::vector<ObjectRecord*> objects;
+  objects.reserve(ids.size());
+  for (uint64_t id : ids) {
+    SPILL_ASSIGN_OR_RETURN(ObjectRecord * object, FindObjectLocked(job, id));
+    objects.push_back(object);
+  }
+  std::vector<ComputeView> views;
+  views.reserve(objects.size());
+  for (ObjectRecord* object : objects) {
+    ++object->compute_pins;
+    ++job.compute_pins;
+    views.push_back({*object, arena_->Data(object->extent)});
+  }
+  return views;
+}
+
+void Registry::UnpinCompute(const std::string& job_id, const std::vector<uint64_t>& ids,
+                            uint64_t version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  Job& job = *it->second;
+  for (uint64_t id : ids) {
+    auto obj = job.objects.find(id);
+    if (obj == job.objects.end() || obj->second.compute_pins == 0) continue;
+    --obj->second.compute_pins;
+    --job.compute_pins;
+    if (version != 0) obj->second.version = std::max(obj->second.version, version);
+  }
+}
+
+void Registry::SetJobFreedListener(std::function<void(const std::string&)> listener) {
+  std::lock_guard<std::mutex> lock(mu_);
+  job_freed_ = std::move(listener);
+}
+
 void Registry::FreeJobLocked(const std::string& job_id) {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
+  if (job_freed_) job_freed_(job_id);
   for (uint64_t sid : it->second->sessions) sessions_.erase(sid);
   arena_->ReleaseJob(it->second->arena_key);
   jobs_.erase(it);
@@ -441,7 +504,7 @@ void Registry::Tick() {
   std::vector<std::string> expired;
   for (const auto& [id, job] : jobs_) {
     if (job->grace_deadline.has_value() && now >= *job->grace_deadline &&
-        job->pending_names.empty()) {
+        job->pending_names.empty() && job->compute_pins == 0) {
       expired.push_back(id);
     }
   }

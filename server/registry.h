@@ -68,6 +68,15 @@ struct ObjectRecord {
   storage::Extent extent;
   uint64_t version = 0;
   uint32_t pin_count = 0;
+  // Pins held by computations inside spilld (optimizer steps).
+  uint32_t compute_pins = 0;
+};
+
+// An object pinned for a computation inside spilld, with the daemon's own
+// mapping of its bytes (valid until UnpinCompute).
+struct ComputeView {
+  ObjectRecord record;
+  uint8_t* data = nullptr;
 };
 
 struct SegmentGrant {
@@ -155,6 +164,25 @@ class Registry {
                                                            const Token& token, uid_t peer_uid,
                                                            uint64_t segment_id) const;
 
+  // The job of a session: of an attached stream session (StreamJob, for
+  // stream requests) or of an authenticated one (SessionJob, for unary calls).
+  absl::StatusOr<std::string> StreamJob(uint64_t session_id) const;
+  absl::StatusOr<std::string> SessionJob(uint64_t session_id, const Token& token) const;
+
+  // Pins objects of job for a computation inside spilld: until UnpinCompute
+  // they cannot be freed, and the job is not freed by grace expiry. All or
+  // nothing: NotFound naming the first unknown id (or an unknown job).
+  absl::StatusOr<std::vector<ComputeView>> PinForCompute(const std::string& job_id,
+                                                         const std::vector<uint64_t>& ids);
+  // Drops pins taken by PinForCompute. When version is non-zero, each
+  // object's version becomes max(version, its version).
+  void UnpinCompute(const std::string& job_id, const std::vector<uint64_t>& ids,
+                    uint64_t version);
+
+  // Called with the registry's lock held whenever a job is freed (grace
+  // expiry or Clear): it must not call back into the registry.
+  void SetJobFreedListener(std::function<void(const std::string& job_id)> listener);
+
   // Applies attach timeouts and grace expiry as of now().
   void Tick();
   // Closes every session and frees every job (shutdown).
@@ -190,6 +218,7 @@ class Registry {
   uint64_t next_object_id_ = 1;
   uint64_t next_job_instance_ = 1;
   std::map<std::string, std::unique_ptr<Job>> jobs_;
+  std::function<void(const std::string&)> job_freed_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Session>> sessions_;
 };
 

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/grpc_status.h"
+#include "server/optimizer_wire.h"
 
 namespace spill::server {
 namespace {
@@ -27,8 +28,16 @@ const char* OpName(StreamRequest::OpCase op) {
     case StreamRequest::kRelease: return "release";
     case StreamRequest::kWriteBack: return "write_back";
     case StreamRequest::kPing: return "ping";
+    case StreamRequest::kGradReady: return "grad_ready";
+    case StreamRequest::kOptimizerStep: return "optimizer_step";
     default: return "invalid";
   }
+}
+
+// Requests that run the CPU optimizer: they go to the compute pool and are
+// answered when done, while the stream goes on reading.
+bool IsCompute(StreamRequest::OpCase op) {
+  return op == StreamRequest::kGradReady || op == StreamRequest::kOptimizerStep;
 }
 
 }  // namespace
@@ -86,6 +95,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       return;
     }
     auto start = SteadyClock::now();
+    if (IsCompute(request.op_case())) {
+      DispatchCompute(std::move(request), start);
+      ReadNext();
+      return;
+    }
     auto run = [this, request = std::move(request), start, binds_stream] {
       absl::Status status = Process(request, start);
       if (binds_stream && !status.ok()) {
@@ -172,6 +186,29 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     MaybeFinish();
   }
 
+  // Runs an optimizer request on the compute pool. Answers complete out of
+  // order with the stream's other requests; the tag matches them up.
+  void DispatchCompute(StreamRequest request, SteadyClock::time_point start) {
+    uint64_t tag = request.tag();
+    const char* op = OpName(request.op_case());
+    bool posted = deps_.compute_pool != nullptr &&
+                  deps_.compute_pool->Post([this, request = std::move(request), start] {
+                    (void)Process(request, start);
+                  });
+    if (posted) return;
+    StreamEvent event;
+    event.set_tag(tag);
+    event.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
+    event.set_message("spilld is stopping");
+    deps_.metrics->RecordRequest(op, SteadyClock::now() - start, false);
+    Enqueue(std::move(event));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --pending_;
+    }
+    MaybeFinish();
+  }
+
   absl::Status Process(const StreamRequest& request, SteadyClock::time_point start) {
     StreamEvent event;
     event.set_tag(request.tag());
@@ -232,6 +269,22 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
         break;
       case StreamRequest::kPing:
         return absl::OkStatus();
+      case StreamRequest::kGradReady: {
+        const auto& g = request.grad_ready();
+        auto sum = deps_.optimizer->GradReady(session, g.group_id(), g.grad_object_id(),
+                                              g.step(), g.micro_step());
+        if (!sum.ok()) return sum.status();
+        event->set_sum_squares(*sum);
+        return absl::OkStatus();
+      }
+      case StreamRequest::kOptimizerStep: {
+        const auto& st = request.optimizer_step();
+        auto outcome = deps_.optimizer->Step(session, st.group_id(), st.step(), st.lr(),
+                                             st.grad_scale(), st.skip());
+        if (!outcome.ok()) return outcome.status();
+        ToProto(*outcome, event->mutable_step());
+        return absl::OkStatus();
+      }
       default:
         return absl::InvalidArgumentError(
             absl::StrCat("stream request with tag ", request.tag(), " names no operation"));
@@ -386,6 +439,46 @@ grpc::ServerUnaryReactor* WorkerService::ListObjects(grpc::CallbackServerContext
     auto records = deps_.registry->ListObjects(request->session().session_id(), *token);
     if (!records.ok()) return records.status();
     for (const ObjectRecord& r : *records) ToProto(r, response->add_objects());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::CreateGroup(
+    grpc::CallbackServerContext* ctx, const spill::v1::CreateGroupRequest* request,
+    spill::v1::CreateGroupResponse* response) {
+  return RunUnary(ctx, "create_group", [this, request, response]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    auto spec = GroupSpecFromProto(*request);
+    if (!spec.ok()) return spec.status();
+    auto created = deps_.optimizer->CreateGroup(request->session().session_id(), *token, *spec);
+    if (!created.ok()) return created.status();
+    ToProto(created->first, response->mutable_group());
+    response->set_existed(created->second);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::DropGroup(grpc::CallbackServerContext* ctx,
+                                                   const spill::v1::DropGroupRequest* request,
+                                                   spill::v1::DropGroupResponse* /*response*/) {
+  return RunUnary(ctx, "drop_group", [this, request]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    return deps_.optimizer->DropGroup(request->session().session_id(), *token,
+                                      request->group_id());
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerService::ListGroups(grpc::CallbackServerContext* ctx,
+                                                    const spill::v1::ListGroupsRequest* request,
+                                                    spill::v1::ListGroupsResponse* response) {
+  return RunUnary(ctx, "list_groups", [this, request, response]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    auto groups = deps_.optimizer->ListGroups(request->session().session_id(), *token);
+    if (!groups.ok()) return groups.status();
+    for (const GroupInfo& g : *groups) ToProto(g, response->add_groups());
     return absl::OkStatus();
   });
 }

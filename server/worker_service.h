@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "server/listener.h"
 #include "server/metrics.h"
+#include "server/optimizer_host.h"
 #include "server/registry.h"
 #include "server/thread_pool.h"
 #include "spill/v1/spill.grpc.pb.h"
@@ -27,6 +28,11 @@ struct WorkerServiceDeps {
   PeerTable* peers = nullptr;
   ThreadPool* pool = nullptr;
   Metrics* metrics = nullptr;
+  // The CPU optimizer and the pool its stream requests run on (they take
+  // milliseconds to seconds, so they never run on a reactor thread, and the
+  // stream goes on reading while they run).
+  OptimizerHost* optimizer = nullptr;
+  ThreadPool* compute_pool = nullptr;
   uint64_t alignment_bytes = 0;
   std::chrono::milliseconds attach_timeout{0};
   // See ServerConfig::stream_inline.
@@ -54,6 +60,15 @@ class WorkerService final : public spill::v1::Worker::CallbackService {
   grpc::ServerUnaryReactor* ListObjects(grpc::CallbackServerContext* ctx,
                                         const spill::v1::ListObjectsRequest* request,
                                         spill::v1::ListObjectsResponse* response) override;
+  grpc::ServerUnaryReactor* CreateGroup(grpc::CallbackServerContext* ctx,
+                                        const spill::v1::CreateGroupRequest* request,
+                                        spill::v1::CreateGroupResponse* response) override;
+  grpc::ServerUnaryReactor* DropGroup(grpc::CallbackServerContext* ctx,
+                                      const spill::v1::DropGroupRequest* request,
+                                      spill::v1::DropGroupResponse* response) override;
+  grpc::ServerUnaryReactor* ListGroups(grpc::CallbackServerContext* ctx,
+                                       const spill::v1::ListGroupsRequest* request,
+                                       spill::v1::ListGroupsResponse* response) override;
   grpc::ServerBidiReactor<spill::v1::StreamRequest, spill::v1::StreamEvent>* Session(
       grpc::CallbackServerContext* ctx) override;
 

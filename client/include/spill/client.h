@@ -144,6 +144,33 @@ class SPILL_CLIENT_EXPORT Session {
   // A round trip on the stream; completes OK while the session is healthy.
   virtual std::shared_ptr<Work> Ping() = 0;
 
+  // --- the CPU optimizer in spilld (see spill/optimizer.h) -----------------
+  // Creates an optimizer group over the job's parameter and gradient shards;
+  // spilld allocates each member's fp32 master (copied from the parameter
+  // shard's current bytes: write the initial parameters first) and states.
+  // A group of that name with the same definition is returned with
+  // existed = true (a re-attaching worker); with another definition,
+  // AlreadyExists naming the difference. InvalidArgument for bad
+  // hyper-parameters, dtypes or element counts (naming the member);
+  // NotFound for an unknown object; ResourceExhausted past the quota.
+  virtual absl::StatusOr<GroupInfo> CreateGroup(const GroupSpec& spec) = 0;
+  // Frees the group's master, states and accumulators. NotFound if unknown.
+  virtual absl::Status DropGroup(uint64_t group_id) = 0;
+  virtual absl::StatusOr<std::vector<GroupInfo>> ListGroups() = 0;
+  // The gradient shard grad_object_id now holds micro-step micro_step of
+  // step `step`; the Work's sum_squares() is the member's accumulated sum of
+  // squares. Do not overwrite the shard before the Work completes.
+  virtual std::shared_ptr<Work> GradReady(uint64_t group_id, uint64_t grad_object_id,
+                                          uint64_t step, uint32_t micro_step) = 0;
+  // Runs the group's optimizer step `step` (its last step + 1) with this
+  // learning rate, every gradient element multiplied by grad_scale (clip
+  // coefficient / loss scale); skip records an overflowed step without
+  // changing anything. The new parameters are in the parameter shards once
+  // the Work completes; its step_outcome() says what happened. A step
+  // already recorded is answered again (repeated), never applied twice.
+  virtual std::shared_ptr<Work> OptimizerStep(uint64_t group_id, uint64_t step, float lr,
+                                              float grad_scale, bool skip) = 0;
+
   // --- data ------------------------------------------------------------
 
   // The object's bytes (exactly object.byte_size() of them) in its segment,

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "spill/export.h"
 #include "spill/object.h"
+#include "spill/optimizer.h"
 
 namespace spill::client {
 
@@ -32,8 +33,24 @@ class WorkTable;
 }  // namespace internal
 
 // The request a Work stands for.
-enum class WorkOp : int { kAttach, kAcquire, kPrefetch, kRelease, kWriteBack, kPing };
+enum class WorkOp : int {
+  kAttach,
+  kAcquire,
+  kPrefetch,
+  kRelease,
+  kWriteBack,
+  kPing,
+  kGradReady,
+  kOptimizerStep,
+};
 SPILL_CLIENT_EXPORT const char* WorkOpName(WorkOp op);
+
+// What a successful answer carries, by request.
+struct WorkResult {
+  ObjectInfo object;         // acquire, prefetch, release, write-back
+  double sum_squares = 0;    // grad-ready
+  StepOutcome step;          // optimizer step
+};
 
 class SPILL_CLIENT_EXPORT Work {
  public:
@@ -45,7 +62,8 @@ class SPILL_CLIENT_EXPORT Work {
   ~Work();
 
   WorkOp op() const { return op_; }
-  // The object the request names; 0 for kAttach and kPing.
+  // The object the request names (the gradient for kGradReady); 0 for
+  // kAttach, kPing and kOptimizerStep.
   uint64_t object_id() const { return object_id_; }
 
   // True once the request has an outcome (success or failure). Never blocks
@@ -73,13 +91,21 @@ class SPILL_CLIENT_EXPORT Work {
   // Wait(timeout), then object() on success.
   absl::StatusOr<ObjectInfo> Get(std::chrono::milliseconds timeout = kNoTimeout) const;
 
+  // kGradReady: the sum of squares of the member's gradient accumulated so
+  // far, in the gradient's own (loss-scaled) units; not finite when an
+  // element is not (fp16 overflow). 0 until the Work completes successfully.
+  double sum_squares() const;
+  // kOptimizerStep: what spilld did. Empty until the Work completes
+  // successfully.
+  StepOutcome step_outcome() const;
+
  private:
   friend class internal::WorkTable;
 
   Work(WorkOp op, uint64_t object_id);
   // Records the outcome and wakes waiters. Only the first call has an effect;
   // returns whether this call completed the Work.
-  bool Complete(absl::Status status, ObjectInfo object);
+  bool Complete(absl::Status status, WorkResult result);
 
   const WorkOp op_;
   const uint64_t object_id_;
@@ -87,7 +113,7 @@ class SPILL_CLIENT_EXPORT Work {
   mutable std::condition_variable done_cv_;
   bool done_ = false;
   absl::Status status_;
-  ObjectInfo object_;
+  WorkResult result_;
 };
 
 }  // namespace spill::client

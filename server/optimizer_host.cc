@@ -1,0 +1,553 @@
+#include "server/optimizer_host.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/dtype.h"
+#include "common/status_macros.h"
+
+namespace spill::server {
+namespace {
+
+constexpr int kObjectKindMaster = 3;  // spill.v1.OBJECT_KIND_MASTER
+constexpr int kObjectKindMoment = 4;  // spill.v1.OBJECT_KIND_MOMENT
+constexpr int kObjectKindOther = 5;   // spill.v1.OBJECT_KIND_OTHER
+constexpr size_t kOutcomeHistory = 64;
+
+bool SupportedDType(int dtype) {
+  return dtype == static_cast<int>(DType::kFloat32) ||
+         dtype == static_cast<int>(DType::kBFloat16) ||
+         dtype == static_cast<int>(DType::kFloat16);
+}
+
+uint32_t ExecutorThreads(uint32_t requested) {
+  if (requested != 0) return requested;
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : hw;
+}
+
+std::string DescribeDifference(const GroupInfo& have, const GroupSpec& want) {
+  const optim::Hyper& a = have.hyper;
+  const optim::Hyper& b = want.hyper;
+  if (a.algo != b.algo) return "optimizer type";
+  if (a.lr != b.lr || a.beta1 != b.beta1 || a.beta2 != b.beta2 || a.eps != b.eps ||
+      a.weight_decay != b.weight_decay || a.bias_correction != b.bias_correction ||
+      a.momentum != b.momentum || a.dampening != b.dampening || a.nesterov != b.nesterov ||
+      a.initial_accumulator_value != b.initial_accumulator_value) {
+    return "optimizer parameters";
+  }
+  if (have.gradient_accumulation_steps != want.gradient_accumulation_steps) {
+    return absl::StrCat("gradient_accumulation_steps (", have.gradient_accumulation_steps,
+                        " vs ", want.gradient_accumulation_steps, ")");
+  }
+  if (have.members.size() != want.members.size()) {
+    return absl::StrCat("member count (", have.members.size(), " vs ", want.members.size(), ")");
+  }
+  for (size_t i = 0; i < have.members.size(); ++i) {
+    if (have.members[i].param_object_id != want.members[i].param_object_id ||
+        have.members[i].grad_object_id != want.members[i].grad_object_id) {
+      return absl::StrCat("member ", i, "'s objects");
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+struct OptimizerHost::Member {
+  GroupMemberInfo info;
+  int param_dtype = 0;
+  int grad_dtype = 0;
+  // Gradient progress: micro-steps received for ready_step.
+  uint64_t ready_step = 0;
+  uint32_t micro_done = 0;
+  double sum_squares = 0;
+};
+
+struct OptimizerHost::Group {
+  std::mutex mu;  // Held for the whole of a GradReady or Step on the group.
+  GroupInfo info;
+  std::vector<Member> members;
+  std::map<uint64_t, StepOutcome> history;  // The last kOutcomeHistory steps.
+  bool dropped = false;
+
+  GroupInfo Snapshot() const {
+    GroupInfo out = info;
+    out.members.clear();
+    for (const Member& m : members) out.members.push_back(m.info);
+    return out;
+  }
+};
+
+OptimizerHost::OptimizerHost(Registry* registry, OptimizerHostOptions options)
+    : registry_(registry), options_(options), executor_(ExecutorThreads(options.threads)) {
+  registry_->SetJobFreedListener([this](const std::string& job_id) { OnJobFreed(job_id); });
+}
+
+OptimizerHost::~OptimizerHost() { registry_->SetJobFreedListener(nullptr); }
+
+void OptimizerHost::OnJobFreed(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  stats_.groups -= static_cast<uint32_t>(it->second.groups.size());
+  jobs_.erase(it);
+}
+
+absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::FindGroup(
+    const std::string& job_id, uint64_t group_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto job = jobs_.find(job_id);
+  if (job != jobs_.end()) {
+    auto it = job->second.groups.find(group_id);
+    if (it != job->second.groups.end()) return it->second;
+  }
+  return absl::NotFoundError(
+      absl::StrCat("job '", job_id, "' has no optimizer group with id ", group_id));
+}
+
+absl::Status OptimizerHost::ValidateSpec(const GroupSpec& spec) const {
+  if (spec.name.empty()) return absl::InvalidArgumentError("optimizer group name is empty");
+  if (spec.name.size() > options_.max_name_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("optimizer group name is ", spec.name.size(),
+                                                   " bytes; the limit is ",
+                                                   options_.max_name_bytes));
+  }
+  if (spec.gradient_accumulation_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer group '", spec.name, "': gradient_accumulation_steps must be >= 1"));
+  }
+  if (spec.members.empty() || spec.members.size() > options_.max_members_per_group) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer group '", spec.name, "' has ", spec.members.size(),
+        " members; it needs between 1 and ", options_.max_members_per_group));
+  }
+  absl::Status hyper = optim::ValidateHyper(spec.hyper);
+  if (!hyper.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer group '", spec.name, "': ", hyper.message()));
+  }
+  std::set<uint64_t> seen;
+  for (const GroupMemberSpec& m : spec.members) {
+    for (uint64_t id : {m.param_object_id, m.grad_object_id}) {
+      if (!seen.insert(id).second) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "optimizer group '", spec.name, "' names object ", id, " more than once"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::ReserveOrFind(
+    const std::string& job_id, const GroupSpec& spec) {
+  std::lock_guard<std::mutex> lock(mu_);
+  JobGroups& job = jobs_[job_id];
+  for (const auto& [id, group] : job.groups) {
+    if (group->info.name == spec.name) return group;
+  }
+  if (job.names.count(spec.name) != 0) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("optimizer group '", spec.name, "' is being created"));
+  }
+  if (job.groups.size() >= options_.max_groups_per_job) {
+    return absl::ResourceExhaustedError(absl::StrCat("job '", job_id, "' has ",
+                                                     job.groups.size(),
+                                                     " optimizer groups; the limit is ",
+                                                     options_.max_groups_per_job));
+  }
+  for (const GroupMemberSpec& m : spec.members) {
+    for (uint64_t id : {m.param_object_id, m.grad_object_id}) {
+      if (job.member_objects.count(id) != 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "object ", id, " already belongs to another optimizer group of job '", job_id, "'"));
+      }
+    }
+  }
+  job.names.insert(spec.name);
+  return std::shared_ptr<Group>();
+}
+
+void OptimizerHost::Unreserve(const std::string& job_id, const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it != jobs_.end()) it->second.names.erase(name);
+}
+
+absl::StatusOr<std::pair<GroupInfo, bool>> OptimizerHost::CreateGroup(uint64_t session_id,
+                                                                      const Token& token,
+                                                                      const GroupSpec& spec) {
+  SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->SessionJob(session_id, token));
+  SPILL_RETURN_IF_ERROR(ValidateSpec(spec));
+  SPILL_ASSIGN_OR_RETURN(std::shared_ptr<Group> existing, ReserveOrFind(job_id, spec));
+  if (existing != nullptr) {
+    std::lock_guard<std::mutex> lock(existing->mu);
+    GroupInfo info = existing->Snapshot();
+    std::string diff = DescribeDifference(info, spec);
+    if (!diff.empty()) {
+      return absl::AlreadyExistsError(absl::StrCat("optimizer group '", spec.name,
+                                                   "' exists with a different ", diff));
+    }
+    return std::make_pair(std::move(info), true);
+  }
+  absl::StatusOr<std::shared_ptr<Group>> built = Build(session_id, token, job_id, spec);
+  std::lock_guard<std::mutex> lock(mu_);
+  JobGroups& job = jobs_[job_id];
+  job.names.erase(spec.name);
+  if (!built.ok()) return built.status();
+  std::shared_ptr<Group> group = *built;
+  group->info.group_id = next_group_id_++;
+  for (const Member& m : group->members) {
+    job.member_objects.insert(m.info.param_object_id);
+    job.member_objects.insert(m.info.grad_object_id);
+  }
+  job.groups.emplace(group->info.group_id, group);
+  ++stats_.groups;
+  return std::make_pair(group->Snapshot(), false);
+}
+
+absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::Build(
+    uint64_t session_id, const Token& token, const std::string& job_id, const GroupSpec& spec) {
+  std::vector<uint64_t> ids;
+  for (const GroupMemberSpec& m : spec.members) {
+    ids.push_back(m.param_object_id);
+    ids.push_back(m.grad_object_id);
+  }
+  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> views, registry_->PinForCompute(job_id, ids));
+  registry_->UnpinCompute(job_id, ids, 0);  // Only the records were needed.
+  auto group = std::make_shared<Group>();
+  group->info.name = spec.name;
+  group->info.hyper = spec.hyper;
+  group->info.gradient_accumulation_steps = spec.gradient_accumulation_steps;
+  for (size_t i = 0; i < spec.members.size(); ++i) {
+    const ObjectRecord& param = views[2 * i].record;
+    const ObjectRecord& grad = views[2 * i + 1].record;
+    if (!SupportedDType(param.dtype) || !SupportedDType(grad.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer group '", spec.name, "' member ", i, ": parameter '", param.name, "' is ",
+          DTypeName(param.dtype), " and gradient '", grad.name, "' is ", DTypeName(grad.dtype),
+          "; both must be float32, bfloat16 or float16"));
+    }
+    if (param.num_elements != grad.num_elements) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer group '", spec.name, "' member ", i, ": parameter '", param.name, "' has ",
+          param.num_elements, " elements but gradient '", grad.name, "' has ",
+          grad.num_elements));
+    }
+    Member member;
+    member.info.param_object_id = param.id;
+    member.info.grad_object_id = grad.id;
+    member.info.num_elements = param.num_elements;
+    member.param_dtype = param.dtype;
+    member.grad_dtype = grad.dtype;
+    group->members.push_back(std::move(member));
+  }
+  std::vector<uint64_t> created;
+  absl::Status status = CreateStateObjects(session_id, token, *group, created);
+  if (status.ok()) status = InitializeStates(job_id, *group);
+  if (!status.ok()) {
+    for (uint64_t id : created) (void)registry_->FreeObject(session_id, token, id);
+    return status;
+  }
+  return group;
+}
+
+absl::Status OptimizerHost::CreateStateObjects(uint64_t session_id, const Token& token,
+                                               Group& group, std::vector<uint64_t>& created) {
+  const int states = optim::StateCount(group.info.hyper);
+  const bool accumulate = group.info.gradient_accumulation_steps > 1;
+  const int f32 = static_cast<int>(DType::kFloat32);
+  for (size_t i = 0; i < group.members.size(); ++i) {
+    GroupMemberInfo& info = group.members[i].info;
+    const std::string prefix = absl::StrCat(group.info.name, "/", i, "/");
+    const auto n = static_cast<int64_t>(info.num_elements);
+    auto make = [&](const std::string& suffix, int kind) -> absl::StatusOr<uint64_t> {
+      SPILL_ASSIGN_OR_RETURN(ObjectRecord r, registry_->RegisterObject(
+                                                 session_id, token, prefix + suffix, kind, f32, n));
+      created.push_back(r.id);
+      return r.id;
+    };
+    SPILL_ASSIGN_OR_RETURN(info.master_object_id, make("master", kObjectKindMaster));
+    for (int s = 0; s < states; ++s) {
+      SPILL_ASSIGN_OR_RETURN(uint64_t id, make(absl::StrCat("state", s), kObjectKindMoment));
+      info.state_object_ids.push_back(id);
+    }
+    if (accumulate) {
+      SPILL_ASSIGN_OR_RETURN(info.accumulator_object_id, make("grad_accum", kObjectKindOther));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerHost::InitializeStates(const std::string& job_id, Group& group) {
+  for (Member& m : group.members) {
+    std::vector<uint64_t> ids = {m.info.param_object_id, m.info.master_object_id};
+    ids.insert(ids.end(), m.info.state_object_ids.begin(), m.info.state_object_ids.end());
+    if (m.info.accumulator_object_id != 0) ids.push_back(m.info.accumulator_object_id);
+    SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));
+    const uint64_t n = m.info.num_elements;
+    absl::Status status =
+        optim::InitMaster(static_cast<DType>(m.param_dtype), v[0].data,
+                          reinterpret_cast<float*>(v[1].data), n, executor_);
+    float* state[2] = {nullptr, nullptr};
+    for (size_t s = 0; s < m.info.state_object_ids.size(); ++s) {
+      state[s] = reinterpret_cast<float*>(v[2 + s].data);
+    }
+    if (status.ok() && !m.info.state_object_ids.empty()) {
+      status = optim::InitState(group.info.hyper, state, n);
+    }
+    if (m.info.accumulator_object_id != 0) std::memset(v.back().data, 0, n * sizeof(float));
+    registry_->UnpinCompute(job_id, ids, 0);
+    SPILL_RETURN_IF_ERROR(status);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OptimizerHost::DropGroup(uint64_t session_id, const Token& token,
+                                      uint64_t group_id) {
+  SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->SessionJob(session_id, token));
+  std::shared_ptr<Group> group;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto job = jobs_.find(job_id);
+    if (job == jobs_.end() || job->second.groups.count(group_id) == 0) {
+      return absl::NotFoundError(
+          absl::StrCat("job '", job_id, "' has no optimizer group with id ", group_id));
+    }
+    auto it = job->second.groups.find(group_id);
+    group = it->second;
+    job->second.groups.erase(it);
+    for (const Member& m : group->members) {
+      job->second.member_objects.erase(m.info.param_object_id);
+      job->second.member_objects.erase(m.info.grad_object_id);
+    }
+    --stats_.groups;
+  }
+  std::lock_guard<std::mutex> lock(group->mu);  // Waits for a running step.
+  group->dropped = true;
+  for (const Member& m : group->members) {
+    std::vector<uint64_t> ids = {m.info.master_object_id};
+    ids.insert(ids.end(), m.info.state_object_ids.begin(), m.info.state_object_ids.end());
+    if (m.info.accumulator_object_id != 0) ids.push_back(m.info.accumulator_object_id);
+    for (uint64_t id : ids) (void)registry_->FreeObject(session_id, token, id);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<GroupInfo>> OptimizerHost::ListGroups(uint64_t session_id,
+                                                                  const Token& token) {
+  SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->SessionJob(session_id, token));
+  std::vector<std::shared_ptr<Group>> groups;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto job = jobs_.find(job_id);
+    if (job != jobs_.end()) {
+      for (const auto& [id, g] : job->second.groups) groups.push_back(g);
+    }
+  }
+  std::vector<GroupInfo> out;
+  for (const auto& g : groups) {
+    std::lock_guard<std::mutex> lock(g->mu);
+    out.push_back(g->Snapshot());
+  }
+  return out;
+}
+
+absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t group_id,
+                                                uint64_t grad_object_id, uint64_t step,
+                                                uint32_t micro_step) {
+  SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->StreamJob(session_id));
+  SPILL_ASSIGN_OR_RETURN(std::shared_ptr<Group> group, FindGroup(job_id, group_id));
+  std::lock_guard<std::mutex> lock(group->mu);
+  const GroupInfo& info = group->info;
+  Member* member = nullptr;
+  for (Member& m : group->members) {
+    if (m.info.grad_object_id == grad_object_id) member = &m;
+  }
+  if (member == nullptr) {
+    return absl::NotFoundError(absl::StrCat("object ", grad_object_id,
+                                            " is not a gradient of optimizer group '",
+                                            info.name, "'"));
+  }
+  if (micro_step >= info.gradient_accumulation_steps) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "micro_step ", micro_step, " is outside [0, gradient_accumulation_steps=",
+        info.gradient_accumulation_steps, ") of optimizer group '", info.name, "'"));
+  }
+  if (step != info.last_step + 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "optimizer group '", info.name, "' is at step ", info.last_step,
+        "; a gradient can only be for step ", info.last_step + 1, ", got ", step));
+  }
+  if (member->ready_step == step && member->micro_done == micro_step + 1) {
+    return member->sum_squares;  // A resend of the last micro-step: answered again.
+  }
+  const uint32_t expected = member->ready_step == step ? member->micro_done : 0;
+  if (micro_step != expected) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gradient ", grad_object_id, " of optimizer group '", info.name, "' for step ", step,
+        ": expected micro_step ", expected, ", got ", micro_step));
+  }
+  const bool accumulate = member->info.accumulator_object_id != 0;
+  std::vector<uint64_t> ids = {grad_object_id};
+  if (accumulate) ids.push_back(member->info.accumulator_object_id);
+  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));
+  const uint64_t n = member->info.num_elements;
+  const auto grad_dtype = static_cast<DType>(member->grad_dtype);
+  absl::StatusOr<double> sum =
+      accumulate ? optim::Accumulate(grad_dtype, v[0].data, reinterpret_cast<float*>(v[1].data),
+                                     n, /*assign=*/micro_step == 0, 1.0f, executor_,
+                                     options_.threads_per_job)
+                 : optim::SumSquares(grad_dtype, v[0].data, n, executor_,
+                                     options_.threads_per_job);
+  registry_->UnpinCompute(job_id, ids, 0);
+  if (!sum.ok()) return sum.status();
+  member->ready_step = step;
+  member->micro_done = micro_step + 1;
+  member->sum_squares = *sum;
+  std::lock_guard<std::mutex> stats_lock(mu_);
+  ++stats_.grad_ready;
+  return *sum;
+}
+
+absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t group_id,
+                                                uint64_t step, float lr, float grad_scale,
+                                                bool skip) {
+  if (!std::isfinite(lr) || lr < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("lr must be finite and >= 0, got ", lr));
+  }
+  if (!skip && (!std::isfinite(grad_scale) || grad_scale <= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grad_scale must be finite and > 0, got ", grad_scale));
+  }
+  SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->StreamJob(session_id));
+  SPILL_ASSIGN_OR_RETURN(std::shared_ptr<Group> group, FindGroup(job_id, group_id));
+  std::lock_guard<std::mutex> lock(group->mu);
+  GroupInfo& info = group->info;
+  if (step <= info.last_step) {
+    auto it = group->history.find(step);
+    if (it == group->history.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "optimizer group '", info.name, "' is at step ", info.last_step, "; step ", step,
+          " is older than the outcomes it keeps"));
+    }
+    StepOutcome outcome = it->second;
+    outcome.repeated = true;
+    std::lock_guard<std::mutex> stats_lock(mu_);
+    ++stats_.steps_repeated;
+    return outcome;
+  }
+  if (step != info.last_step + 1) {
+    return absl::FailedPreconditionError(absl::StrCat("optimizer group '", info.name,
+                                                      "' is at step ", info.last_step,
+                                                      "; the next step is ", info.last_step + 1,
+                                                      ", got ", step));
+  }
+  StepOutcome outcome;
+  outcome.step = step;
+  if (skip) {
+    outcome.skipped = true;
+  } else {
+    for (size_t i = 0; i < group->members.size(); ++i) {
+      const Member& m = group->members[i];
+      const uint32_t got = m.ready_step == step ? m.micro_done : 0;
+      if (got != info.gradient_accumulation_steps) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "optimizer group '", info.name, "' step ", step, ": member ", i, " (gradient ",
+            m.info.grad_object_id, ") has ", got, " of ", info.gradient_accumulation_steps,
+            " micro-steps"));
+      }
+      if (!std::isfinite(m.sum_squares)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "optimizer group '", info.name, "' step ", step, ": member ", i, " (gradient ",
+            m.info.grad_object_id, ") has non-finite values (sum of squares ", m.sum_squares,
+            "); flag the step as skipped (fp16 overflow) to skip it"));
+      }
+    }
+    auto start = std::chrono::steady_clock::now();
+    optim::StepArgs args;
+    args.step = info.applied_steps + 1;
+    args.grad_scale = grad_scale;
+    SPILL_RETURN_IF_ERROR(RunStep(job_id, *group, args, lr, step));
+    outcome.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    outcome.applied = true;
+    ++info.applied_steps;
+  }
+  info.last_step = step;
+  outcome.applied_steps = info.applied_steps;
+  group->history[step] = outcome;
+  if (group->history.size() > kOutcomeHistory) group->history.erase(group->history.begin());
+  std::lock_guard<std::mutex> stats_lock(mu_);
+  if (outcome.applied) {
+    ++stats_.steps_applied;
+    stats_.step_seconds += outcome.seconds;
+    for (const Member& m : group->members) stats_.elements_stepped += m.info.num_elements;
+  } else {
+    ++stats_.steps_skipped;
+  }
+  return outcome;
+}
+
+absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
+                                    const optim::StepArgs& args, float lr, uint64_t version) {
+  // Pin every object of every member first: a missing one fails the step
+  // before any byte changes.
+  std::vector<uint64_t> ids;
+  for (const Member& m : group.members) {
+    ids.push_back(m.info.param_object_id);
+    ids.push_back(m.info.accumulator_object_id != 0 ? m.info.accumulator_object_id
+                                                    : m.info.grad_object_id);
+    ids.push_back(m.info.master_object_id);
+    ids.insert(ids.end(), m.info.state_object_ids.begin(), m.info.state_object_ids.end());
+  }
+  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));
+  optim::Hyper hyper = group.info.hyper;
+  hyper.lr = lr;
+  absl::Status status;
+  size_t at = 0;
+  for (const Member& m : group.members) {
+    optim::ShardView shard;
+    shard.param_dtype = static_cast<DType>(m.param_dtype);
+    shard.param = v[at].data;
+    const bool accumulated = m.info.accumulator_object_id != 0;
+    shard.grad_dtype = accumulated ? DType::kFloat32 : static_cast<DType>(m.grad_dtype);
+    shard.grad = v[at + 1].data;
+    shard.master = reinterpret_cast<float*>(v[at + 2].data);
+    for (size_t s = 0; s < m.info.state_object_ids.size(); ++s) {
+      shard.state[s] = reinterpret_cast<float*>(v[at + 3 + s].data);
+    }
+    shard.n = m.info.num_elements;
+    at += 3 + m.info.state_object_ids.size();
+    if (status.ok()) status = optim::Step(hyper, args, shard, executor_, options_.threads_per_job);
+  }
+  // The parameter, master and states now hold this step's result; the
+  // gradient (or accumulator) was only read.
+  std::vector<uint64_t> written;
+  std::vector<uint64_t> read;
+  at = 0;
+  for (const Member& m : group.members) {
+    const size_t count = 3 + m.info.state_object_ids.size();
+    for (size_t k = 0; k < count; ++k) (k == 1 ? read : written).push_back(ids[at + k]);
+    at += count;
+  }
+  registry_->UnpinCompute(job_id, read, 0);
+  registry_->UnpinCompute(job_id, written, status.ok() ? version : 0);
+  if (!status.ok()) {
+    // Every input was checked above; a kernel error here is a bug.
+    return absl::InternalError(absl::StrCat("optimizer group '", group.info.name,
+                                            "': optimizer kernel failed after validation: ",
+                                            status.message()));
+  }
+  return absl::OkStatus();
+}
+
+OptimizerStats OptimizerHost::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace spill::server

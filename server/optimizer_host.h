@@ -1,0 +1,186 @@
+// OptimizerHost: the CPU optimizer inside spilld, over a job's objects.
+//
+// A worker defines optimizer groups: a set of members, each a parameter
+// shard and the gradient shard that updates it (objects it registered).
+// CreateGroup allocates, as objects of the same job, each member's fp32
+// master (initialised from the parameter shard's current bytes), the
+// optimizer's fp32 states and, when the group accumulates gradients over
+// micro-steps, an fp32 accumulator. Then, per step:
+//
+//   for each micro-step k, for each member:  GradReady(group, grad, step, k)
+//       -> sum of squares of the member's gradient so far (one fused pass)
+//   Step(group, step, lr, grad_scale, skip)
+//       -> one fused pass per member: unscale/clip, update master and
+//          states, write the new parameter into the parameter shard.
+//
+// Exactly once: a group records its last step; a Step for it again is
+// answered with the recorded outcome (repeated = true) and not re-run, so a
+// worker that reconnects and resends cannot apply a step twice. A Step is
+// validated in full (every member's gradient complete and finite, every
+// object present and pinned) before any byte changes, so it is applied to
+// all members or to none.
+//
+// Thread-safe. GradReady and Step run the optimizer kernels on the calling
+// thread plus the host's executor (at most threads_per_job threads per
+// call), so call them from a compute thread, never from a gRPC reactor.
+// Calls on one group are serialised; calls on different groups run in
+// parallel.
+#ifndef SPILL_SERVER_OPTIMIZER_HOST_H_
+#define SPILL_SERVER_OPTIMIZER_HOST_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/optim/executor.h"
+#include "server/optim/optimizer.h"
+#include "server/registry.h"
+
+namespace spill::server {
+
+struct OptimizerHostOptions {
+  // Threads of the optimizer's executor; 0 means one per CPU.
+  uint32_t threads = 0;
+  // The most threads one job's step may use at once; 0 means all.
+  uint32_t threads_per_job = 0;
+  uint32_t max_groups_per_job = 1u << 16;
+  uint32_t max_members_per_group = 1u << 16;
+  uint32_t max_name_bytes = 256;
+};
+
+struct GroupMemberSpec {
+  uint64_t param_object_id = 0;
+  uint64_t grad_object_id = 0;
+};
+
+struct GroupSpec {
+  std::string name;
+  optim::Hyper hyper;
+  uint32_t gradient_accumulation_steps = 1;
+  std::vector<GroupMemberSpec> members;
+};
+
+struct GroupMemberInfo {
+  uint64_t param_object_id = 0;
+  uint64_t grad_object_id = 0;
+  uint64_t master_object_id = 0;
+  std::vector<uint64_t> state_object_ids;
+  uint64_t accumulator_object_id = 0;  // 0 without accumulation.
+  uint64_t num_elements = 0;
+};
+
+struct GroupInfo {
+  uint64_t group_id = 0;
+  std::string name;
+  optim::Hyper hyper;
+  uint32_t gradient_accumulation_steps = 1;
+  std::vector<GroupMemberInfo> members;
+  uint64_t last_step = 0;
+  uint64_t applied_steps = 0;
+};
+
+struct StepOutcome {
+  uint64_t step = 0;
+  bool applied = false;
+  bool skipped = false;
+  bool repeated = false;
+  uint64_t applied_steps = 0;
+  double seconds = 0;
+};
+
+struct OptimizerStats {
+  uint64_t steps_applied = 0;
+  uint64_t steps_skipped = 0;
+  uint64_t steps_repeated = 0;
+  uint64_t grad_ready = 0;
+  double step_seconds = 0;       // Sum over applied steps.
+  uint64_t elements_stepped = 0;  // Sum of member elements over applied steps.
+  uint32_t groups = 0;
+};
+
+class OptimizerHost {
+ public:
+  // registry must outlive the host. Registers itself as the registry's
+  // job-freed listener, so a job's groups go when its objects do.
+  OptimizerHost(Registry* registry, OptimizerHostOptions options);
+  ~OptimizerHost();
+  OptimizerHost(const OptimizerHost&) = delete;
+  OptimizerHost& operator=(const OptimizerHost&) = delete;
+
+  // Creates a group (see above). Returns it and whether it already existed:
+  // a group of that name with the same definition is returned as is (a
+  // restarted worker re-attaching); with another definition it is
+  // AlreadyExists naming what differs. InvalidArgument for a bad name,
+  // hyper-parameter, accumulation count, member count, unsupported dtype or
+  // mismatched element counts (naming the member); NotFound for an unknown
+  // object; FailedPrecondition for an object already in a group;
+  // ResourceExhausted past the job's quota. Nothing is left behind on error.
+  absl::StatusOr<std::pair<GroupInfo, bool>> CreateGroup(uint64_t session_id, const Token& token,
+                                                         const GroupSpec& spec);
+  // Frees the group's master, states and accumulators (waits for a running
+  // step of the group). NotFound for an unknown group.
+  absl::Status DropGroup(uint64_t session_id, const Token& token, uint64_t group_id);
+  absl::StatusOr<std::vector<GroupInfo>> ListGroups(uint64_t session_id, const Token& token);
+
+  // Stream operations (the session's stream is attached). See the overview
+  // and spill.v1.GradReady / OptimizerStep for the semantics.
+  // GradReady: FailedPrecondition for a step other than the group's next, a
+  // micro-step out of order, or a step already applied; InvalidArgument for
+  // micro_step >= the accumulation count; NotFound for an unknown group or
+  // a grad object that is not a member's.
+  absl::StatusOr<double> GradReady(uint64_t session_id, uint64_t group_id,
+                                   uint64_t grad_object_id, uint64_t step, uint32_t micro_step);
+  // Step: FailedPrecondition for a step past the next one, an incomplete
+  // gradient (naming the member and the micro-steps received), or a
+  // repeated step older than the recorded history; InvalidArgument for a
+  // non-finite or negative lr, a non-finite or non-positive grad_scale, or
+  // a non-finite gradient in a step not flagged skip (naming the member).
+  absl::StatusOr<StepOutcome> Step(uint64_t session_id, uint64_t group_id, uint64_t step,
+                                   float lr, float grad_scale, bool skip);
+
+  OptimizerStats Stats() const;
+
+ private:
+  struct Member;
+  struct Group;
+  struct JobGroups {
+    std::map<uint64_t, std::shared_ptr<Group>> groups;
+    std::set<std::string> names;  // Includes groups being created.
+    std::set<uint64_t> member_objects;
+  };
+
+  void OnJobFreed(const std::string& job_id);
+  absl::StatusOr<std::shared_ptr<Group>> FindGroup(const std::string& job_id,
+                                                   uint64_t group_id) const;
+  absl::Status ValidateSpec(const GroupSpec& spec) const;
+  // Reserves the name; returns the existing group instead when there is one.
+  absl::StatusOr<std::shared_ptr<Group>> ReserveOrFind(const std::string& job_id,
+                                                       const GroupSpec& spec);
+  absl::StatusOr<std::shared_ptr<Group>> Build(uint64_t session_id, const Token& token,
+                                               const std::string& job_id, const GroupSpec& spec);
+  absl::Status CreateStateObjects(uint64_t session_id, const Token& token, Group& group,
+                                  std::vector<uint64_t>& created);
+  absl::Status InitializeStates(const std::string& job_id, Group& group);
+  void Unreserve(const std::string& job_id, const std::string& name);
+  absl::Status RunStep(const std::string& job_id, Group& group, const optim::StepArgs& args,
+                       float lr, uint64_t version);
+
+  Registry* const registry_;
+  const OptimizerHostOptions options_;
+  optim::Executor executor_;
+  mutable std::mutex mu_;
+  uint64_t next_group_id_ = 1;
+  std::map<std::string, JobGroups> jobs_;
+  OptimizerStats stats_;
+};
+
+}  // namespace spill::server
+
+#endif  // SPILL_SERVER_OPTIMIZER_HOST_H_

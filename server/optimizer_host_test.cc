@@ -1,0 +1,424 @@
+#include "server/optimizer_host.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "common/dtype.h"
+#include "storage/pinned_arena.h"
+
+namespace spill::server {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr int kF32 = 1;
+constexpr int kBF16 = 3;
+constexpr int kI32 = 7;
+constexpr int kParam = 1;
+constexpr int kGrad = 2;
+
+uint16_t ToBF16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+class OptimizerHostTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make(0); }
+
+  void Make(uint64_t quota) {
+    host_.reset();
+    registry_.reset();
+    storage::ArenaOptions arena_options;
+    arena_options.total_bytes = 8 << 20;
+    arena_options.segment_bytes = 1 << 20;
+    arena_options.huge_pages = storage::HugePageMode::kOff;
+    arena_options.lock = false;
+    arena_ = storage::PinnedArena::Create(arena_options).value();
+    RegistryOptions options;
+    options.job_grace = milliseconds(1000);
+    options.job_pinned_quota = quota;
+    registry_ = std::make_unique<Registry>(arena_.get(), options, [this] { return now_; });
+    OptimizerHostOptions host_options;
+    host_options.threads = 2;
+    host_ = std::make_unique<OptimizerHost>(registry_.get(), host_options);
+    session_ = Open("job");
+  }
+
+  OpenedSession Open(const std::string& job) {
+    auto s = registry_->OpenSession(job, 0, 1, PeerCreds{42, 1000, 1000});
+    EXPECT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE(registry_->AttachStream(s->session_id, s->token).ok());
+    return *s;
+  }
+
+  // A parameter and gradient pair of n elements with random contents.
+  GroupMemberSpec Pair(const std::string& name, uint64_t n, int param_dtype = kBF16,
+                       int grad_dtype = kBF16) {
+    auto p = registry_->RegisterObject(session_.session_id, session_.token, name + ".p", kParam,
+                                       param_dtype, n);
+    auto g = registry_->RegisterObject(session_.session_id, session_.token, name + ".g", kGrad,
+                                       grad_dtype, n);
+    EXPECT_TRUE(p.ok() && g.ok());
+    FillRandom(*p, 1.0f);
+    FillRandom(*g, 0.01f);
+    return {p->id, g->id};
+  }
+
+  void FillRandom(const ObjectRecord& r, float scale) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    uint8_t* data = arena_->Data(r.extent);
+    for (uint64_t i = 0; i < r.num_elements; ++i) {
+      float v = dist(rng_);
+      if (r.dtype == kBF16) {
+        uint16_t b = ToBF16(v);
+        std::memcpy(data + 2 * i, &b, 2);
+      } else if (r.dtype == kF32) {
+        std::memcpy(data + 4 * i, &v, 4);
+      }
+    }
+  }
+
+  ObjectRecord Record(uint64_t id) {
+    auto list = registry_->ListObjects(session_.session_id, session_.token).value();
+    for (const ObjectRecord& r : list) {
+      if (r.id == id) return r;
+    }
+    ADD_FAILURE() << "no object " << id;
+    return {};
+  }
+
+  std::vector<uint8_t> Bytes(uint64_t id) {
+    ObjectRecord r = Record(id);
+    const uint8_t* p = arena_->Data(r.extent);
+    return std::vector<uint8_t>(p, p + r.extent.size);
+  }
+
+  // Every byte of every object of the job, to prove that nothing changed.
+  std::vector<std::vector<uint8_t>> Snapshot() {
+    std::vector<std::vector<uint8_t>> out;
+    std::vector<ObjectRecord> list =
+        registry_->ListObjects(session_.session_id, session_.token).value();
+    for (const ObjectRecord& r : list) out.push_back(Bytes(r.id));
+    return out;
+  }
+
+  GroupSpec Spec(std::vector<GroupMemberSpec> members, uint32_t gas = 1) {
+    GroupSpec spec;
+    spec.name = "g";
+    spec.hyper.algo = optim::Algo::kAdamW;
+    spec.hyper.lr = 1e-3f;
+    spec.hyper.weight_decay = 0.01f;
+    spec.gradient_accumulation_steps = gas;
+    spec.members = std::move(members);
+    return spec;
+  }
+
+  GroupInfo Create(const GroupSpec& spec) {
+    auto created = host_->CreateGroup(session_.session_id, session_.token, spec);
+    EXPECT_TRUE(created.ok()) << created.status();
+    EXPECT_FALSE(created->second);
+    return created->first;
+  }
+
+  size_t ObjectCount() {
+    return registry_->ListObjects(session_.session_id, session_.token).value().size();
+  }
+
+  std::chrono::steady_clock::time_point now_{};
+  std::mt19937 rng_{7};
+  std::unique_ptr<storage::PinnedArena> arena_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<OptimizerHost> host_;
+  OpenedSession session_;
+};
+
+TEST_F(OptimizerHostTest, CreateAllocatesMasterFromParamAndZeroStates) {
+  GroupMemberSpec m = Pair("a", 1000);
+  GroupInfo g = Create(Spec({m}));
+  ASSERT_EQ(g.members.size(), 1u);
+  const GroupMemberInfo& info = g.members[0];
+  EXPECT_EQ(info.state_object_ids.size(), 2u);  // AdamW: m and v.
+  EXPECT_EQ(info.accumulator_object_id, 0u);
+  std::vector<uint8_t> param = Bytes(m.param_object_id);
+  std::vector<uint8_t> master = Bytes(info.master_object_id);
+  for (size_t i = 0; i < 1000; ++i) {
+    uint32_t widened = uint32_t{param[2 * i]} << 16 | uint32_t{param[2 * i + 1]} << 24;
+    uint32_t got;
+    std::memcpy(&got, master.data() + 4 * i, 4);
+    ASSERT_EQ(got, widened) << "element " << i;
+  }
+  for (uint64_t id : info.state_object_ids) {
+    for (uint8_t b : Bytes(id)) ASSERT_EQ(b, 0);
+  }
+}
+
+TEST_F(OptimizerHostTest, StepMatchesTheKernelOnCopiesAndIsAppliedOnce) {
+  GroupMemberSpec a = Pair("a", 3001);
+  GroupMemberSpec b = Pair("b", 17);
+  GroupInfo g = Create(Spec({a, b}));
+  // Expected: the same kernel over copies of the member's arrays.
+  optim::Executor exec(1);
+  struct Copy {
+    std::vector<uint8_t> param, grad, master, s0, s1;
+  };
+  std::vector<Copy> copies;
+  for (const GroupMemberInfo& m : g.members) {
+    copies.push_back({Bytes(m.param_object_id), Bytes(m.grad_object_id),
+                      Bytes(m.master_object_id), Bytes(m.state_object_ids[0]),
+                      Bytes(m.state_object_ids[1])});
+  }
+  for (const GroupMemberInfo& m : g.members) {
+    auto sq = host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 1, 0);
+    ASSERT_TRUE(sq.ok()) << sq.status();
+    EXPECT_GT(*sq, 0);
+  }
+  auto outcome = host_->Step(session_.session_id, g.group_id, 1, 2e-3f, 0.5f, false);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_TRUE(outcome->applied);
+  EXPECT_FALSE(outcome->repeated);
+  EXPECT_EQ(outcome->applied_steps, 1u);
+  optim::Hyper hyper = Spec({}).hyper;
+  hyper.lr = 2e-3f;
+  for (size_t i = 0; i < copies.size(); ++i) {
+    Copy& c = copies[i];
+    optim::ShardView view;
+    view.grad_dtype = DType::kBFloat16;
+    view.grad = c.grad.data();
+    view.master = reinterpret_cast<float*>(c.master.data());
+    view.state[0] = reinterpret_cast<float*>(c.s0.data());
+    view.state[1] = reinterpret_cast<float*>(c.s1.data());
+    view.param_dtype = DType::kBFloat16;
+    view.param = c.param.data();
+    view.n = g.members[i].num_elements;
+    ASSERT_TRUE(optim::Step(hyper, {1, 0.5f}, view, exec).ok());
+    EXPECT_EQ(Bytes(g.members[i].param_object_id), c.param) << "member " << i;
+    EXPECT_EQ(Bytes(g.members[i].master_object_id), c.master);
+    EXPECT_EQ(Bytes(g.members[i].state_object_ids[0]), c.s0);
+    EXPECT_EQ(Bytes(g.members[i].state_object_ids[1]), c.s1);
+    EXPECT_EQ(Record(g.members[i].param_object_id).version, 1u);
+    EXPECT_EQ(Record(g.members[i].master_object_id).version, 1u);
+    EXPECT_EQ(Record(g.members[i].grad_object_id).version, 0u);
+  }
+  // A resend of step 1 is answered with its outcome and changes nothing.
+  auto before = Snapshot();
+  auto again = host_->Step(session_.session_id, g.group_id, 1, 2e-3f, 0.5f, false);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->repeated);
+  EXPECT_TRUE(again->applied);
+  EXPECT_EQ(again->applied_steps, 1u);
+  EXPECT_EQ(Snapshot(), before);
+  EXPECT_EQ(host_->Stats().steps_applied, 1u);
+  EXPECT_EQ(host_->Stats().steps_repeated, 1u);
+}
+
+TEST_F(OptimizerHostTest, AccumulatesMicroStepsInFp32) {
+  GroupMemberSpec m = Pair("a", 64, kBF16, kF32);
+  GroupInfo g = Create(Spec({m}, /*gas=*/2));
+  uint64_t accum = g.members[0].accumulator_object_id;
+  ASSERT_NE(accum, 0u);
+  std::vector<uint8_t> g0 = Bytes(m.grad_object_id);
+  ASSERT_TRUE(host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 1, 0).ok());
+  FillRandom(Record(m.grad_object_id), 0.01f);
+  std::vector<uint8_t> g1 = Bytes(m.grad_object_id);
+  // Stepping after one of two micro-steps is refused.
+  auto early = host_->Step(session_.session_id, g.group_id, 1, 1e-3f, 1.0f, false);
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(early.status().message().find("1 of 2 micro-steps"), std::string::npos)
+      << early.status();
+  auto sq = host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 1, 1);
+  ASSERT_TRUE(sq.ok()) << sq.status();
+  double expected = 0;
+  std::vector<uint8_t> acc = Bytes(accum);
+  for (int i = 0; i < 64; ++i) {
+    float a, b, got;
+    std::memcpy(&a, g0.data() + 4 * i, 4);
+    std::memcpy(&b, g1.data() + 4 * i, 4);
+    std::memcpy(&got, acc.data() + 4 * i, 4);
+    ASSERT_EQ(got, a + b) << i;
+    expected += static_cast<double>(a + b) * (a + b);
+  }
+  EXPECT_NEAR(*sq, expected, expected * 1e-12);
+  // The resent last micro-step is answered again, not added twice.
+  auto resent = host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 1, 1);
+  ASSERT_TRUE(resent.ok());
+  EXPECT_EQ(*resent, *sq);
+  EXPECT_EQ(Bytes(accum), acc);
+  ASSERT_TRUE(host_->Step(session_.session_id, g.group_id, 1, 1e-3f, 1.0f, false).ok());
+  // Step 2 starts again at micro-step 0 (which assigns, not adds).
+  auto out_of_order = host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 2, 1);
+  EXPECT_EQ(out_of_order.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 2, 0).ok());
+  acc = Bytes(accum);
+  for (int i = 0; i < 64; ++i) {
+    float b, got;
+    std::memcpy(&b, g1.data() + 4 * i, 4);
+    std::memcpy(&got, acc.data() + 4 * i, 4);
+    ASSERT_EQ(got, b) << i;
+  }
+}
+
+TEST_F(OptimizerHostTest, NonFiniteGradientIsRefusedUnlessTheStepIsSkipped) {
+  GroupMemberSpec m = Pair("a", 32, kBF16, kF32);
+  GroupInfo g = Create(Spec({m}));
+  ObjectRecord grad = Record(m.grad_object_id);
+  float inf = std::numeric_limits<float>::infinity();
+  std::memcpy(arena_->Data(grad.extent) + 4 * 5, &inf, 4);
+  auto sq = host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 1, 0);
+  ASSERT_TRUE(sq.ok());
+  EXPECT_FALSE(std::isfinite(*sq));
+  auto before = Snapshot();
+  auto refused = host_->Step(session_.session_id, g.group_id, 1, 1e-3f, 1.0f, false);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("non-finite"), std::string::npos);
+  EXPECT_EQ(Snapshot(), before);
+  auto skipped = host_->Step(session_.session_id, g.group_id, 1, 1e-3f, 1.0f, true);
+  ASSERT_TRUE(skipped.ok()) << skipped.status();
+  EXPECT_TRUE(skipped->skipped);
+  EXPECT_FALSE(skipped->applied);
+  EXPECT_EQ(skipped->applied_steps, 0u);
+  EXPECT_EQ(Snapshot(), before);
+  EXPECT_EQ(host_->Stats().steps_skipped, 1u);
+  // The next step is 2, and bias correction still counts from 1.
+  auto next = host_->Step(session_.session_id, g.group_id, 3, 1e-3f, 1.0f, true);
+  EXPECT_EQ(next.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(OptimizerHostTest, BadGroupsAreRefusedAndLeaveNothingBehind) {
+  GroupMemberSpec a = Pair("a", 100);
+  GroupMemberSpec short_grad{a.param_object_id, Pair("b", 99).grad_object_id};
+  const size_t objects = ObjectCount();
+  auto expect = [&](GroupSpec spec, absl::StatusCode code, const std::string& text) {
+    auto r = host_->CreateGroup(session_.session_id, session_.token, spec);
+    EXPECT_EQ(r.status().code(), code) << r.status();
+    EXPECT_NE(r.status().message().find(text), std::string::npos) << r.status();
+    EXPECT_EQ(ObjectCount(), objects);
+  };
+  expect(Spec({short_grad}), absl::StatusCode::kInvalidArgument, "99");
+  GroupSpec bad_lr = Spec({a});
+  bad_lr.hyper.lr = -1;
+  expect(bad_lr, absl::StatusCode::kInvalidArgument, "lr");
+  expect(Spec({}), absl::StatusCode::kInvalidArgument, "members");
+  expect(Spec({a}, 0), absl::StatusCode::kInvalidArgument, "gradient_accumulation_steps");
+  expect(Spec({{a.param_object_id, a.param_object_id}}), absl::StatusCode::kInvalidArgument,
+         "more than once");
+  expect(Spec({{a.param_object_id, 9999}}), absl::StatusCode::kNotFound, "9999");
+  auto ints = registry_->RegisterObject(session_.session_id, session_.token, "i", kParam, kI32, 100);
+  const size_t with_ints = objects + 1;
+  auto r = host_->CreateGroup(session_.session_id, session_.token,
+                              Spec({{ints->id, a.grad_object_id}}));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("int32"), std::string::npos) << r.status();
+  EXPECT_EQ(ObjectCount(), with_ints);
+  GroupSpec unnamed = Spec({a});
+  unnamed.name = "";
+  r = host_->CreateGroup(session_.session_id, session_.token, unnamed);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  Token wrong = session_.token;
+  wrong[0] ^= 1;
+  r = host_->CreateGroup(session_.session_id, wrong, Spec({a}));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(OptimizerHostTest, QuotaExhaustedMidwayLeavesNothingBehind) {
+  Make(/*quota=*/64 << 10);
+  // 5000 bf16 elements: param + grad = 20 KB; master + 2 states = 60 KB.
+  GroupMemberSpec a = Pair("a", 5000);
+  const size_t objects = ObjectCount();
+  auto r = host_->CreateGroup(session_.session_id, session_.token, Spec({a}));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_EQ(ObjectCount(), objects);
+  EXPECT_EQ(host_->Stats().groups, 0u);
+  // The name is free again: a smaller optimizer (SGD, no state) fits.
+  GroupSpec sgd = Spec({a});
+  sgd.hyper.algo = optim::Algo::kSgd;
+  sgd.hyper.weight_decay = 0;
+  EXPECT_TRUE(host_->CreateGroup(session_.session_id, session_.token, sgd).ok());
+}
+
+TEST_F(OptimizerHostTest, SameNameReturnsTheGroupOrNamesTheDifference) {
+  GroupMemberSpec a = Pair("a", 10);
+  GroupInfo g = Create(Spec({a}));
+  auto again = host_->CreateGroup(session_.session_id, session_.token, Spec({a}));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->second);
+  EXPECT_EQ(again->first.group_id, g.group_id);
+  GroupSpec other = Spec({a});
+  other.hyper.lr = 5e-4f;
+  auto differs = host_->CreateGroup(session_.session_id, session_.token, other);
+  EXPECT_EQ(differs.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(differs.status().message().find("optimizer parameters"), std::string::npos);
+  GroupSpec reuse = Spec({a});
+  reuse.name = "h";
+  auto taken = host_->CreateGroup(session_.session_id, session_.token, reuse);
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(OptimizerHostTest, StreamRequestsCheckTheirArguments) {
+  GroupMemberSpec a = Pair("a", 10);
+  GroupInfo g = Create(Spec({a}, 2));
+  const uint64_t s = session_.session_id;
+  EXPECT_EQ(host_->GradReady(s, 999, a.grad_object_id, 1, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(host_->GradReady(s, g.group_id, a.param_object_id, 1, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(host_->GradReady(s, g.group_id, a.grad_object_id, 1, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(host_->GradReady(s, g.group_id, a.grad_object_id, 2, 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(host_->GradReady(s, g.group_id, a.grad_object_id, 1, 1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  float nan = std::nanf("");
+  EXPECT_EQ(host_->Step(s, g.group_id, 1, nan, 1.0f, false).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(host_->Step(s, g.group_id, 1, 1e-3f, 0.0f, false).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(host_->Step(s, g.group_id, 2, 1e-3f, 1.0f, false).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(host_->Step(s + 100, g.group_id, 1, 1e-3f, 1.0f, false).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // Not an attached session.
+}
+
+TEST_F(OptimizerHostTest, StepOnAFreedMemberChangesNoMember) {
+  GroupMemberSpec a = Pair("a", 10);
+  GroupMemberSpec b = Pair("b", 10);
+  GroupInfo g = Create(Spec({a, b}));
+  for (const auto& m : {a, b}) {
+    ASSERT_TRUE(host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 1, 0).ok());
+  }
+  ASSERT_TRUE(registry_->FreeObject(session_.session_id, session_.token, b.param_object_id).ok());
+  auto before = Snapshot();
+  auto r = host_->Step(session_.session_id, g.group_id, 1, 1e-3f, 1.0f, false);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
+  EXPECT_EQ(Snapshot(), before);
+}
+
+TEST_F(OptimizerHostTest, DropFreesStatesAndJobExpiryDropsGroups) {
+  GroupMemberSpec a = Pair("a", 10);
+  const size_t objects = ObjectCount();
+  GroupInfo g = Create(Spec({a}));
+  EXPECT_EQ(ObjectCount(), objects + 3);
+  ASSERT_TRUE(host_->DropGroup(session_.session_id, session_.token, g.group_id).ok());
+  EXPECT_EQ(ObjectCount(), objects);
+  EXPECT_EQ(host_->DropGroup(session_.session_id, session_.token, g.group_id).code(),
+            absl::StatusCode::kNotFound);
+  Create(Spec({a}));
+  EXPECT_EQ(host_->Stats().groups, 1u);
+  registry_->DetachStream(session_.session_id);
+  now_ += milliseconds(2000);
+  registry_->Tick();
+  EXPECT_EQ(host_->Stats().groups, 0u);
+  session_ = Open("job");
+  EXPECT_TRUE(host_->ListGroups(session_.session_id, session_.token)->empty());
+}
+
+}  // namespace
+}  // namespace spill::server
