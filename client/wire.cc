@@ -67,10 +67,13 @@ GroupInfo FromProto(const v1::GroupInfo& info) {
     member.state_object_ids.assign(m.state_object_ids().begin(), m.state_object_ids().end());
     member.accumulator_object_id = m.accumulator_object_id();
     member.num_elements = m.num_elements();
+    member.nvme_bytes = m.nvme_bytes();
     out.members.push_back(std::move(member));
   }
   out.last_step = info.last_step();
   out.applied_steps = info.applied_steps();
+  out.states_on_nvme = info.states_on_nvme();
+  out.sub_group_size = info.sub_group_size();
   return out;
 }
 
@@ -89,6 +92,8 @@ void ToProto(const GroupSpec& spec, v1::CreateGroupRequest* out) {
   out->set_name(spec.name);
   ToProto(spec.params, out->mutable_params());
   out->set_gradient_accumulation_steps(spec.gradient_accumulation_steps);
+  out->set_states_on_nvme(spec.states_on_nvme);
+  out->set_sub_group_size(spec.sub_group_size);
   for (const GroupMemberSpec& m : spec.members) {
     v1::GroupMemberSpec* pm = out->add_members();
     pm->set_param_object_id(m.param_object_id);

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 
@@ -42,6 +43,30 @@ absl::Status SetInt(const std::string& key, const std::string& value, int lo, in
         absl::StrCat(key, ": '", value, "' is not an integer in [", lo, ", ", hi, "]"));
   }
   *out = n;
+  return absl::OkStatus();
+}
+
+absl::Status SetBool(const std::string& key, const std::string& value, bool* out) {
+  if (value == "true" || value == "1" || value == "on") {
+    *out = true;
+  } else if (value == "false" || value == "0" || value == "off") {
+    *out = false;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, ": '", value, "' is not a boolean (true/false)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetDirs(const std::string& value, std::vector<std::string>* out) {
+  std::vector<std::string> dirs = absl::StrSplit(value, ',', absl::SkipEmpty());
+  for (const std::string& d : dirs) {
+    if (d.empty() || d[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("nvme_dirs: '", d, "' is not an absolute directory path"));
+    }
+  }
+  *out = std::move(dirs);
   return absl::OkStatus();
 }
 
@@ -95,6 +120,40 @@ const std::map<std::string, Setter>& Setters() {
       {"worker_threads", [](const std::string& v, ServerConfig* c) {
          return SetInt("worker_threads", v, 1, 1024, &c->worker_threads);
        }},
+      {"nvme_dirs", [](const std::string& v, ServerConfig* c) {
+         return SetDirs(v, &c->nvme_dirs);
+       }},
+      {"nvme_capacity", [](const std::string& v, ServerConfig* c) {
+         return SetSize("nvme_capacity", v, &c->nvme_capacity);
+       }},
+      {"job_nvme_quota", [](const std::string& v, ServerConfig* c) {
+         return SetSize("job_nvme_quota", v, &c->job_nvme_quota);
+       }},
+      {"aio_block_size", [](const std::string& v, ServerConfig* c) {
+         uint64_t size = 0;
+         SPILL_RETURN_IF_ERROR(SetSize("aio_block_size", v, &size));
+         if (size == 0 || size % 4096 != 0 || size > (64u << 20)) {
+           return absl::InvalidArgumentError(absl::StrCat(
+               "aio_block_size: ", v, " is not a multiple of 4KiB within [4KiB, 64MiB]"));
+         }
+         c->aio_block_size = static_cast<uint32_t>(size);
+         return absl::OkStatus();
+       }},
+      {"aio_queue_depth", [](const std::string& v, ServerConfig* c) {
+         return SetInt("aio_queue_depth", v, 1, 4096, &c->aio_queue_depth);
+       }},
+      {"aio_thread_count", [](const std::string& v, ServerConfig* c) {
+         return SetInt("aio_thread_count", v, 1, 64, &c->aio_thread_count);
+       }},
+      {"aio_single_submit", [](const std::string& v, ServerConfig* c) {
+         return SetBool("aio_single_submit", v, &c->aio_single_submit);
+       }},
+      {"aio_overlap_events", [](const std::string& v, ServerConfig* c) {
+         return SetBool("aio_overlap_events", v, &c->aio_overlap_events);
+       }},
+      {"nvme_sqpoll", [](const std::string& v, ServerConfig* c) {
+         return SetBool("nvme_sqpoll", v, &c->nvme_sqpoll);
+       }},
       {"optim_threads", [](const std::string& v, ServerConfig* c) {
          return SetInt("optim_threads", v, 0, 1024, &c->optim_threads);
        }},
@@ -132,6 +191,10 @@ absl::Status Validate(const ServerConfig& c) {
         "--pinned-bytes=SIZE is required and must be positive (e.g. 512MiB, 64GiB)");
   }
   if (c.segment_bytes == 0) return absl::InvalidArgumentError("--segment-bytes must be positive");
+  if (!c.nvme_dirs.empty() && c.nvme_capacity == 0) {
+    return absl::InvalidArgumentError(
+        "--nvme-capacity=SIZE (per directory) is required with --nvme-dirs");
+  }
   if (c.max_message_bytes < 4096 || c.max_message_bytes > (64u << 20)) {
     return absl::InvalidArgumentError("--max-message-bytes must be within [4KiB, 64MiB]");
   }
@@ -153,6 +216,19 @@ std::string ConfigUsage() {
   --attach-timeout=DUR     how long an opened session may wait to attach (default 30s)
   --shutdown-timeout=DUR   SIGTERM: time given to in-flight requests (default 10s)
   --worker-threads=N       request worker pool size (default 4)
+  --nvme-dirs=DIR[,DIR]    NVMe tier: one directory per device (objects are
+                           striped across them); off when not given
+  --nvme-capacity=SIZE     bytes preallocated in each NVMe directory
+  --job-nvme-quota=SIZE    NVMe bytes one job may hold (default: no limit)
+  --aio-block-size=SIZE    NVMe request and checksum block (DeepSpeed aio.block_size;
+                           default 1MiB)
+  --aio-queue-depth=N      requests in flight per ring (aio.queue_depth; default 32)
+  --aio-thread-count=N     io_uring rings, each with a completion thread
+                           (aio.thread_count; default 1)
+  --aio-single-submit=BOOL one request per submission call (aio.single_submit)
+  --aio-overlap-events=BOOL keep submitting while completions are reaped
+                           (aio.overlap_events; default true)
+  --nvme-sqpoll=BOOL       kernel submission-queue polling (default false)
   --optim-threads=N        CPU optimizer threads (default 0: one per CPU)
   --optim-threads-per-job=N  most optimizer threads one job's step may use
                            (default 0: all of them)
@@ -181,9 +257,11 @@ absl::Status ApplyConfigJson(const std::string& text, const std::string& source,
     if (value.is_string()) text_value = value.get<std::string>();
     else if (value.is_number_unsigned()) text_value = std::to_string(value.get<uint64_t>());
     else if (value.is_number_integer()) text_value = std::to_string(value.get<int64_t>());
+    else if (value.is_boolean()) text_value = value.get<bool>() ? "true" : "false";
     else {
       return absl::InvalidArgumentError(absl::StrCat(
-          source, ": key '", key, "' must be a string or an integer, got ", value.type_name()));
+          source, ": key '", key, "' must be a string, an integer or a boolean, got ",
+          value.type_name()));
     }
     SPILL_RETURN_IF_ERROR(Apply(key, text_value, source, &staged));
   }

@@ -31,6 +31,17 @@ struct ServerConfig {
   int worker_threads = 4;
   // CPU optimizer: executor threads (0: one per CPU), the most one job's
   // step may use (0: all), and how many groups may step at once.
+  // NVMe tier (off when nvme_dirs is empty); aio_* keep the meaning of
+  // DeepSpeed's `aio` block.
+  std::vector<std::string> nvme_dirs;
+  uint64_t nvme_capacity = 0;  // Per directory.
+  uint64_t job_nvme_quota = 0;  // 0: no limit.
+  uint32_t aio_block_size = 1u << 20;
+  int aio_queue_depth = 32;
+  int aio_thread_count = 1;
+  bool aio_single_submit = false;
+  bool aio_overlap_events = true;
+  bool nvme_sqpoll = false;
   int optim_threads = 0;
   int optim_threads_per_job = 0;
   int optim_concurrency = 4;

@@ -88,3 +88,62 @@ TEST(ConfigTest, Help) {
 
 }  // namespace
 }  // namespace spill::server
+
+namespace spill::server {
+namespace {
+
+TEST(ConfigTest, NvmeAndOptimizerSettings) {
+  auto c = Parse({"--socket=/x", "--pinned-bytes=1G", "--nvme-dirs=/mnt/a,/mnt/b",
+                  "--nvme-capacity=64GiB", "--aio-block-size=2MiB", "--aio-queue-depth=64",
+                  "--aio-thread-count=4", "--aio-single-submit=true",
+                  "--aio-overlap-events=false", "--nvme-sqpoll=on", "--job-nvme-quota=1TiB",
+                  "--optim-threads=12", "--optim-threads-per-job=6", "--optim-concurrency=2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->nvme_dirs, (std::vector<std::string>{"/mnt/a", "/mnt/b"}));
+  EXPECT_EQ(c->nvme_capacity, uint64_t{64} << 30);
+  EXPECT_EQ(c->aio_block_size, 2u << 20);
+  EXPECT_EQ(c->aio_queue_depth, 64);
+  EXPECT_EQ(c->aio_thread_count, 4);
+  EXPECT_TRUE(c->aio_single_submit);
+  EXPECT_FALSE(c->aio_overlap_events);
+  EXPECT_TRUE(c->nvme_sqpoll);
+  EXPECT_EQ(c->job_nvme_quota, uint64_t{1} << 40);
+  EXPECT_EQ(c->optim_threads, 12);
+  EXPECT_EQ(c->optim_threads_per_job, 6);
+  EXPECT_EQ(c->optim_concurrency, 2);
+}
+
+TEST(ConfigTest, NvmeErrorsNameTheSetting) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string needle;
+  } cases[] = {
+      {{"--nvme-dirs=relative/dir", "--nvme-capacity=1G"}, "nvme_dirs"},
+      {{"--nvme-dirs=/mnt/a"}, "--nvme-capacity"},
+      {{"--aio-block-size=5000"}, "aio_block_size"},
+      {{"--aio-queue-depth=0"}, "aio_queue_depth"},
+      {{"--aio-thread-count=65"}, "aio_thread_count"},
+      {{"--aio-single-submit=maybe"}, "aio_single_submit"},
+      {{"--optim-concurrency=0"}, "optim_concurrency"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"--socket=/x", "--pinned-bytes=1G"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = Parse(args);
+    ASSERT_FALSE(r.ok()) << c.needle;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.needle), std::string::npos) << r.status();
+  }
+}
+
+TEST(ConfigTest, JsonBooleans) {
+  ServerConfig c;
+  ASSERT_TRUE(ApplyConfigJson(R"({"aio_single_submit": true, "nvme_sqpoll": false})", "f", &c)
+                  .ok());
+  EXPECT_TRUE(c.aio_single_submit);
+  EXPECT_FALSE(c.nvme_sqpoll);
+  EXPECT_FALSE(ApplyConfigJson(R"({"aio_queue_depth": [1]})", "f", &c).ok());
+}
+
+}  // namespace
+}  // namespace spill::server

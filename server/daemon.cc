@@ -29,6 +29,19 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   arena_options.segment_bytes = config.segment_bytes;
   arena_options.huge_pages = config.huge_pages;
   SPILL_ASSIGN_OR_RETURN(d->arena_, storage::PinnedArena::Create(arena_options));
+  if (!config.nvme_dirs.empty()) {
+    storage::NvmeOptions nvme;
+    nvme.dirs = config.nvme_dirs;
+    nvme.capacity_bytes = config.nvme_capacity;
+    nvme.block_size = config.aio_block_size;
+    nvme.queue_depth = static_cast<uint32_t>(config.aio_queue_depth);
+    nvme.thread_count = static_cast<uint32_t>(config.aio_thread_count);
+    nvme.single_submit = config.aio_single_submit;
+    nvme.overlap_events = config.aio_overlap_events;
+    nvme.sqpoll = config.nvme_sqpoll;
+    nvme.job_quota_bytes = config.job_nvme_quota;
+    SPILL_ASSIGN_OR_RETURN(d->nvme_, storage::NvmeTier::Open(nvme));
+  }
 
   RegistryOptions registry_options;
   registry_options.job_pinned_quota = config.job_pinned_quota;
@@ -42,6 +55,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   OptimizerHostOptions optimizer_options;
   optimizer_options.threads = static_cast<uint32_t>(config.optim_threads);
   optimizer_options.threads_per_job = static_cast<uint32_t>(config.optim_threads_per_job);
+  optimizer_options.nvme = d->nvme_.get();
   d->optimizer_ = std::make_unique<OptimizerHost>(d->registry_.get(), optimizer_options);
   d->compute_pool_ = std::make_unique<ThreadPool>(config.optim_concurrency);
 
@@ -105,7 +119,11 @@ std::string Daemon::Describe() const {
   return absl::StrCat("spilld ", SPILL_VERSION, " serving ", config_.socket_path, ": pinned ",
                       FormatBytes(stats.capacity_bytes), " in ", stats.segments_total,
                       " segment(s) of ", FormatBytes(stats.segment_bytes),
-                      stats.huge_pages ? " (2 MiB pages)" : " (4 KiB pages)");
+                      stats.huge_pages ? " (2 MiB pages)" : " (4 KiB pages)",
+                      nvme_ == nullptr
+                          ? "; no NVMe tier"
+                          : absl::StrCat("; NVMe ", FormatBytes(nvme_->Stats().capacity_bytes),
+                                         " over ", config_.nvme_dirs.size(), " dir(s)"));
 }
 
 void Daemon::Stop() {

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/config.h"
+#include "storage/nvme_tier.h"
 
 namespace grpc {
 class Server;
@@ -47,6 +48,7 @@ class Daemon {
 
   ServerConfig config_;
   std::unique_ptr<storage::PinnedArena> arena_;
+  std::unique_ptr<storage::NvmeTier> nvme_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<ThreadPool> pool_;

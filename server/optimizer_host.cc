@@ -1,13 +1,16 @@
 #include "server/optimizer_host.h"
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
 #include "common/status_macros.h"
+#include "server/nvme_state_store.h"
 
 namespace spill::server {
 namespace {
@@ -29,6 +32,9 @@ uint32_t ExecutorThreads(uint32_t requested) {
   return hw == 0 ? 1 : hw;
 }
 
+// Pieces of a streamed step start 4 KiB aligned in the staging buffer.
+uint64_t RoundSubGroup(uint64_t n) { return (n + 1023) / 1024 * 1024; }
+
 std::string DescribeDifference(const GroupInfo& have, const GroupSpec& want) {
   const optim::Hyper& a = have.hyper;
   const optim::Hyper& b = want.hyper;
@@ -38,6 +44,11 @@ std::string DescribeDifference(const GroupInfo& have, const GroupSpec& want) {
       a.momentum != b.momentum || a.dampening != b.dampening || a.nesterov != b.nesterov ||
       a.initial_accumulator_value != b.initial_accumulator_value) {
     return "optimizer parameters";
+  }
+  if (have.states_on_nvme != want.states_on_nvme) return "state placement (NVMe or pinned)";
+  if (have.states_on_nvme && have.sub_group_size != RoundSubGroup(want.sub_group_size)) {
+    return absl::StrCat("sub_group_size (", have.sub_group_size, " vs ",
+                        RoundSubGroup(want.sub_group_size), ")");
   }
   if (have.gradient_accumulation_steps != want.gradient_accumulation_steps) {
     return absl::StrCat("gradient_accumulation_steps (", have.gradient_accumulation_steps,
@@ -65,6 +76,8 @@ struct OptimizerHost::Member {
   uint64_t ready_step = 0;
   uint32_t micro_done = 0;
   double sum_squares = 0;
+  // Master and states on NVMe (states_on_nvme groups).
+  std::unique_ptr<NvmeStateStore> nvme;
 };
 
 struct OptimizerHost::Group {
@@ -87,14 +100,68 @@ OptimizerHost::OptimizerHost(Registry* registry, OptimizerHostOptions options)
   registry_->SetJobFreedListener([this](const std::string& job_id) { OnJobFreed(job_id); });
 }
 
-OptimizerHost::~OptimizerHost() { registry_->SetJobFreedListener(nullptr); }
+OptimizerHost::~OptimizerHost() {
+  registry_->SetJobFreedListener(nullptr);
+  std::vector<std::shared_ptr<Group>> groups;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [job, jg] : jobs_) {
+      for (auto& [id, g] : jg.groups) dead_.push_back(g);
+    }
+    jobs_.clear();
+  }
+  ReapDeadGroups();
+}
 
 void OptimizerHost::OnJobFreed(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
   stats_.groups -= static_cast<uint32_t>(it->second.groups.size());
+  for (auto& [id, g] : it->second.groups) dead_.push_back(g);
   jobs_.erase(it);
+}
+
+void OptimizerHost::ReapDeadGroups() {
+  std::vector<std::shared_ptr<Group>> dead;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dead.swap(dead_);
+  }
+  for (auto& g : dead) {
+    std::lock_guard<std::mutex> lock(g->mu);
+    g->dropped = true;
+    for (Member& m : g->members) {
+      if (m.nvme != nullptr) m.nvme->Free();
+    }
+  }
+}
+
+std::shared_ptr<float> OptimizerHost::TakeBuffer(uint64_t floats) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = buffers_.begin(); it != buffers_.end(); ++it) {
+      if (it->first >= floats) {
+        std::shared_ptr<float> b = std::move(it->second);
+        buffers_.erase(it);
+        return b;
+      }
+    }
+  }
+  const uint64_t bytes = (floats * sizeof(float) + 4095) / 4096 * 4096;
+  void* p = std::aligned_alloc(4096, bytes);
+  if (p == nullptr) return nullptr;
+  return std::shared_ptr<float>(static_cast<float*>(p), [](float* f) { std::free(f); });
+}
+
+void OptimizerHost::ReturnBuffer(std::shared_ptr<float> buffer, uint64_t floats) {
+  if (buffer == nullptr) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  // Keep as many as can step at once; drop the smallest beyond that.
+  buffers_.emplace_back(floats, std::move(buffer));
+  std::sort(buffers_.begin(), buffers_.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  if (buffers_.size() > 8) buffers_.erase(buffers_.begin());
 }
 
 absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::FindGroup(
@@ -124,6 +191,18 @@ absl::Status OptimizerHost::ValidateSpec(const GroupSpec& spec) const {
     return absl::InvalidArgumentError(absl::StrCat(
         "optimizer group '", spec.name, "' has ", spec.members.size(),
         " members; it needs between 1 and ", options_.max_members_per_group));
+  }
+  if (spec.states_on_nvme) {
+    if (options_.nvme == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "optimizer group '", spec.name,
+          "' keeps its states on NVMe, but spilld runs without an NVMe tier (--nvme-dirs)"));
+    }
+    if (spec.sub_group_size == 0 || spec.sub_group_size > (uint64_t{1} << 30)) {
+      return absl::InvalidArgumentError(absl::StrCat("optimizer group '", spec.name,
+                                                     "': sub_group_size must be in [1, 2^30], got ",
+                                                     spec.sub_group_size));
+    }
   }
   absl::Status hyper = optim::ValidateHyper(spec.hyper);
   if (!hyper.ok()) {
@@ -180,6 +259,7 @@ void OptimizerHost::Unreserve(const std::string& job_id, const std::string& name
 absl::StatusOr<std::pair<GroupInfo, bool>> OptimizerHost::CreateGroup(uint64_t session_id,
                                                                       const Token& token,
                                                                       const GroupSpec& spec) {
+  ReapDeadGroups();
   SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->SessionJob(session_id, token));
   SPILL_RETURN_IF_ERROR(ValidateSpec(spec));
   SPILL_ASSIGN_OR_RETURN(std::shared_ptr<Group> existing, ReserveOrFind(job_id, spec));
@@ -222,6 +302,8 @@ absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::Build(
   group->info.name = spec.name;
   group->info.hyper = spec.hyper;
   group->info.gradient_accumulation_steps = spec.gradient_accumulation_steps;
+  group->info.states_on_nvme = spec.states_on_nvme;
+  group->info.sub_group_size = spec.states_on_nvme ? RoundSubGroup(spec.sub_group_size) : 0;
   for (size_t i = 0; i < spec.members.size(); ++i) {
     const ObjectRecord& param = views[2 * i].record;
     const ObjectRecord& grad = views[2 * i + 1].record;
@@ -247,9 +329,15 @@ absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::Build(
   }
   std::vector<uint64_t> created;
   absl::Status status = CreateStateObjects(session_id, token, *group, created);
-  if (status.ok()) status = InitializeStates(job_id, *group);
+  if (status.ok()) {
+    status = spec.states_on_nvme ? InitializeNvmeStates(job_id, *group)
+                                 : InitializeStates(job_id, *group);
+  }
   if (!status.ok()) {
     for (uint64_t id : created) (void)registry_->FreeObject(session_id, token, id);
+    for (Member& m : group->members) {
+      if (m.nvme != nullptr) m.nvme->Free();
+    }
     return status;
   }
   return group;
@@ -270,10 +358,12 @@ absl::Status OptimizerHost::CreateStateObjects(uint64_t session_id, const Token&
       created.push_back(r.id);
       return r.id;
     };
-    SPILL_ASSIGN_OR_RETURN(info.master_object_id, make("master", kObjectKindMaster));
-    for (int s = 0; s < states; ++s) {
-      SPILL_ASSIGN_OR_RETURN(uint64_t id, make(absl::StrCat("state", s), kObjectKindMoment));
-      info.state_object_ids.push_back(id);
+    if (!group.info.states_on_nvme) {
+      SPILL_ASSIGN_OR_RETURN(info.master_object_id, make("master", kObjectKindMaster));
+      for (int s = 0; s < states; ++s) {
+        SPILL_ASSIGN_OR_RETURN(uint64_t id, make(absl::StrCat("state", s), kObjectKindMoment));
+        info.state_object_ids.push_back(id);
+      }
     }
     if (accumulate) {
       SPILL_ASSIGN_OR_RETURN(info.accumulator_object_id, make("grad_accum", kObjectKindOther));
@@ -328,6 +418,9 @@ absl::Status OptimizerHost::DropGroup(uint64_t session_id, const Token& token,
   }
   std::lock_guard<std::mutex> lock(group->mu);  // Waits for a running step.
   group->dropped = true;
+  for (Member& m : group->members) {
+    if (m.nvme != nullptr) m.nvme->Free();
+  }
   for (const Member& m : group->members) {
     std::vector<uint64_t> ids = {m.info.master_object_id};
     ids.insert(ids.end(), m.info.state_object_ids.begin(), m.info.state_object_ids.end());
@@ -471,7 +564,8 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
     optim::StepArgs args;
     args.step = info.applied_steps + 1;
     args.grad_scale = grad_scale;
-    SPILL_RETURN_IF_ERROR(RunStep(job_id, *group, args, lr, step));
+    SPILL_RETURN_IF_ERROR(info.states_on_nvme ? RunStreamedStep(job_id, *group, args, lr, step)
+                                              : RunStep(job_id, *group, args, lr, step));
     outcome.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     outcome.applied = true;
@@ -543,6 +637,94 @@ absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
                                             status.message()));
   }
   return absl::OkStatus();
+}
+
+absl::Status OptimizerHost::InitializeNvmeStates(const std::string& job_id, Group& group) {
+  const uint64_t sg = group.info.sub_group_size;
+  const int arrays = 1 + optim::StateCount(group.info.hyper);
+  std::shared_ptr<float> buffer = TakeBuffer(arrays * sg);
+  if (buffer == nullptr) return absl::ResourceExhaustedError("cannot allocate a staging buffer");
+  absl::Status status;
+  for (size_t i = 0; i < group.members.size() && status.ok(); ++i) {
+    Member& m = group.members[i];
+    const uint64_t n = m.info.num_elements;
+    m.nvme = std::make_unique<NvmeStateStore>(
+        options_.nvme, job_id, absl::StrCat("optimizer group '", group.info.name, "' member ", i),
+        arrays, n, sg);
+    std::vector<uint64_t> ids = {m.info.param_object_id};
+    auto v = registry_->PinForCompute(job_id, ids);
+    if (!v.ok()) {
+      status = v.status();
+      break;
+    }
+    const uint8_t* param = (*v)[0].data;
+    const auto dtype = static_cast<DType>(m.param_dtype);
+    const size_t elem = DTypeSize(m.param_dtype);
+    auto fill = [&](uint64_t begin, uint64_t count, float* master, float* state[2]) {
+      SPILL_RETURN_IF_ERROR(
+          optim::InitMaster(dtype, param + begin * elem, master, count, executor_));
+      if (arrays > 1) SPILL_RETURN_IF_ERROR(optim::InitState(group.info.hyper, state, count));
+      return absl::OkStatus();
+    };
+    status = m.nvme->Initialize(fill, std::span<float>(buffer.get(), arrays * sg));
+    registry_->UnpinCompute(job_id, ids, 0);
+    m.info.nvme_bytes = m.nvme->nvme_bytes();
+  }
+  ReturnBuffer(std::move(buffer), arrays * sg);
+  return status;
+}
+
+absl::Status OptimizerHost::RunStreamedStep(const std::string& job_id, Group& group,
+                                            const optim::StepArgs& args, float lr,
+                                            uint64_t version) {
+  std::vector<uint64_t> params, grads;
+  for (const Member& m : group.members) {
+    params.push_back(m.info.param_object_id);
+    grads.push_back(m.info.accumulator_object_id != 0 ? m.info.accumulator_object_id
+                                                      : m.info.grad_object_id);
+  }
+  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> pv, registry_->PinForCompute(job_id, params));
+  auto gv = registry_->PinForCompute(job_id, grads);
+  if (!gv.ok()) {
+    registry_->UnpinCompute(job_id, params, 0);
+    return gv.status();
+  }
+  const uint64_t sg = group.info.sub_group_size;
+  const uint64_t floats = 3 * (1 + optim::StateCount(group.info.hyper)) * sg;
+  std::shared_ptr<float> buffer = TakeBuffer(floats);
+  optim::Hyper hyper = group.info.hyper;
+  hyper.lr = lr;
+  absl::Status status = buffer == nullptr
+                            ? absl::ResourceExhaustedError("cannot allocate a staging buffer")
+                            : absl::OkStatus();
+  // Parameters are restored from these copies if any member fails, so the
+  // step is all or nothing (the stores keep their old state on Abort).
+  std::vector<std::vector<uint8_t>> saved;
+  size_t done = 0;
+  for (; done < group.members.size() && status.ok(); ++done) {
+    Member& m = group.members[done];
+    const uint64_t bytes = m.info.num_elements * DTypeSize(m.param_dtype);
+    saved.emplace_back(pv[done].data, pv[done].data + bytes);
+    const bool accumulated = m.info.accumulator_object_id != 0;
+    status = optim::StreamedStep(
+        hyper, args, accumulated ? DType::kFloat32 : static_cast<DType>(m.grad_dtype),
+        (*gv)[done].data, static_cast<DType>(m.param_dtype), pv[done].data, m.info.num_elements,
+        *m.nvme, sg, std::span<float>(buffer.get(), floats), executor_, options_.threads_per_job);
+  }
+  for (size_t i = 0; i < done; ++i) {
+    Member& m = group.members[i];
+    if (status.ok()) {
+      m.nvme->Commit();
+      m.info.nvme_bytes = m.nvme->nvme_bytes();
+    } else {
+      m.nvme->Abort();
+      std::memcpy(pv[i].data, saved[i].data(), saved[i].size());
+    }
+  }
+  ReturnBuffer(std::move(buffer), floats);
+  registry_->UnpinCompute(job_id, grads, 0);
+  registry_->UnpinCompute(job_id, params, status.ok() ? version : 0);
+  return status;
 }
 
 OptimizerStats OptimizerHost::Stats() const {

@@ -42,6 +42,7 @@
 #include "server/optim/executor.h"
 #include "server/optim/optimizer.h"
 #include "server/registry.h"
+#include "storage/nvme_tier.h"
 
 namespace spill::server {
 
@@ -53,6 +54,9 @@ struct OptimizerHostOptions {
   uint32_t max_groups_per_job = 1u << 16;
   uint32_t max_members_per_group = 1u << 16;
   uint32_t max_name_bytes = 256;
+  // The NVMe tier for groups that keep their states there; nullptr when
+  // spilld runs without one.
+  storage::NvmeTier* nvme = nullptr;
 };
 
 struct GroupMemberSpec {
@@ -65,6 +69,11 @@ struct GroupSpec {
   optim::Hyper hyper;
   uint32_t gradient_accumulation_steps = 1;
   std::vector<GroupMemberSpec> members;
+  // Keep master and states on NVMe (offload_optimizer.device = nvme) and
+  // stream them through pinned buffers in pieces of sub_group_size elements
+  // (rounded up to a multiple of 1024) during each step.
+  bool states_on_nvme = false;
+  uint64_t sub_group_size = uint64_t{1} << 24;
 };
 
 struct GroupMemberInfo {
@@ -74,6 +83,9 @@ struct GroupMemberInfo {
   std::vector<uint64_t> state_object_ids;
   uint64_t accumulator_object_id = 0;  // 0 without accumulation.
   uint64_t num_elements = 0;
+  // NVMe bytes holding master and states (states_on_nvme); the master and
+  // state object ids are then 0 / empty.
+  uint64_t nvme_bytes = 0;
 };
 
 struct GroupInfo {
@@ -84,6 +96,8 @@ struct GroupInfo {
   std::vector<GroupMemberInfo> members;
   uint64_t last_step = 0;
   uint64_t applied_steps = 0;
+  bool states_on_nvme = false;
+  uint64_t sub_group_size = 0;
 };
 
 struct StepOutcome {
@@ -171,6 +185,15 @@ class OptimizerHost {
   void Unreserve(const std::string& job_id, const std::string& name);
   absl::Status RunStep(const std::string& job_id, Group& group, const optim::StepArgs& args,
                        float lr, uint64_t version);
+  absl::Status InitializeNvmeStates(const std::string& job_id, Group& group);
+  absl::Status RunStreamedStep(const std::string& job_id, Group& group,
+                               const optim::StepArgs& args, float lr, uint64_t version);
+  // Frees the NVMe states of groups whose job was freed (OnJobFreed runs
+  // under the registry's lock, so it only moves them here).
+  void ReapDeadGroups();
+  // Pinned staging memory for streamed steps (4 KiB aligned), reused.
+  std::shared_ptr<float> TakeBuffer(uint64_t floats);
+  void ReturnBuffer(std::shared_ptr<float> buffer, uint64_t floats);
 
   Registry* const registry_;
   const OptimizerHostOptions options_;
@@ -178,6 +201,8 @@ class OptimizerHost {
   mutable std::mutex mu_;
   uint64_t next_group_id_ = 1;
   std::map<std::string, JobGroups> jobs_;
+  std::vector<std::shared_ptr<Group>> dead_;
+  std::vector<std::pair<uint64_t, std::shared_ptr<float>>> buffers_;  // Free ones, by size.
   OptimizerStats stats_;
 };
 

@@ -318,6 +318,11 @@ TEST_F(OptimizerHostTest, BadGroupsAreRefusedAndLeaveNothingBehind) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("int32"), std::string::npos) << r.status();
   EXPECT_EQ(ObjectCount(), with_ints);
+  GroupSpec on_nvme = Spec({a});
+  on_nvme.states_on_nvme = true;
+  r = host_->CreateGroup(session_.session_id, session_.token, on_nvme);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("--nvme-dirs"), std::string::npos) << r.status();
   GroupSpec unnamed = Spec({a});
   unnamed.name = "";
   r = host_->CreateGroup(session_.session_id, session_.token, unnamed);

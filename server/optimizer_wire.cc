@@ -36,6 +36,8 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const spill::v1::CreateGroupRequest
   spec.name = request.name();
   SPILL_ASSIGN_OR_RETURN(spec.hyper, HyperFromProto(request.params()));
   spec.gradient_accumulation_steps = request.gradient_accumulation_steps();
+  spec.states_on_nvme = request.states_on_nvme();
+  if (request.sub_group_size() != 0) spec.sub_group_size = request.sub_group_size();
   for (const auto& m : request.members()) {
     spec.members.push_back({m.param_object_id(), m.grad_object_id()});
   }
@@ -75,9 +77,12 @@ void ToProto(const GroupInfo& group, spill::v1::GroupInfo* out) {
     for (uint64_t id : m.state_object_ids) pm->add_state_object_ids(id);
     pm->set_accumulator_object_id(m.accumulator_object_id);
     pm->set_num_elements(m.num_elements);
+    pm->set_nvme_bytes(m.nvme_bytes);
   }
   out->set_last_step(group.last_step);
   out->set_applied_steps(group.applied_steps);
+  out->set_states_on_nvme(group.states_on_nvme);
+  out->set_sub_group_size(group.sub_group_size);
 }
 
 void ToProto(const StepOutcome& o, spill::v1::StepOutcome* out) {

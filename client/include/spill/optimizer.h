@@ -60,6 +60,12 @@ struct GroupSpec {
   // Micro-steps whose gradients spilld sums (in fp32) before a step.
   uint32_t gradient_accumulation_steps = 1;
   std::vector<GroupMemberSpec> members;
+  // Keep master and states on spilld's NVMe tier (offload_optimizer.device
+  // = nvme), streamed through pinned buffers in pieces of sub_group_size
+  // elements during each step. FailedPrecondition when spilld has no NVMe
+  // tier. 0 means spilld's default.
+  bool states_on_nvme = false;
+  uint64_t sub_group_size = 0;
 };
 
 struct GroupMember {
@@ -69,6 +75,7 @@ struct GroupMember {
   std::vector<uint64_t> state_object_ids;     // fp32 optimizer states
   uint64_t accumulator_object_id = 0;         // fp32; 0 without accumulation
   uint64_t num_elements = 0;
+  uint64_t nvme_bytes = 0;  // master and states on NVMe (states_on_nvme)
 };
 
 struct GroupInfo {
@@ -79,6 +86,8 @@ struct GroupInfo {
   std::vector<GroupMember> members;
   uint64_t last_step = 0;     // The last step applied or skipped.
   uint64_t applied_steps = 0;
+  bool states_on_nvme = false;
+  uint64_t sub_group_size = 0;
   // CreateGroup found the group already defined (a re-attaching worker).
   bool existed = false;
 };
