@@ -18,6 +18,8 @@
 #   --out=DIR          where the bundle goes (default: out/)
 #   --dir              leave a directory instead of a .tar.gz
 #   --no-tests         leave out the test programs (those ctest runs)
+#   --with-fio         also carry Debian's fio (the NVMe benchmark's baseline)
+#                      with the libraries it needs
 #   --no-build         use build/release as it is
 #   --check            then unpack the bundle into a temporary directory,
 #                      install it there and run its bin/spill-selftest with
@@ -34,6 +36,7 @@ build=$SPILL_ROOT/build/release
 out=$SPILL_ROOT/out
 as_dir=0
 with_tests=1
+with_fio=0
 do_build=1
 check=0
 check_only=
@@ -46,6 +49,7 @@ for arg in "$@"; do
     --out=*) out=$(mkdir -p "${arg#--out=}" && cd "${arg#--out=}" && pwd) ;;
     --dir) as_dir=1 ;;
     --no-tests) with_tests=0 ;;
+    --with-fio) with_fio=1 ;;
     --no-build) do_build=0 ;;
     --check) check=1 ;;
     --check-only=*) check_only=${arg#--check-only=} ;;
@@ -134,6 +138,18 @@ copy_own_libs() {
     if [ -L "$file" ] || is_elf "$file"; then cp -P "$file" "$stage/lib/"; fi
   done < <(find "$build" -name CMakeFiles -prune -o -name 'lib*.so*' \( -type f -o -type l \) -print0)
   [ -e "$stage/lib/libspill_client.so" ] || spill_die "libspill_client.so was not built"
+}
+
+# Benchmark scripts (share/spill/bench) and, with --with-fio, fio itself.
+copy_bench_tools() {
+  local stage=$1 fio
+  mkdir -p "$stage/share/spill/bench"
+  cp "$SPILL_ROOT"/bench/*.py "$SPILL_ROOT"/bench/*.sh "$stage/share/spill/bench/" 2>/dev/null || true
+  if [ "$with_fio" -eq 1 ]; then
+    spill_ensure_deps fio
+    fio=$(command -v fio) || spill_die "--with-fio: fio is not installed"
+    cp "$fio" "$stage/bin/fio"
+  fi
 }
 
 # Drops the build tree's RPATH from our programs and libraries and strips them.
@@ -333,6 +349,7 @@ main() {
   copy_programs "$stage"
   copy_own_libs "$stage"
   finish_own_files "$stage"
+  copy_bench_tools "$stage"
   copy_deps "$stage"
   copy_headers "$stage"
   # The shared CUDA runtime some programs (benchmarks, GPU tests) may need.
