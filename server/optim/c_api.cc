@@ -3,7 +3,6 @@
 #include <memory>
 #include <string>
 
-#include "server/optim/kernels.h"
 #include "server/optim/optimizer.h"
 
 namespace {
@@ -65,6 +64,6 @@ int spill_optim_sum_squares(int dtype, const void* data, uint64_t n, double* out
 
 const char* spill_optim_last_error(void) { return last_error.c_str(); }
 
-const char* spill_optim_target(void) { return spill::optim::internal::TargetName(); }
+const char* spill_optim_target(void) { return spill::optim::SimdTargetName(); }
 
 }  // extern "C"

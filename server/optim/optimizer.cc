@@ -73,6 +73,8 @@ const char* AlgoName(Algo algo) {
   return "invalid";
 }
 
+const char* SimdTargetName() { return internal::TargetName(); }
+
 bool SupportedDType(DType d) {
   return d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16;
 }

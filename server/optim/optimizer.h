@@ -51,6 +51,9 @@ absl::Status ValidateHyper(const Hyper& hyper);
 // squares), Lion 1 (m), SGD 1 (momentum buffer) if momentum > 0 else 0.
 int StateCount(const Hyper& hyper);
 
+// The SIMD target the kernels dispatch to on this machine ("AVX3", "AVX2", ...).
+const char* SimdTargetName();
+
 // The dtypes accepted for gradients and parameters: kFloat32, kBFloat16,
 // kFloat16.
 bool SupportedDType(DType dtype);

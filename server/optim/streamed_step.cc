@@ -14,8 +14,8 @@ namespace {
 // Completion bookkeeping shared with the store's callbacks.
 class Pipeline {
  public:
-  Pipeline(uint64_t pieces, const std::function<void(StreamEvent, uint64_t)>& observer)
-      : read_(pieces, kPending), write_(pieces, kNone), observer_(observer) {}
+  Pipeline(uint64_t pieces, std::function<void(StreamEvent, uint64_t)> observer)
+      : read_(pieces, kPending), write_(pieces, kNone), observer_(std::move(observer)) {}
 
   void Event(StreamEvent e, uint64_t piece) {
     if (observer_) observer_(e, piece);
@@ -63,7 +63,7 @@ class Pipeline {
   std::vector<State> read_, write_;
   int in_flight_ = 0;
   absl::Status error_;
-  const std::function<void(StreamEvent, uint64_t)>& observer_;
+  const std::function<void(StreamEvent, uint64_t)> observer_;
 };
 
 struct Plan {
@@ -113,8 +113,7 @@ absl::Status StreamedStep(const Hyper& h, const StepArgs& a, DType gd, const voi
                           StreamedStepReport* report) {
   SPILL_RETURN_IF_ERROR(Validate(h, a, gd, grad, pd, n, sg, buffer));
   const Plan plan{n, sg, (n + sg - 1) / sg, StateCount(h), buffer};
-  static const std::function<void(StreamEvent, uint64_t)> kNoObserver;
-  Pipeline pipe(plan.pieces, report ? report->observer : kNoObserver);
+  Pipeline pipe(plan.pieces, report ? report->observer : nullptr);
   const size_t gs = DTypeSize(static_cast<int>(gd)), ps = DTypeSize(static_cast<int>(pd));
 
   auto issue_read = [&](uint64_t i) {

@@ -32,7 +32,8 @@ class StateStore {
 
   // Starts reading master and the StateCount(hyper) state arrays of elements
   // [begin, begin + count) into master[0, count) and state[s][0, count)
-  // (state[s] is null for s >= StateCount). The buffers stay valid and
+  // (state[s] is null for s >= StateCount; the pointer array itself is valid
+  // only during the call, copy the pointers). The buffers stay valid and
   // untouched by the caller until done runs. Calls done exactly once, on any
   // thread (also synchronously, from inside ReadAsync), with OK once every
   // element is in the buffers (checksums verified), or the error
@@ -45,6 +46,7 @@ class StateStore {
   // Starts writing master[0, count) and state[s][0, count) as the new
   // contents of elements [begin, begin + count). Calls done exactly once, on
   // any thread, with OK once the data is durable in the store, or the error.
+  // As for ReadAsync, the state pointer array is valid only during the call.
   // After an error the piece may hold old data, new data or a mix, unless
   // the implementation guarantees otherwise (e.g. writes a new extent and
   // switches over only on success). Same threading as ReadAsync.
