@@ -29,3 +29,9 @@ endif()
 if(SPILL_BUILD_BENCH)
   find_package(benchmark QUIET)
 endif()
+
+# Python for the deployment and metrics tests: Debian's python3-* packages
+# (prometheus-client, yaml) are installed for /usr/bin/python3, which a
+# python3 earlier on PATH (a virtualenv, pyenv) may not see.
+find_program(SPILL_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+find_program(SPILL_PYTHON3 NAMES python3)
