@@ -124,6 +124,23 @@ TEST(SpillctlWatchTest, TwoScreensWithRatesAgainstARealSpilld) {
   EXPECT_EQ((*d)->Stop(), 0);
 }
 
+TEST(SpillctlWatchTest, RedrawsInPlaceOnATerminal) {
+  if (!std::filesystem::exists("/usr/bin/script")) GTEST_SKIP() << "util-linux script not found";
+  auto d = SpilldProcess::Start({kPinned});
+  ASSERT_TRUE(d.ok()) << d.status();
+  // script(1) gives spillctl a pseudo-terminal as stdout.
+  auto [code, out] = RunToEnd({"/usr/bin/script", "-qec",
+                               std::string(SPILLCTL_PATH) + " --socket=" + (*d)->socket_path() +
+                                   " watch --iterations=2 --interval=50ms",
+                               "/dev/null"});
+  EXPECT_EQ(code, 0) << out;
+  size_t first = out.find("\x1b[H\x1b[2J");
+  ASSERT_NE(first, std::string::npos) << out;
+  EXPECT_NE(out.find("\x1b[H\x1b[2J", first + 1), std::string::npos) << "one clear per screen";
+  EXPECT_EQ(out.find("--- 1 ---"), std::string::npos) << "numbered blocks are for pipes";
+  EXPECT_EQ((*d)->Stop(), 0);
+}
+
 TEST(SpilldValidateTest, ChecksConfigWithoutStarting) {
   std::string dir = ::testing::TempDir() + "/spilld-validate";
   std::filesystem::create_directories(dir);
