@@ -30,7 +30,11 @@ json TierToJson(const v1::TierStats& tier) {
     jobs.push_back({{"job_id", job.job_id()},
                     {"used_bytes", job.used_bytes()},
                     {"reserved_bytes", job.reserved_bytes()},
-                    {"quota_bytes", job.quota_bytes()}});
+                    {"quota_bytes", job.quota_bytes()},
+                    {"acquired_bytes", job.acquired_bytes()},
+                    {"written_back_bytes", job.written_back_bytes()},
+                    {"objects", job.objects()},
+                    {"sessions", job.sessions()}});
   }
   return {{"name", tier.name()},
           {"capacity_bytes", tier.capacity_bytes()},
@@ -90,19 +94,24 @@ nlohmann::ordered_json StatsToJson(const v1::StatsResponse& stats) {
   for (const v1::TierStats& tier : stats.tiers()) tiers.push_back(TierToJson(tier));
   json requests = json::array();
   for (const v1::LatencyStats& op : stats.requests()) {
+    json codes = json::object();
+    for (const v1::CodeCount& c : op.codes()) codes[c.code()] = c.count();
     requests.push_back({{"op", op.op()},
                         {"count", op.count()},
                         {"errors", op.errors()},
                         {"p50_us", op.p50_us()},
                         {"p90_us", op.p90_us()},
                         {"p99_us", op.p99_us()},
-                        {"max_us", op.max_us()}});
+                        {"max_us", op.max_us()},
+                        {"codes", std::move(codes)}});
   }
   return {{"tiers", std::move(tiers)},
           {"bytes_in", stats.bytes_in()},
           {"bytes_out", stats.bytes_out()},
           {"requests", std::move(requests)},
-          {"uptime_ms", stats.uptime_ms()}};
+          {"uptime_ms", stats.uptime_ms()},
+          {"version", stats.version()},
+          {"metrics_address", stats.metrics_address()}};
 }
 
 nlohmann::ordered_json JobsToJson(const v1::JobsResponse& jobs) {
@@ -126,7 +135,8 @@ nlohmann::ordered_json HealthToJson(const v1::HealthResponse& health) {
           {"version", health.version()},
           {"uptime_ms", health.uptime_ms()},
           {"pid", health.pid()},
-          {"socket_path", health.socket_path()}};
+          {"socket_path", health.socket_path()},
+          {"metrics_address", health.metrics_address()}};
 }
 
 std::string FormatStats(const v1::StatsResponse& stats) {
@@ -168,6 +178,9 @@ std::string FormatHealth(const v1::HealthResponse& health) {
   table.AddRow({"pid", absl::StrCat(health.pid())});
   table.AddRow({"uptime", FormatDurationMs(health.uptime_ms())});
   table.AddRow({"socket", health.socket_path()});
+  table.AddRow({"metrics", health.metrics_address().empty()
+                               ? "off"
+                               : absl::StrCat("http://", health.metrics_address(), "/metrics")});
   std::string rendered = table.Render();
   // Drop the (empty) header line.
   return rendered.substr(rendered.find('\n') + 1);

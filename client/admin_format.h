@@ -18,10 +18,12 @@ namespace spill::client {
 // Keys keep the order shown.
 // {"tiers": [{"name", "capacity_bytes", "used_bytes", "free_bytes",
 //   "segment_bytes", "segments_total", "segments_free", "huge_pages",
-//   "jobs": [{"job_id", "used_bytes", "reserved_bytes", "quota_bytes"}]}],
+//   "jobs": [{"job_id", "used_bytes", "reserved_bytes", "quota_bytes",
+//     "acquired_bytes", "written_back_bytes", "objects", "sessions"}]}],
 //  "bytes_in", "bytes_out",
-//  "requests": [{"op", "count", "errors", "p50_us", "p90_us", "p99_us", "max_us"}],
-//  "uptime_ms"}
+//  "requests": [{"op", "count", "errors", "p50_us", "p90_us", "p99_us", "max_us",
+//    "codes": {"OK": n, "NOT_FOUND": n, ...}}],
+//  "uptime_ms", "version", "metrics_address"}
 nlohmann::ordered_json StatsToJson(const v1::StatsResponse& stats);
 
 // {"jobs": [{"job_id", "uid", "state", "grace_remaining_ms", "objects",
@@ -29,7 +31,7 @@ nlohmann::ordered_json StatsToJson(const v1::StatsResponse& stats);
 //   "uid", "attached", "pins"}]}]}
 nlohmann::ordered_json JobsToJson(const v1::JobsResponse& jobs);
 
-// {"status", "version", "uptime_ms", "pid", "socket_path"}
+// {"status", "version", "uptime_ms", "pid", "socket_path", "metrics_address"}
 nlohmann::ordered_json HealthToJson(const v1::HealthResponse& health);
 
 // Human tables; each ends with a newline.

@@ -23,6 +23,10 @@ v1::StatsResponse SampleStats() {
   job->set_used_bytes(uint64_t{3} << 30);
   job->set_reserved_bytes(uint64_t{4} << 30);
   job->set_quota_bytes(0);
+  job->set_acquired_bytes(uint64_t{5} << 30);
+  job->set_written_back_bytes(77);
+  job->set_objects(3);
+  job->set_sessions(2);
   stats.set_bytes_in(9'000'000'000'000ull);  // Well past 32 bits.
   stats.set_bytes_out(12345);
   v1::LatencyStats* acquire = stats.add_requests();
@@ -33,7 +37,15 @@ v1::StatsResponse SampleStats() {
   acquire->set_p90_us(20);
   acquire->set_p99_us(48.25);
   acquire->set_max_us(310);
+  v1::CodeCount* ok = acquire->add_codes();
+  ok->set_code("OK");
+  ok->set_count(998);
+  v1::CodeCount* missing = acquire->add_codes();
+  missing->set_code("NOT_FOUND");
+  missing->set_count(2);
   stats.set_uptime_ms(3'723'000);
+  stats.set_version("0.1.0");
+  stats.set_metrics_address("127.0.0.1:9400");
   return stats;
 }
 
@@ -56,6 +68,14 @@ TEST(StatsToJsonTest, HasTheDocumentedKeysWithNumbersAsNumbers) {
   EXPECT_EQ(json["bytes_in"].get<uint64_t>(), 9'000'000'000'000ull);
   EXPECT_EQ(json["bytes_out"], 12345);
   EXPECT_EQ(json["uptime_ms"], 3'723'000);
+  EXPECT_EQ(json["version"], "0.1.0");
+  EXPECT_EQ(json["metrics_address"], "127.0.0.1:9400");
+  EXPECT_EQ(tier["jobs"][0]["acquired_bytes"].get<uint64_t>(), uint64_t{5} << 30);
+  EXPECT_EQ(tier["jobs"][0]["written_back_bytes"], 77);
+  EXPECT_EQ(tier["jobs"][0]["objects"], 3);
+  EXPECT_EQ(tier["jobs"][0]["sessions"], 2);
+  EXPECT_EQ(json["requests"][0]["codes"]["OK"], 998);
+  EXPECT_EQ(json["requests"][0]["codes"]["NOT_FOUND"], 2);
   ASSERT_EQ(json["requests"].size(), 1u);
   EXPECT_EQ(json["requests"][0]["op"], "acquire");
   EXPECT_EQ(json["requests"][0]["count"], 1000);

@@ -9,10 +9,15 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 
+#include <unistd.h>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/admin_format.h"
+#include "client/watch_format.h"
 #include "client/unix_socket.h"
 #include "common/units.h"
 #include "spill/v1/spill.grpc.pb.h"
@@ -32,13 +37,20 @@ commands:
   stats    tiers (capacity, used, free, per-job usage), bytes moved, request
            counts and latency percentiles
   jobs     jobs with their state, grace period left, objects and sessions
-  health   daemon status, version, pid, uptime (exit status 1 unless SERVING)
+  health   daemon status, version, pid, uptime, metrics address (exit status
+           1 unless SERVING)
+  watch    a live view like top: tiers, jobs, bandwidth and request rates,
+           refreshed every --interval (redrawn in place on a terminal,
+           repeated blocks otherwise); stops after --iterations screens or
+           on Ctrl-C. Use `stats --json` for scripts.
 
 options:
   --socket=PATH       spilld's socket (default: $SPILL_SOCKET, else
                       /run/spill/spilld.sock)
   --json              print JSON (numbers as JSON numbers) instead of tables
   --timeout=DURATION  give up after DURATION, e.g. 500ms, 10s (default 5s)
+  --interval=DURATION watch: time between screens (default 1s)
+  --iterations=N      watch: screens to show, then exit 0 (default 0: forever)
   -h, --help          print this help
 
 exit status: 0 success, 1 error, 2 usage error
@@ -50,7 +62,13 @@ struct Args {
   bool json = false;
   bool help = false;
   std::chrono::milliseconds timeout{5000};
+  std::chrono::milliseconds interval{1000};
+  uint64_t iterations = 0;  // 0: until interrupted.
 };
+
+bool KnownCommand(const std::string& command) {
+  return command == "stats" || command == "jobs" || command == "health" || command == "watch";
+}
 
 // Parses argv; on a usage error returns the message to print.
 std::optional<std::string> ParseArgs(int argc, char** argv, Args* args) {
@@ -75,6 +93,16 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args) {
       if (!parsed.ok()) return absl::StrCat("--timeout: ", parsed.status().message());
       if (parsed->count() == 0) return "--timeout must be positive";
       args->timeout = *parsed;
+    } else if (auto interval = value_of("--interval")) {
+      absl::StatusOr<std::chrono::milliseconds> parsed = ParseDuration(*interval);
+      if (!parsed.ok()) return absl::StrCat("--interval: ", parsed.status().message());
+      if (parsed->count() == 0) return "--interval must be positive";
+      args->interval = *parsed;
+    } else if (auto iterations = value_of("--iterations")) {
+      if (!absl::SimpleAtoi(*iterations, &args->iterations) ||
+          iterations->find_first_not_of("0123456789") != std::string::npos) {
+        return absl::StrCat("--iterations: '", *iterations, "' is not a non-negative integer");
+      }
     } else if (absl::StartsWith(arg, "-")) {
       return absl::StrCat("unknown option '", arg, "'");
     } else if (!args->command.empty()) {
@@ -84,9 +112,13 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args) {
     }
   }
   if (args->help) return std::nullopt;
-  if (args->command.empty()) return "no command given (stats, jobs or health)";
-  if (args->command != "stats" && args->command != "jobs" && args->command != "health") {
-    return absl::StrCat("unknown command '", args->command, "' (expected stats, jobs or health)");
+  if (args->command.empty()) return "no command given (stats, jobs, health or watch)";
+  if (!KnownCommand(args->command)) {
+    return absl::StrCat("unknown command '", args->command,
+                        "' (expected stats, jobs, health or watch)");
+  }
+  if (args->command == "watch" && args->json) {
+    return "watch has no --json output; use 'spillctl stats --json' for scripts";
   }
   return std::nullopt;
 }
@@ -129,6 +161,31 @@ void Print(const Args& args, const nlohmann::ordered_json& json, const std::stri
   }
 }
 
+// Refreshes until --iterations screens were shown; the first screen has no
+// rates, each later one rates over the interval before it.
+int Watch(const Args& args, v1::Admin::Stub* stub) {
+  const bool tty = ::isatty(STDOUT_FILENO) == 1;
+  std::optional<WatchSample> previous;
+  for (uint64_t i = 0; args.iterations == 0 || i < args.iterations; ++i) {
+    if (i > 0) std::this_thread::sleep_for(args.interval);
+    WatchSample sample;
+    int rc = Call<v1::StatsRequest>(args, stub, &v1::Admin::Stub::Stats, "Stats", &sample.stats);
+    if (rc == kExitOk) {
+      rc = Call<v1::JobsRequest>(args, stub, &v1::Admin::Stub::Jobs, "Jobs", &sample.jobs);
+    }
+    if (rc != kExitOk) return rc;
+    sample.at = std::chrono::steady_clock::now();
+    std::string screen = FormatWatch(previous ? &*previous : nullptr, sample);
+    if (tty) {
+      std::cout << kClearScreen << screen << std::flush;
+    } else {
+      std::cout << (i > 0 ? "\n" : "") << "--- " << i + 1 << " ---\n" << screen << std::flush;
+    }
+    previous = std::move(sample);
+  }
+  return kExitOk;
+}
+
 int Run(const Args& args) {
   absl::Status reachable = internal::CheckSocketPath(args.socket_path);
   if (!reachable.ok()) return Fail(std::string(reachable.message()));
@@ -138,6 +195,7 @@ int Run(const Args& args) {
   auto channel = grpc::CreateCustomChannel("unix:" + args.socket_path,
                                            grpc::InsecureChannelCredentials(), channel_args);
   std::unique_ptr<v1::Admin::Stub> stub = v1::Admin::NewStub(channel);
+  if (args.command == "watch") return Watch(args, stub.get());
   if (args.command == "stats") {
     v1::StatsResponse stats;
     int rc = Call<v1::StatsRequest>(args, stub.get(), &v1::Admin::Stub::Stats, "Stats", &stats);

@@ -10,6 +10,7 @@ find_package(hwy CONFIG REQUIRED)  # Google Highway (libhwy-dev): SIMD with run-
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBURING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(ISAL REQUIRED IMPORTED_TARGET libisal)
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 find_program(SPILL_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 
@@ -30,3 +31,9 @@ endif()
 if(SPILL_BUILD_BENCH)
   find_package(benchmark QUIET)
 endif()
+
+# Python for the deployment and metrics tests: Debian's python3-* packages
+# (prometheus-client, yaml) are installed for /usr/bin/python3, which a
+# python3 earlier on PATH (a virtualenv, pyenv) may not see.
+find_program(SPILL_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+find_program(SPILL_PYTHON3 NAMES python3)

@@ -11,6 +11,8 @@ SPILL_DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev liburing-dev libisal-dev nlohmann-json3-dev libhwy-dev
   libgtest-dev libgmock-dev libbenchmark-dev fio
+  libcpp-httplib-dev
+  python3-prometheus-client python3-yaml systemd
 )
 
 SPILL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <map>
+
+#include "server/core_metrics.h"
+
 namespace spill::server {
 namespace {
 
@@ -42,9 +46,15 @@ void AdminService::FillStats(spill::v1::StatsResponse* response) const {
     j->set_used_bytes(snap.used_bytes);
     j->set_reserved_bytes(snap.reserved_bytes);
     j->set_quota_bytes(snap.quota_bytes);
+    j->set_acquired_bytes(snap.acquired_bytes);
+    j->set_written_back_bytes(snap.written_back_bytes);
+    j->set_objects(snap.objects);
+    j->set_sessions(static_cast<uint32_t>(snap.sessions.size()));
   }
   response->set_bytes_in(deps_.metrics->bytes_in());
   response->set_bytes_out(deps_.metrics->bytes_out());
+  std::map<std::string, std::map<absl::StatusCode, uint64_t>> codes;
+  for (OpDetail& detail : deps_.metrics->Details()) codes[detail.op] = std::move(detail.codes);
   for (const OpStats& op : deps_.metrics->Snapshot()) {
     spill::v1::LatencyStats* l = response->add_requests();
     l->set_op(op.op);
@@ -54,8 +64,15 @@ void AdminService::FillStats(spill::v1::StatsResponse* response) const {
     l->set_p90_us(op.p90_us);
     l->set_p99_us(op.p99_us);
     l->set_max_us(op.max_us);
+    for (const auto& [code, n] : codes[op.op]) {
+      spill::v1::CodeCount* c = l->add_codes();
+      c->set_code(StatusCodeName(code));
+      c->set_count(n);
+    }
   }
   response->set_uptime_ms(UptimeMs());
+  response->set_version(SPILL_VERSION);
+  response->set_metrics_address(deps_.metrics_address);
 }
 
 void AdminService::FillJobs(spill::v1::JobsResponse* response) const {
@@ -101,6 +118,7 @@ grpc::ServerUnaryReactor* AdminService::Health(grpc::CallbackServerContext* ctx,
     response->set_uptime_ms(UptimeMs());
     response->set_pid(::getpid());
     response->set_socket_path(deps_.socket_path);
+    response->set_metrics_address(deps_.metrics_address);
   });
 }
 

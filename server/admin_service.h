@@ -20,6 +20,7 @@ struct AdminServiceDeps {
   ThreadPool* pool = nullptr;
   Metrics* metrics = nullptr;
   std::string socket_path;
+  std::string metrics_address;  // Empty when metrics are off.
   std::chrono::steady_clock::time_point started;
 };
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "server/metrics_http.h"
 
 namespace spill::server {
 namespace {
@@ -117,6 +118,19 @@ const std::map<std::string, Setter>& Setters() {
                   absl::StrCat("stream_dispatch: '", v, "' is not one of inline, pool"));
          return absl::OkStatus();
        }},
+      {"metrics_address", [](const std::string& v, ServerConfig* c) {
+         if (v.empty()) {  // Explicitly off.
+           c->metrics_address.clear();
+           return absl::OkStatus();
+         }
+         auto parsed = ParseHostPort(v);
+         if (!parsed.ok()) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("metrics_address: ", parsed.status().message()));
+         }
+         c->metrics_address = v;
+         return absl::OkStatus();
+       }},
       {"worker_threads", [](const std::string& v, ServerConfig* c) {
          return SetInt("worker_threads", v, 1, 1024, &c->worker_threads);
        }},
@@ -203,6 +217,27 @@ absl::Status Validate(const ServerConfig& c) {
 
 }  // namespace
 
+std::vector<std::string> ConfigKeys() {
+  std::vector<std::string> keys;
+  for (const auto& [key, setter] : Setters()) keys.push_back(key);
+  return keys;
+}
+
+std::string DescribeConfig(const ServerConfig& c) {
+  const char* huge = c.huge_pages == storage::HugePageMode::kAuto ? "auto"
+                     : c.huge_pages == storage::HugePageMode::kOn ? "on"
+                                                                  : "off";
+  return absl::StrCat(
+      "socket=", c.socket_path, "\nsocket_group=", c.socket_group,
+      "\npinned_bytes=", c.pinned_bytes, "\nsegment_bytes=", c.segment_bytes,
+      "\nhuge_pages=", huge, "\njob_pinned_quota=", c.job_pinned_quota,
+      "\njob_grace=", c.job_grace.count(), "ms\nattach_timeout=", c.attach_timeout.count(),
+      "ms\nshutdown_timeout=", c.shutdown_timeout.count(), "ms\nworker_threads=",
+      c.worker_threads, "\nstream_dispatch=", c.stream_inline ? "inline" : "pool",
+      "\nmax_message_bytes=", c.max_message_bytes,
+      "\nmetrics_address=", c.metrics_address.empty() ? "off" : c.metrics_address, "\n");
+}
+
 std::string ConfigUsage() {
   return R"(usage: spilld --socket=PATH --pinned-bytes=SIZE [options]
 
@@ -236,8 +271,11 @@ std::string ConfigUsage() {
   --stream-dispatch=inline|pool  run non-blocking stream requests on the
                            reactor thread (inline, default) or the pool
   --max-message-bytes=SIZE largest accepted gRPC message (default 64KiB)
+  --metrics-address=HOST:PORT  serve Prometheus metrics on http://HOST:PORT/metrics
+                           (default: off; port 0 picks a free port, logged at start)
   --config=FILE            JSON file with the same keys ("pinned_bytes": "64GiB");
                            flags override it
+  --validate               check the flags and file, print the settings, exit
 Sizes take B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB); durations ms, s, m, h.
 )";
 }
@@ -278,6 +316,10 @@ absl::StatusOr<ServerConfig> ParseConfig(const std::vector<std::string>& args, b
     if (arg == "--help" || arg == "-h") {
       *help = true;
       return config;
+    }
+    if (arg == "--validate") {
+      config.validate_only = true;
+      continue;
     }
     if (arg.rfind("--", 0) != 0 || arg.find('=') == std::string::npos) {
       return absl::InvalidArgumentError(

@@ -52,7 +52,11 @@ struct ServerConfig {
   // on the gRPC reactor thread that read them ("inline"), saving a thread
   // hop per round trip; "pool" sends them to the worker pool like unary calls.
   bool stream_inline = true;
+  // HOST:PORT for the Prometheus endpoint; empty (the default) serves none.
+  std::string metrics_address;
   std::string config_file;
+  // --validate: check the settings and exit without starting.
+  bool validate_only = false;
 };
 
 // Text for --help.
@@ -63,6 +67,13 @@ std::string ConfigUsage();
 // --socket or --pinned-bytes (after the file) is an error too.
 // *help is set when --help was given (the config is then not validated).
 absl::StatusOr<ServerConfig> ParseConfig(const std::vector<std::string>& args, bool* help);
+
+// Every key a config file may use (underscore spelling), sorted. Flags are
+// the same names with dashes, plus --config, --validate and --help.
+std::vector<std::string> ConfigKeys();
+
+// The effective settings, one "key=value" line each (for --validate).
+std::string DescribeConfig(const ServerConfig& config);
 
 // Parses a JSON config file's text into config (file keys only).
 absl::Status ApplyConfigJson(const std::string& text, const std::string& source,

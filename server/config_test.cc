@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 
@@ -77,6 +78,61 @@ TEST(ConfigTest, BadFilesAreRejectedWhole) {
   auto wrong_type = ApplyConfigJson(R"({"pinned_bytes": [1]})", "f.json", &config);
   EXPECT_NE(wrong_type.message().find("pinned_bytes"), std::string::npos) << wrong_type;
   EXPECT_EQ(config.pinned_bytes, 7u);  // Nothing applied from the bad files.
+}
+
+TEST(ConfigTest, MetricsAddressIsOffByDefaultAndParsed) {
+  auto off = Parse({"--socket=/x", "--pinned-bytes=1G"});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->metrics_address, "");
+  for (const char* good : {"127.0.0.1:9400", "0.0.0.0:0", "[::1]:9400", "localhost:65535"}) {
+    auto c = Parse({"--socket=/x", "--pinned-bytes=1G", std::string("--metrics-address=") + good});
+    ASSERT_TRUE(c.ok()) << good << ": " << c.status();
+    EXPECT_EQ(c->metrics_address, good);
+  }
+  ServerConfig config;
+  ASSERT_TRUE(ApplyConfigJson(R"({"metrics_address": "127.0.0.1:9400"})", "f.json", &config).ok());
+  EXPECT_EQ(config.metrics_address, "127.0.0.1:9400");
+}
+
+TEST(ConfigTest, BadMetricsAddressesNameTheFlagAndTheProblem) {
+  struct Case {
+    std::string value;
+    std::string needle;
+  } cases[] = {
+      {"9400", "has no port"},
+      {":9400", "has no host"},
+      {"127.0.0.1:", "port ''"},
+      {"127.0.0.1:65536", "port '65536'"},
+      {"127.0.0.1:-1", "port '-1'"},
+      {"127.0.0.1:http", "port 'http'"},
+      {"::1:9400", "IPv6 host in brackets"},
+      {"[::1:9400", "unbalanced"},
+  };
+  for (const Case& c : cases) {
+    auto r = Parse({"--socket=/x", "--pinned-bytes=1G", "--metrics-address=" + c.value});
+    ASSERT_FALSE(r.ok()) << c.value;
+    EXPECT_NE(r.status().message().find("metrics-address"), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find(c.needle), std::string::npos)
+        << c.needle << " not in: " << r.status().message();
+  }
+  ServerConfig config;
+  config.metrics_address = "127.0.0.1:1";
+  auto bad = ApplyConfigJson(R"({"metrics_address": "nope"})", "f.json", &config);
+  EXPECT_NE(bad.message().find("metrics_address"), std::string::npos) << bad;
+  EXPECT_EQ(config.metrics_address, "127.0.0.1:1");  // Unchanged.
+}
+
+TEST(ConfigTest, ValidateFlagAndKeyList) {
+  auto c = Parse({"--socket=/x", "--pinned-bytes=1G", "--validate"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->validate_only);
+  EXPECT_NE(DescribeConfig(*c).find("metrics_address=off"), std::string::npos);
+  EXPECT_FALSE(Parse({"--socket=/x", "--validate"}).ok());  // Still validated.
+  std::vector<std::string> keys = ConfigKeys();
+  EXPECT_TRUE(std::is_sorted(keys.begin(), keys.end()));
+  for (const char* key : {"socket", "pinned_bytes", "metrics_address", "worker_threads"}) {
+    EXPECT_NE(std::find(keys.begin(), keys.end(), key), keys.end()) << key;
+  }
 }
 
 TEST(ConfigTest, Help) {

@@ -7,9 +7,12 @@
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "server/admin_service.h"
+#include "server/core_metrics.h"
 #include "server/listener.h"
 #include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "server/optimizer_host.h"
+#include "server/prometheus.h"
 #include "server/registry.h"
 #include "server/thread_pool.h"
 #include "server/worker_service.h"
@@ -71,13 +74,28 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   worker_deps.stream_inline = config.stream_inline;
   d->worker_ = std::make_unique<WorkerService>(worker_deps);
 
+  d->collectors_ = std::make_unique<CollectorSet>();
+  CoreMetricsDeps core;
+  core.registry = d->registry_.get();
+  core.arena = d->arena_.get();
+  core.metrics = d->metrics_.get();
+  core.version = SPILL_VERSION;
+  core.started = std::chrono::steady_clock::now();
+  core.started_wall = std::chrono::system_clock::now();
+  d->collectors_->Add(std::make_unique<CoreMetricsCollector>(core));
+  if (!config.metrics_address.empty()) {
+    SPILL_ASSIGN_OR_RETURN(d->metrics_http_,
+                           MetricsHttpServer::Start(config.metrics_address, d->collectors_.get()));
+  }
+
   AdminServiceDeps admin_deps;
   admin_deps.registry = d->registry_.get();
   admin_deps.arena = d->arena_.get();
   admin_deps.pool = d->pool_.get();
   admin_deps.metrics = d->metrics_.get();
   admin_deps.socket_path = config.socket_path;
-  admin_deps.started = std::chrono::steady_clock::now();
+  admin_deps.started = core.started;
+  if (d->metrics_http_ != nullptr) admin_deps.metrics_address = d->metrics_http_->address();
   d->admin_ = std::make_unique<AdminService>(admin_deps);
 
   ListenerOptions listener_options;
@@ -123,13 +141,23 @@ std::string Daemon::Describe() const {
                       nvme_ == nullptr
                           ? "; no NVMe tier"
                           : absl::StrCat("; NVMe ", FormatBytes(nvme_->Stats().capacity_bytes),
-                                         " over ", config_.nvme_dirs.size(), " dir(s)"));
+                                         " over ", config_.nvme_dirs.size(), " dir(s)"),
+                      metrics_http_ == nullptr
+                          ? "; metrics off"
+                          : absl::StrCat("; metrics on http://", metrics_http_->address(),
+                                         "/metrics"));
+}
+
+std::string Daemon::metrics_address() const {
+  return metrics_http_ == nullptr ? "" : metrics_http_->address();
 }
 
 void Daemon::Stop() {
   if (stopped_) return;
   stopped_ = true;
   admin_->SetStopping();
+  // Scrapes read the registry and arena: end them first.
+  if (metrics_http_ != nullptr) metrics_http_->Stop();
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   listener_->Stop();
   worker_->StopStreams();

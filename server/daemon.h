@@ -20,6 +20,8 @@ class Server;
 namespace spill::server {
 
 class AdminService;
+class CollectorSet;
+class MetricsHttpServer;
 class Listener;
 class Metrics;
 class OptimizerHost;
@@ -42,6 +44,13 @@ class Daemon {
   // One line describing what is being served.
   std::string Describe() const;
 
+  // The collectors the metrics endpoint serves. Subsystems started after the
+  // daemon add theirs here (see server/prometheus.h); valid until Stop().
+  CollectorSet& collectors() { return *collectors_; }
+  // "HOST:PORT" the metrics endpoint listens on (the port chosen when the
+  // config asked for port 0); empty when metrics are off.
+  std::string metrics_address() const;
+
  private:
   Daemon() = default;
   void TickLoop();
@@ -59,6 +68,8 @@ class Daemon {
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<Listener> listener_;
+  std::unique_ptr<CollectorSet> collectors_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::thread ticker_;
   std::mutex tick_mu_;
   std::condition_variable tick_cv_;

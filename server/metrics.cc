@@ -24,6 +24,14 @@ void LatencyHistogram::Record(std::chrono::nanoseconds latency) {
   ++buckets_[BucketOf(ns)];
   ++count_;
   max_ns_ = std::max(max_ns_, ns);
+  sum_ns_ += ns;
+}
+
+uint64_t LatencyHistogram::CountAtMostPow2Micros(int k) const {
+  const int last = std::clamp(k * 8, 0, kBuckets - 1);
+  uint64_t total = 0;
+  for (int b = 0; b <= last; ++b) total += buckets_[b];
+  return total;
 }
 
 double LatencyHistogram::QuantileMicros(double q) const {
@@ -38,11 +46,21 @@ double LatencyHistogram::QuantileMicros(double q) const {
   return MaxMicros();
 }
 
-void Metrics::RecordRequest(const std::string& op, std::chrono::nanoseconds latency, bool ok) {
+void Metrics::RecordRequest(const std::string& op, std::chrono::nanoseconds latency,
+                            absl::StatusCode code) {
   std::lock_guard<std::mutex> lock(mu_);
   Op& entry = ops_[op];
   entry.histogram.Record(latency);
-  if (!ok) ++entry.errors;
+  ++entry.codes[code];
+  if (code != absl::StatusCode::kOk) ++entry.errors;
+}
+
+std::vector<OpDetail> Metrics::Details() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<OpDetail> out;
+  out.reserve(ops_.size());
+  for (const auto& [name, op] : ops_) out.push_back({name, op.histogram, op.codes});
+  return out;
 }
 
 std::vector<OpStats> Metrics::Snapshot() const {

@@ -39,6 +39,10 @@ struct Registry::Job {
   std::set<uint64_t> sessions;
   std::optional<std::chrono::steady_clock::time_point> grace_deadline;
   uint64_t used_bytes = 0;  // Sum of the objects' sizes.
+  // Bytes of objects handed out by acquire / recorded by write-back, since
+  // the job was created.
+  uint64_t acquired_bytes = 0;
+  uint64_t written_back_bytes = 0;
   // Registrations between their quota check and their allocation.
   uint64_t pending_bytes = 0;
   std::set<std::string> pending_names;
@@ -363,6 +367,7 @@ absl::StatusOr<ObjectRecord> Registry::Acquire(uint64_t session_id, uint64_t obj
   }
   ++object->pin_count;
   ++session->pins[object_id];
+  jobs_.at(session->job_id)->acquired_bytes += object->extent.size;
   return *object;
 }
 
@@ -406,6 +411,7 @@ absl::StatusOr<ObjectRecord> Registry::WriteBack(uint64_t session_id, uint64_t o
         " is older than its version ", object->version));
   }
   object->version = version;
+  jobs_.at(session->job_id)->written_back_bytes += object->extent.size;
   return *object;
 }
 
@@ -537,6 +543,8 @@ std::vector<JobSnapshot> Registry::Jobs() const {
     snap.used_bytes = usage.used_bytes;
     snap.reserved_bytes = usage.reserved_bytes;
     snap.quota_bytes = quota;
+    snap.acquired_bytes = job->acquired_bytes;
+    snap.written_back_bytes = job->written_back_bytes;
     for (uint64_t sid : job->sessions) {
       const Session& s = *sessions_.at(sid);
       uint32_t pins = 0;

@@ -110,6 +110,10 @@ struct JobSnapshot {
   uint64_t used_bytes = 0;
   uint64_t reserved_bytes = 0;  // Segments the job owns.
   uint64_t quota_bytes = 0;
+  // Bytes of objects acquired / written back by the job's sessions since the
+  // job was created (counters; they end with the job).
+  uint64_t acquired_bytes = 0;
+  uint64_t written_back_bytes = 0;
   std::vector<SessionSnapshot> sessions;
 };
 

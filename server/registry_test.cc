@@ -271,6 +271,25 @@ TEST_F(RegistryTest, WriteBackVersionsOnlyMoveForward) {
   EXPECT_EQ(registry_->ListObjects(s.session_id, s.token)->at(0).version, 3u);
 }
 
+TEST_F(RegistryTest, CountsAcquiredAndWrittenBackBytesPerJobOnlyOnSuccess) {
+  OpenedSession s = Open("job");
+  auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 1000);
+  ASSERT_TRUE(obj.ok()) << obj.status();
+  const uint64_t size = obj->extent.size;
+  auto counters = [&] {
+    JobSnapshot snap = registry_->Jobs().at(0);
+    return std::make_pair(snap.acquired_bytes, snap.written_back_bytes);
+  };
+  EXPECT_FALSE(registry_->WriteBack(s.session_id, obj->id, 1).ok());  // Not pinned.
+  EXPECT_FALSE(registry_->Acquire(s.session_id, obj->id + 99).ok());  // Unknown object.
+  EXPECT_EQ(counters(), std::make_pair(uint64_t{0}, uint64_t{0}));
+  ASSERT_TRUE(registry_->Acquire(s.session_id, obj->id).ok());
+  ASSERT_TRUE(registry_->Acquire(s.session_id, obj->id).ok());
+  ASSERT_TRUE(registry_->WriteBack(s.session_id, obj->id, 1).ok());
+  EXPECT_FALSE(registry_->WriteBack(s.session_id, obj->id, 0).ok());  // Older version.
+  EXPECT_EQ(counters(), std::make_pair(2 * size, size));
+}
+
 TEST_F(RegistryTest, PoolExhaustionIsResourceExhausted) {
   OpenedSession s = Open("job");
   for (int i = 0; i < 4; ++i) {

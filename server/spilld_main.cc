@@ -23,6 +23,10 @@ int main(int argc, char** argv) {
               << "run 'spilld --help' for usage\n";
     return 2;
   }
+  if (config->validate_only) {
+    std::cout << spill::server::DescribeConfig(*config) << "spilld: configuration is valid\n";
+    return 0;
+  }
   // Every segment is an open memfd, and every connection a socket: take the
   // whole hard limit on descriptors (the soft default is often 1024).
   rlimit files{};

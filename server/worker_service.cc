@@ -219,7 +219,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       event.set_message(std::string(status.message()));
     }
     deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
-                                 status.ok());
+                                 status.code());
     Enqueue(std::move(event));
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -362,7 +362,7 @@ grpc::ServerUnaryReactor* WorkerService::RunUnary(grpc::CallbackServerContext* c
   unary_in_flight_.fetch_add(1);
   bool posted = deps_.pool->Post([this, reactor, fn = std::move(fn), op, start, metrics]() mutable {
     absl::Status status = fn();
-    metrics->RecordRequest(op, SteadyClock::now() - start, status.ok());
+    metrics->RecordRequest(op, SteadyClock::now() - start, status.code());
     reactor->Finish(ToGrpcStatus(status));
     unary_in_flight_.fetch_sub(1);
   });
