@@ -51,6 +51,19 @@ void AdminService::FillStats(spill::v1::StatsResponse* response) const {
     j->set_objects(snap.objects);
     j->set_sessions(static_cast<uint32_t>(snap.sessions.size()));
   }
+  if (deps_.nvme != nullptr) {
+    const storage::NvmeStats nvme = deps_.nvme->Stats();
+    spill::v1::TierStats* t = response->add_tiers();
+    t->set_name("nvme");
+    t->set_capacity_bytes(nvme.capacity_bytes);
+    t->set_used_bytes(nvme.used_bytes);
+    t->set_free_bytes(nvme.free_bytes);
+    for (const auto& [job, bytes] : nvme.job_used_bytes) {
+      spill::v1::JobUsage* j = t->add_jobs();
+      j->set_job_id(job);
+      j->set_used_bytes(bytes);
+    }
+  }
   response->set_bytes_in(deps_.metrics->bytes_in());
   response->set_bytes_out(deps_.metrics->bytes_out());
   std::map<std::string, std::map<absl::StatusCode, uint64_t>> codes;

@@ -10,6 +10,7 @@
 #include "server/registry.h"
 #include "server/thread_pool.h"
 #include "spill/v1/spill.grpc.pb.h"
+#include "storage/nvme_tier.h"
 #include "storage/pinned_arena.h"
 
 namespace spill::server {
@@ -17,6 +18,7 @@ namespace spill::server {
 struct AdminServiceDeps {
   Registry* registry = nullptr;
   storage::PinnedArena* arena = nullptr;
+  const storage::NvmeTier* nvme = nullptr;  // nullptr without an NVMe tier.
   ThreadPool* pool = nullptr;
   Metrics* metrics = nullptr;
   std::string socket_path;

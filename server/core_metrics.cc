@@ -65,9 +65,17 @@ void CoreMetricsCollector::CollectTiers(MetricsWriter& out) const {
       {"spill_tier_huge_pages", "1 when the tier's segments use 2 MiB pages.",
        a.huge_pages ? 1.0 : 0.0},
   };
+  storage::NvmeStats nvme;
+  if (deps_.nvme != nullptr) nvme = deps_.nvme->Stats();
+  const Labels nvme_tier = {{"tier", "nvme"}};
   for (const auto& g : gauges) {
     out.Family(g.name, g.help, MetricType::kGauge);
     out.Sample(tier, g.value);
+    if (deps_.nvme == nullptr) continue;
+    const std::string name = g.name;
+    if (name == "spill_tier_capacity_bytes") out.Sample(nvme_tier, nvme.capacity_bytes);
+    if (name == "spill_tier_used_bytes") out.Sample(nvme_tier, nvme.used_bytes);
+    if (name == "spill_tier_free_bytes") out.Sample(nvme_tier, nvme.free_bytes);
   }
 }
 

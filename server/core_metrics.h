@@ -5,7 +5,7 @@
 //   spill_build_info{version}                        gauge, 1
 //   spill_start_time_seconds                         gauge, Unix time
 //   spill_uptime_seconds                             gauge
-//   spill_tier_capacity_bytes{tier}                  gauge
+//   spill_tier_capacity_bytes{tier}                  gauge (tier: pinned, nvme)
 //   spill_tier_used_bytes{tier}                      gauge
 //   spill_tier_free_bytes{tier}                      gauge
 //   spill_tier_segment_bytes{tier}                   gauge
@@ -28,8 +28,9 @@
 //   spill_requests_total{method,code}                counter (code: OK, NOT_FOUND, ...)
 //   spill_request_duration_seconds{method}           histogram, le = 2^k µs
 //
-// NVMe, prefetch, optimizer and eviction families come from their own
-// collectors (see server/prometheus.h) once those subsystems serve requests.
+// The NVMe tier's I/O and the CPU optimizer export their own families
+// (server/subsystem_metrics.h); prefetch and eviction families come with the
+// tier manager.
 #ifndef SPILL_SERVER_CORE_METRICS_H_
 #define SPILL_SERVER_CORE_METRICS_H_
 
@@ -39,6 +40,7 @@
 #include "server/metrics.h"
 #include "server/prometheus.h"
 #include "server/registry.h"
+#include "storage/nvme_tier.h"
 #include "storage/pinned_arena.h"
 
 namespace spill::server {
@@ -46,6 +48,8 @@ namespace spill::server {
 struct CoreMetricsDeps {
   const Registry* registry = nullptr;
   const storage::PinnedArena* arena = nullptr;
+  // The NVMe tier (its capacity/used/free join the tier gauges), or nullptr.
+  const storage::NvmeTier* nvme = nullptr;
   const Metrics* metrics = nullptr;
   std::string version;
   std::chrono::steady_clock::time_point started;

@@ -14,6 +14,7 @@
 #include "server/optimizer_host.h"
 #include "server/prometheus.h"
 #include "server/registry.h"
+#include "server/subsystem_metrics.h"
 #include "server/thread_pool.h"
 #include "server/worker_service.h"
 
@@ -78,11 +79,16 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   CoreMetricsDeps core;
   core.registry = d->registry_.get();
   core.arena = d->arena_.get();
+  core.nvme = d->nvme_.get();
   core.metrics = d->metrics_.get();
   core.version = SPILL_VERSION;
   core.started = std::chrono::steady_clock::now();
   core.started_wall = std::chrono::system_clock::now();
   d->collectors_->Add(std::make_unique<CoreMetricsCollector>(core));
+  d->collectors_->Add(std::make_unique<OptimizerMetricsCollector>(d->optimizer_.get()));
+  if (d->nvme_ != nullptr) {
+    d->collectors_->Add(std::make_unique<NvmeMetricsCollector>(d->nvme_.get()));
+  }
   if (!config.metrics_address.empty()) {
     SPILL_ASSIGN_OR_RETURN(d->metrics_http_,
                            MetricsHttpServer::Start(config.metrics_address, d->collectors_.get()));
@@ -91,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   AdminServiceDeps admin_deps;
   admin_deps.registry = d->registry_.get();
   admin_deps.arena = d->arena_.get();
+  admin_deps.nvme = d->nvme_.get();
   admin_deps.pool = d->pool_.get();
   admin_deps.metrics = d->metrics_.get();
   admin_deps.socket_path = config.socket_path;

@@ -1,0 +1,55 @@
+#include "server/subsystem_metrics.h"
+
+namespace spill::server {
+namespace {
+
+void Counter(MetricsWriter& out, const char* name, const char* help, double value) {
+  out.Family(name, help, MetricType::kCounter);
+  out.Sample({}, value);
+}
+
+}  // namespace
+
+void NvmeMetricsCollector::Collect(MetricsWriter& out) const {
+  const storage::NvmeStats s = tier_->Stats();
+  Counter(out, "spill_nvme_read_bytes_total", "Bytes read from the NVMe tier (verified).",
+          static_cast<double>(s.bytes_read));
+  Counter(out, "spill_nvme_written_bytes_total", "Bytes written to the NVMe tier.",
+          static_cast<double>(s.bytes_written));
+  out.Family("spill_nvme_ops_total", "NVMe tier reads and writes finished, ok or not.",
+             MetricType::kCounter);
+  out.Sample({{"op", "read"}}, static_cast<double>(s.read_ops));
+  out.Sample({{"op", "write"}}, static_cast<double>(s.write_ops));
+  Counter(out, "spill_nvme_requests_total", "io_uring requests submitted (resubmissions included).",
+          static_cast<double>(s.requests));
+  Counter(out, "spill_nvme_retries_total", "io_uring requests retried after EAGAIN or EINTR.",
+          static_cast<double>(s.retries));
+  Counter(out, "spill_nvme_checksum_failures_total",
+          "NVMe blocks whose CRC32C did not match on read.", static_cast<double>(s.crc_failures));
+  out.Family("spill_nvme_errors_total", "Failed NVMe tier operations, by status code.",
+             MetricType::kCounter);
+  for (const auto& [code, n] : s.errors) out.Sample({{"code", code}}, static_cast<double>(n));
+  out.Family("spill_job_nvme_used_bytes", "NVMe bytes each job holds.", MetricType::kGauge);
+  for (const auto& [job, bytes] : s.job_used_bytes) {
+    out.Sample({{"job", job}}, static_cast<double>(bytes));
+  }
+}
+
+void OptimizerMetricsCollector::Collect(MetricsWriter& out) const {
+  const OptimizerStats s = host_->Stats();
+  out.Family("spill_optimizer_groups", "Optimizer groups defined, all jobs.", MetricType::kGauge);
+  out.Sample({}, s.groups);
+  out.Family("spill_optimizer_steps_total", "Optimizer steps answered, by outcome.",
+             MetricType::kCounter);
+  out.Sample({{"outcome", "applied"}}, static_cast<double>(s.steps_applied));
+  out.Sample({{"outcome", "skipped"}}, static_cast<double>(s.steps_skipped));
+  out.Sample({{"outcome", "repeated"}}, static_cast<double>(s.steps_repeated));
+  Counter(out, "spill_optimizer_step_seconds_total", "Wall time of applied optimizer steps.",
+          s.step_seconds);
+  Counter(out, "spill_optimizer_stepped_elements_total",
+          "Parameter elements updated by applied steps.", static_cast<double>(s.elements_stepped));
+  Counter(out, "spill_optimizer_grad_ready_total", "Gradient shards accumulated or summed.",
+          static_cast<double>(s.grad_ready));
+}
+
+}  // namespace spill::server
