@@ -54,7 +54,7 @@ TEST(ManifestCrashTest, KillDuringPublishNeverLeavesATornManifest) {
       }
     });
     ASSERT_GT(pid, 0);
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 100000));
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     ASSERT_EQ(test_util::WaitChild(pid), 128 + SIGKILL);
     absl::StatusOr<Manifest> m = LoadManifest(tmp.path());
