@@ -196,8 +196,12 @@ TEST(StreamedStepTest, EqualsInMemoryStepBitForBitAndOverlaps) {
                                  {s.s0.data(), s.s1.data()}, DType::kBFloat16, s.param.data(), sh.n},
                      exec).ok());
     EXPECT_EQ(std::memcmp(store.master.data(), s.master.data(), sh.n * 4), 0);
-    if (states > 0) EXPECT_EQ(std::memcmp(store.state[0].data(), s.s0.data(), sh.n * 4), 0);
-    if (states > 1) EXPECT_EQ(std::memcmp(store.state[1].data(), s.s1.data(), sh.n * 4), 0);
+    if (states > 0) {
+      EXPECT_EQ(std::memcmp(store.state[0].data(), s.s0.data(), sh.n * 4), 0);
+    }
+    if (states > 1) {
+      EXPECT_EQ(std::memcmp(store.state[1].data(), s.s1.data(), sh.n * 4), 0);
+    }
     EXPECT_EQ(param.bytes, s.param.bytes);
     const uint64_t pieces = (sh.n + sh.sg - 1) / sh.sg;
     EXPECT_EQ(report.pieces, pieces);
