@@ -109,12 +109,6 @@ WorkTable::Started WorkTable::Start(WorkOp op, uint64_t object_id) {
   return {std::move(work), tag};
 }
 
-bool WorkTable::Complete(uint64_t tag, absl::Status status, ObjectInfo object) {
-  WorkResult result;
-  result.object = std::move(object);
-  return Complete(tag, std::move(status), std::move(result));
-}
-
 bool WorkTable::Complete(uint64_t tag, absl::Status status, WorkResult result) {
   std::shared_ptr<Work> work;
   {

@@ -36,7 +36,6 @@ class WorkTable {
 
   // Completes and forgets the Work under tag. Returns false for a tag that
   // is not pending (unknown, or already completed).
-  bool Complete(uint64_t tag, absl::Status status, ObjectInfo object);
   bool Complete(uint64_t tag, absl::Status status, WorkResult result);
 
   // Fails every pending Work with status and makes every later Start return

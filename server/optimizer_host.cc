@@ -26,10 +26,11 @@ bool SupportedDType(int dtype) {
          dtype == static_cast<int>(DType::kFloat16);
 }
 
-uint32_t ExecutorThreads(uint32_t requested) {
-  if (requested != 0) return requested;
-  unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : hw;
+// The executor's pool threads: a step runs on its caller plus the pool, so
+// T optimizer threads are the caller and T - 1 workers.
+uint32_t ExecutorWorkers(uint32_t requested) {
+  unsigned threads = requested != 0 ? requested : std::thread::hardware_concurrency();
+  return threads <= 1 ? 0 : threads - 1;
 }
 
 // Pieces of a streamed step start 4 KiB aligned in the staging buffer.
@@ -96,7 +97,7 @@ struct OptimizerHost::Group {
 };
 
 OptimizerHost::OptimizerHost(Registry* registry, OptimizerHostOptions options)
-    : registry_(registry), options_(options), executor_(ExecutorThreads(options.threads)) {
+    : registry_(registry), options_(options), executor_(ExecutorWorkers(options.threads)) {
   registry_->SetJobFreedListener([this](const std::string& job_id) { OnJobFreed(job_id); });
 }
 

@@ -200,7 +200,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     event.set_tag(tag);
     event.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
     event.set_message("spilld is stopping");
-    deps_.metrics->RecordRequest(op, SteadyClock::now() - start, false);
+    deps_.metrics->RecordRequest(op, SteadyClock::now() - start, absl::StatusCode::kUnavailable);
     Enqueue(std::move(event));
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -47,6 +48,10 @@ SPILL_CLIENT_EXPORT const char* WorkOpName(WorkOp op);
 
 // What a successful answer carries, by request.
 struct WorkResult {
+  WorkResult() = default;
+  // An answer that carries an object (implicit on purpose).
+  WorkResult(ObjectInfo o) : object(std::move(o)) {}  // NOLINT(google-explicit-constructor)
+
   ObjectInfo object;         // acquire, prefetch, release, write-back
   double sum_squares = 0;    // grad-ready
   StepOutcome step;          // optimizer step
