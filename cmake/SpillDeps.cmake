@@ -8,6 +8,7 @@ find_package(gRPC CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBURING REQUIRED IMPORTED_TARGET liburing)
+pkg_check_modules(ISAL REQUIRED IMPORTED_TARGET libisal)
 
 find_program(SPILL_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 

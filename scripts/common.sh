@@ -9,8 +9,8 @@
 SPILL_DEB_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev liburing-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libabsl-dev liburing-dev libisal-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev fio
 )
 
 SPILL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -50,6 +50,28 @@ absl::StatusOr<uint64_t> ExtentAllocator::Allocate(uint64_t size, uint64_t align
       ", largest free extent ", FormatBytes(largest_free())));
 }
 
+absl::Status ExtentAllocator::AllocateAt(uint64_t offset, uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError("cannot allocate an extent of 0 bytes");
+  auto it = free_.upper_bound(offset);
+  if (it == free_.begin() || size > capacity_ || offset > capacity_ - size) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("[", offset, ", +", size, ") is not inside a free extent"));
+  }
+  --it;
+  const uint64_t start = it->first;
+  const uint64_t length = it->second;
+  if (offset + size > start + length) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("[", offset, ", +", size, ") is not inside a free extent"));
+  }
+  free_.erase(it);
+  if (offset > start) free_.emplace(start, offset - start);
+  if (start + length > offset + size) free_.emplace(offset + size, start + length - offset - size);
+  allocated_.emplace(offset, size);
+  used_ += size;
+  return absl::OkStatus();
+}
+
 absl::Status ExtentAllocator::Free(uint64_t offset) {
   auto it = allocated_.find(offset);
   if (it == allocated_.end()) {

@@ -31,6 +31,13 @@ class ExtentAllocator {
   // the request, the free bytes and the largest free extent).
   absl::StatusOr<uint64_t> Allocate(uint64_t size, uint64_t alignment);
 
+  // Marks [offset, offset + size) allocated, as if Allocate had returned it
+  // (restoring allocations recorded elsewhere, e.g. after a restart).
+  // InvalidArgument for size 0; FailedPrecondition when the range is not
+  // wholly inside one free extent (overlap or past capacity); nothing
+  // changes then.
+  absl::Status AllocateAt(uint64_t offset, uint64_t size);
+
   // Frees the extent that Allocate returned at offset. NotFound when offset
   // is not the start of an allocated extent (double free included); nothing
   // changes then.

@@ -1,0 +1,248 @@
+// NVMe tier bandwidth against fio (io_uring engine, O_DIRECT) on the same
+// file, the same bytes, block size and queue depth, in the same run.
+//
+//   nvme_vs_fio --dir=/mnt/nvme0/spill-bench --size=1073741824 --cells=quick
+//
+// Cells: sequential and random read and write, and a mixed cell (half the
+// bytes written while the other half is read, the optimizer's pattern), over
+// block sizes 128 KiB..8 MiB and queue depths 1..64. Ours: one NvmeTier ring
+// (thread_count 1) with fixed buffers and files, CRC32C computed on every
+// write and checked on every read. fio: --ioengine=io_uring --direct=1 with
+// --fixedbufs and --registerfiles (like ours), one job, the same byte range
+// of the tier's data file. One JSON line per cell; ratio = ours / fio.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/bench_json.h"
+#include "storage/nvme_tier.h"
+
+namespace spill::bench {
+namespace {
+
+using storage::NvmeExtent;
+using storage::NvmeOptions;
+using storage::NvmeTier;
+
+struct Flags {
+  std::string dir = "/var/tmp/spill-nvme-bench";
+  uint64_t size = uint64_t{256} << 20;
+  std::string cells = "quick";
+  std::string fio = "fio";
+};
+
+struct Cell {
+  std::string pattern;  // seq_write seq_read rand_write rand_read mixed
+  uint32_t block_size;
+  uint32_t queue_depth;
+};
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs fio as a child and returns its bandwidth in bytes/s (read + write).
+double RunFio(const Flags& f, const std::string& file, const Cell& c) {
+  const std::map<std::string, std::string> rw = {{"seq_write", "write"},
+                                                 {"seq_read", "read"},
+                                                 {"rand_write", "randwrite"},
+                                                 {"rand_read", "randread"},
+                                                 {"mixed", "rw"}};
+  std::string cmd = f.fio + " --name=cell --filename=" + file + " --size=" +
+                    std::to_string(f.size) + " --offset=0 --bs=" + std::to_string(c.block_size) +
+                    " --iodepth=" + std::to_string(c.queue_depth) + " --rw=" + rw.at(c.pattern) +
+                    " --ioengine=io_uring --direct=1 --fixedbufs=1 --registerfiles=1" +
+                    " --randrepeat=0 --output-format=json 2>/dev/null";
+  if (c.pattern == "mixed") cmd += " --rwmixread=50";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return 0;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  if (::pclose(p) != 0) return 0;
+  const size_t brace = out.find('{');
+  if (brace == std::string::npos) return 0;
+  const auto j = nlohmann::json::parse(out.substr(brace), nullptr, false);
+  if (j.is_discarded()) return 0;
+  const auto& job = j["jobs"][0];
+  return job["read"]["bw_bytes"].get<double>() + job["write"]["bw_bytes"].get<double>();
+}
+
+// Runs a batch of Writes/Reads at once (the ring keeps queue_depth in
+// flight) and waits for all of them. Returns false on any error.
+struct Io {
+  bool write;
+  NvmeExtent extent;
+  uint8_t* mem;
+  uint64_t bytes;
+  std::vector<uint32_t>* crcs;
+};
+
+bool RunBatch(NvmeTier& tier, std::vector<Io>& ios) {
+  std::vector<std::promise<absl::Status>> done(ios.size());
+  for (size_t i = 0; i < ios.size(); ++i) {
+    auto cb = [&done, i](absl::Status s) { done[i].set_value(std::move(s)); };
+    if (ios[i].write) {
+      tier.Write(ios[i].extent, ios[i].mem, ios[i].bytes, ios[i].crcs, cb);
+    } else {
+      tier.Read(ios[i].extent, *ios[i].crcs, ios[i].mem, ios[i].bytes, "bench", cb);
+    }
+  }
+  bool ok = true;
+  for (auto& d : done) {
+    absl::Status s = d.get_future().get();
+    if (!s.ok()) {
+      std::fprintf(stderr, "nvme_vs_fio: %s\n", s.ToString().c_str());
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+// Our bandwidth in bytes/s for the cell, or 0 on error.
+double RunOurs(const Flags& f, const Cell& c, uint8_t* mem, bool* fixed) {
+  NvmeOptions o;
+  o.dirs = {f.dir};
+  o.capacity_bytes = f.size;
+  o.block_size = c.block_size;
+  o.queue_depth = c.queue_depth;
+  auto tier_or = NvmeTier::Open(o);
+  if (!tier_or.ok()) {
+    std::fprintf(stderr, "nvme_vs_fio: %s\n", tier_or.status().ToString().c_str());
+    return 0;
+  }
+  NvmeTier& tier = **tier_or;
+  *fixed = tier.RegisterMemory(1, mem, f.size).ok();
+  const bool random = c.pattern.rfind("rand", 0) == 0;
+  // Sequential cells move one object of size bytes; random and mixed ones
+  // one object per block (mixed: writes and reads alternate, in order).
+  const bool per_block = random || c.pattern == "mixed";
+  const uint64_t unit = per_block ? c.block_size : f.size;
+  const uint64_t count = f.size / unit;
+  std::vector<NvmeExtent> extents;
+  std::vector<std::vector<uint32_t>> crcs(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    auto e = tier.Allocate("bench", unit);
+    if (!e.ok()) return 0;
+    extents.push_back(*e);
+  }
+  // Prime: write everything once so reads see written blocks and have CRCs.
+  std::vector<Io> ios;
+  for (uint64_t i = 0; i < count; ++i) {
+    ios.push_back({true, extents[i], mem + i * unit, unit, &crcs[i]});
+  }
+  if (c.pattern != "seq_write" && c.pattern != "rand_write" && !RunBatch(tier, ios)) return 0;
+  const bool write = c.pattern.find("write") != std::string::npos;
+  for (uint64_t i = 0; i < count; ++i) ios[i].write = write;
+  if (c.pattern == "mixed") {
+    for (uint64_t i = 0; i < count; ++i) ios[i].write = i % 2 == 0;
+  }
+  if (random) std::shuffle(ios.begin(), ios.end(), std::mt19937(7));
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!RunBatch(tier, ios)) return 0;
+  return static_cast<double>(count * unit) / Seconds(t0);
+}
+
+std::vector<Cell> Cells(const std::string& which) {
+  std::vector<uint32_t> sizes, depths;
+  if (which == "full") {
+    sizes = {128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20};
+    depths = {1, 2, 4, 8, 16, 32, 64};
+  } else {
+    sizes = {128 << 10, 1 << 20, 8 << 20};
+    depths = {1, 8, 32};
+  }
+  std::vector<Cell> cells;
+  for (const char* p : {"seq_write", "seq_read", "rand_write", "rand_read"}) {
+    for (uint32_t bs : sizes) {
+      for (uint32_t qd : depths) cells.push_back({p, bs, qd});
+    }
+  }
+  for (uint32_t qd : depths) cells.push_back({"mixed", 1 << 20, qd});
+  return cells;
+}
+
+bool ParseFlags(int argc, char** argv, Flags* f) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&](const char* name) -> const char* {
+      const std::string p = std::string("--") + name + "=";
+      return a.rfind(p, 0) == 0 ? argv[i] + p.size() : nullptr;
+    };
+    if (const char* v = val("dir")) {
+      f->dir = v;
+    } else if (const char* v = val("size")) {
+      f->size = std::strtoull(v, nullptr, 10);
+    } else if (const char* v = val("cells")) {
+      f->cells = v;
+    } else if (const char* v = val("fio")) {
+      f->fio = v;
+    } else {
+      std::fprintf(stderr,
+                   "usage: nvme_vs_fio [--dir=DIR] [--size=BYTES] [--cells=quick|full] "
+                   "[--fio=PATH]\nunknown flag: %s\n",
+                   argv[i]);
+      return false;
+    }
+  }
+  if (f->size < (16u << 20) || f->size % (16u << 20) != 0 ||
+      (f->cells != "quick" && f->cells != "full")) {
+    std::fprintf(stderr, "nvme_vs_fio: --size must be a multiple of 16 MiB, --cells quick|full\n");
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace spill::bench
+
+int main(int argc, char** argv) {
+  using namespace spill::bench;
+  Flags f;
+  if (!ParseFlags(argc, argv, &f)) return 2;
+  std::filesystem::create_directories(f.dir);
+  void* mem = std::aligned_alloc(4096, f.size);
+  std::memset(mem, 0x5a, f.size);
+  for (uint64_t i = 0; i < f.size; i += 4096) static_cast<uint8_t*>(mem)[i] = uint8_t(i >> 12);
+  const std::string machine = MachineName();
+  const std::string file = f.dir + "/spill-nvme.data";
+  int failures = 0;
+  // Write the whole range once, so no cell pays for converting preallocated
+  // (unwritten) extents.
+  bool fixed = false;
+  if (RunOurs(f, {"seq_write", 8 << 20, 32}, static_cast<uint8_t*>(mem), &fixed) == 0) return 1;
+  for (const Cell& c : Cells(f.cells)) {
+    bool fixed = false;
+    const double ours = RunOurs(f, c, static_cast<uint8_t*>(mem), &fixed);
+    const double fio = RunFio(f, file, c);
+    if (ours == 0 || fio == 0) ++failures;
+    Result r;
+    r.bench = "nvme_vs_fio";
+    r.metric = c.pattern + "_bs" + std::to_string(c.block_size >> 10) + "k_qd" +
+               std::to_string(c.queue_depth) + "_bandwidth";
+    r.value = ours / (1 << 20);
+    r.unit = "MiB/s";
+    r.baseline = "fio io_uring direct fixedbufs registerfiles";
+    r.baseline_value = fio / (1 << 20);
+    r.extra = {{"pattern", c.pattern},          {"block_size", c.block_size},
+               {"queue_depth", c.queue_depth},  {"bytes", f.size},
+               {"fixed_buffers", fixed},        {"crc32c", true},
+               {"dir", f.dir}};
+    Emit(r, machine);
+  }
+  std::free(mem);
+  return failures == 0 ? 0 : 1;
+}
