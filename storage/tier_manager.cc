@@ -163,20 +163,29 @@ absl::Status TierManager::CreateObject(const std::string& job, const ObjectSpec&
     j->objects[spec.id] = std::move(obj);
     return absl::OkStatus();
   }
-  // Allocation may refill a segment (slow): reserve the id, allocate unlocked.
+  // Allocation may refill a segment (slow): reserve the id, allocate
+  // unlocked. Acquires meanwhile wait as for a load.
   obj->loading = true;
   j->objects[spec.id] = obj;
   lock.unlock();
   absl::StatusOr<Extent> extent = arena_->Allocate(obj->arena_owner, spec.bytes);
+  Deferred deferred;
   lock.lock();
   obj->loading = false;
   if (obj->freed || !extent.ok()) {
     if (extent.ok()) arena_->Free(obj->arena_owner, *extent).IgnoreError();
+    const absl::Status status =
+        extent.ok() ? absl::AbortedError(absl::StrCat(Label(job, spec), " was freed while created"))
+                    : extent.status();
     if (!obj->freed) jobs_[job].objects.erase(spec.id);
-    if (!extent.ok()) return extent.status();
-    return absl::AbortedError(absl::StrCat(Label(job, spec), " was freed while created"));
+    for (auto& w : obj->waiters) deferred.Add([done = std::move(w.done), status] { done(status); });
+    obj->waiters.clear();
+    lock.unlock();
+    return status;
   }
   obj->extent = *extent;
+  ProcessWaitersLocked(*obj, deferred);
+  lock.unlock();
   return absl::OkStatus();
 }
 
@@ -441,7 +450,9 @@ void TierManager::ReleaseObjectLocked(Job& job, const ObjectPtr& obj, Deferred& 
   SettleFlushWaitersLocked(*obj, nullptr, deferred);
   if (obj->spec.home == Home::kNvme) {
     job.nvme_home_bytes -= obj->spec.bytes;
-    if (obj->extent.has_value()) job.stream_resident[StreamIndex(obj->spec.stream)] -= obj->spec.bytes;
+    if (obj->extent.has_value() || obj->loading) {  // a load counts from its start
+      job.stream_resident[StreamIndex(obj->spec.stream)] -= obj->spec.bytes;
+    }
     if (obj->latest != nullptr) manifest_dirty_ = true;
   }
   // A load or write in flight uses the extent; its completion frees it.

@@ -119,6 +119,7 @@ void TierManager::OnWriteDone(const ObjectPtr& obj, std::shared_ptr<NvmeCopy> co
     obj->extent.reset();
   } else if (!status.ok()) {
     FailWriteLocked(*obj, status, deferred);
+    if (obj->discard_write) QueueWriteBackLocked(obj);  // newer bytes: try those now
   } else {
     Job& job = jobs_.at(obj->job);
     ++job.counters.writes;
