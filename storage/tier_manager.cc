@@ -64,6 +64,8 @@ TierManager::~TierManager() {
   cv_.wait(lock, [this] { return io_in_flight_ == 0; });
   const absl::Status status = absl::CancelledError("the tier manager is shutting down");
   for (auto& w : publish_waiters_) cancelled.push_back([w, status] { w->done(status); });
+  for (auto& p : parked_) cancelled.push_back([done = std::move(p.done), status] { done(status); });
+  parked_.clear();
   for (auto& [name, job] : jobs_) {
     for (auto& [id, obj] : job.objects) {
       for (auto& [v, done] : obj->durable_waiters) cancelled.push_back([done, status] { done(status); });
@@ -129,6 +131,23 @@ absl::Status TierManager::SetJobOptions(const std::string& job, JobOptions optio
   return absl::OkStatus();
 }
 
+absl::Status TierManager::CheckNvmeSpecLocked(const Job& job, const Object& obj) const {
+  const ObjectSpec& spec = obj.spec;
+  const OffloadBudget& budget = BudgetLocked(job, obj);
+  if (budget.buffer_size != 0 && spec.bytes > budget.buffer_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Label(obj.job, spec), " has ", spec.bytes, " bytes, more than the ",
+                     StreamName(spec.stream), ".buffer_size of ", budget.buffer_size));
+  }
+  const uint64_t quota = nvme_->options().job_quota_bytes;
+  if (quota != 0 && job.nvme_home_bytes + spec.bytes > quota) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        Label(obj.job, spec), " (", spec.bytes, " bytes) would take the job's NVMe objects to ",
+        job.nvme_home_bytes + spec.bytes, " bytes, past its NVMe quota of ", quota));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TierManager::CreateObject(const std::string& job, const ObjectSpec& spec) {
   if (spec.bytes == 0) {
     return absl::InvalidArgumentError(absl::StrCat(Label(job, spec), " has 0 bytes"));
@@ -147,18 +166,7 @@ absl::Status TierManager::CreateObject(const std::string& job, const ObjectSpec&
   obj->job = job;
   obj->arena_owner = j->ArenaOwner(job);
   if (spec.home == Home::kNvme) {
-    const OffloadBudget& budget = BudgetLocked(*j, *obj);
-    if (budget.buffer_size != 0 && spec.bytes > budget.buffer_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Label(job, spec), " has ", spec.bytes, " bytes, more than the ",
-                       StreamName(spec.stream), ".buffer_size of ", budget.buffer_size));
-    }
-    const uint64_t quota = nvme_->options().job_quota_bytes;
-    if (quota != 0 && j->nvme_home_bytes + spec.bytes > quota) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          Label(job, spec), " (", spec.bytes, " bytes) would take the job's NVMe objects to ",
-          j->nvme_home_bytes + spec.bytes, " bytes, past its NVMe quota of ", quota));
-    }
+    SPILL_RETURN_IF_ERROR(CheckNvmeSpecLocked(*j, *obj));
     j->nvme_home_bytes += spec.bytes;
     j->objects[spec.id] = std::move(obj);
     return absl::OkStatus();
@@ -229,7 +237,13 @@ void TierManager::RequestLocked(std::unique_lock<std::mutex>& lock, const Object
     return;
   }
   absl::Status room = CheckBuffersLocked(job, *obj);
-  if (room.ok()) room = MakeRoomForJobLocked(job, *obj);
+  if (room.ok()) {
+    room = MakeRoomForJobLocked(job, *obj);
+    if (!room.ok() && PendingWriteBackLocked(&job, &obj->spec.stream)) {
+      parked_.push_back({obj, mode, prefetch, std::move(done)});  // retried as writes finish
+      return;
+    }
+  }
   if (!room.ok()) {
     deferred.Add([done = std::move(done), room] { done(room); });
     return;
@@ -369,6 +383,13 @@ void TierManager::OnLoadDoneLocked(const ObjectPtr& obj, std::optional<Extent> e
     Job& job = jobs_.at(obj->job);
     job.stream_resident[StreamIndex(obj->spec.stream)] -= obj->spec.bytes;
     obj->load_by_prefetch = false;
+    if (!extent.has_value() && absl::IsResourceExhausted(status) &&
+        PendingWriteBackLocked(nullptr, nullptr)) {
+      // The arena is full of dirty objects being written: wait for them.
+      for (auto& w : obj->waiters) parked_.push_back({obj, w.mode, !w.pin, std::move(w.done)});
+      obj->waiters.clear();
+      return;
+    }
     for (auto& w : obj->waiters) deferred.Add([done = std::move(w.done), status] { done(status); });
     obj->waiters.clear();
     return;
@@ -395,14 +416,45 @@ void TierManager::ProcessWaitersLocked(Object& obj, Deferred& deferred) {
 }
 
 absl::Status TierManager::Release(const std::string& job, uint64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Deferred deferred;
+  std::unique_lock<std::mutex> lock(mu_);
   SPILL_ASSIGN_OR_RETURN(ObjectPtr obj, ObjectLocked(job, id));
   if (obj->pins == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat(Label(job, obj->spec), " is not acquired; nothing to release"));
   }
   --obj->pins;
+  if (obj->pins == 0 && !parked_.empty()) RetryParkedLocked(lock, deferred);
   return absl::OkStatus();
+}
+
+bool TierManager::PendingWriteBackLocked(const Job* job, const Stream* stream) const {
+  auto pending = [stream](const Object& o) {
+    return o.dirty && o.pins == 0 && (o.queued || o.writing) &&
+           (stream == nullptr || o.spec.stream == *stream);
+  };
+  if (job != nullptr) {
+    return std::any_of(job->objects.begin(), job->objects.end(),
+                       [&](const auto& e) { return pending(*e.second); });
+  }
+  for (const auto& [name, j] : jobs_) {
+    if (PendingWriteBackLocked(&j, stream)) return true;
+  }
+  return false;
+}
+
+void TierManager::RetryParkedLocked(std::unique_lock<std::mutex>& lock, Deferred& deferred) {
+  std::vector<ParkedRequest> parked;
+  parked.swap(parked_);
+  for (ParkedRequest& p : parked) {
+    if (p.obj->freed) {
+      deferred.Add([done = std::move(p.done), label = Label(p.obj->job, p.obj->spec)] {
+        done(absl::AbortedError(absl::StrCat(label, " was freed")));
+      });
+      continue;
+    }
+    RequestLocked(lock, p.obj, p.mode, p.prefetch, std::move(p.done), deferred);
+  }
 }
 
 absl::Status TierManager::SetAccessOrder(const std::string& job, std::vector<uint64_t> ids) {
@@ -443,6 +495,15 @@ void TierManager::ReleaseObjectLocked(Job& job, const ObjectPtr& obj, Deferred& 
       absl::StrCat(Label(obj->job, obj->spec), " was freed"));
   for (auto& w : obj->waiters) deferred.Add([done = std::move(w.done), aborted] { done(aborted); });
   obj->waiters.clear();
+  std::vector<ParkedRequest> keep;
+  for (ParkedRequest& p : parked_) {
+    if (p.obj == obj) {
+      deferred.Add([done = std::move(p.done), aborted] { done(aborted); });
+    } else {
+      keep.push_back(std::move(p));
+    }
+  }
+  parked_ = std::move(keep);
   for (auto& [v, done] : obj->durable_waiters) {
     deferred.Add([done = std::move(done), aborted] { done(aborted); });
   }

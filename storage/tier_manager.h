@@ -209,10 +209,13 @@ class TierManager {
 
   // Pins the object in the arena and hands out its extent, reading it from
   // NVMe first when it is not resident; concurrent acquires share one read.
-  // kWrite also waits for a write-back in flight. done gets: NotFound
+  // kWrite also waits for a write-back in flight. When room is short (the
+  // stream's max_in_cpu, or the arena) and unpinned dirty objects are being
+  // written back, it waits for those writes and tries again (so optimizer
+  // states stream through their buffers). done gets: NotFound
   // (job/object); ResourceExhausted naming the need and the limit (the
   // stream's buffer_count, its max_in_cpu, or the arena) when no clean
-  // unpinned object can be evicted to make room; DataLoss naming the object
+  // unpinned object can be evicted to make room and no write-back can; DataLoss naming the object
   // and offset when the NVMe copy fails its checksum (nothing handed out);
   // the NVMe tier's status for a failed read; Aborted when the object is
   // freed meanwhile. Pins nest: each success needs one Release.
@@ -275,6 +278,7 @@ class TierManager {
   absl::StatusOr<ObjectPtr> ObjectLocked(const std::string& job, uint64_t id);
   const OffloadBudget& BudgetLocked(const Job& job, const Object& obj) const;
   static uint64_t ResidentLimit(const OffloadBudget& budget);
+  absl::Status CheckNvmeSpecLocked(const Job& job, const Object& obj) const;
 
   // Acquire / prefetch / eviction (tier_manager.cc). Functions taking the
   // lock may release and retake it.
@@ -291,6 +295,10 @@ class TierManager {
                         Deferred& deferred);
   void ProcessWaitersLocked(Object& obj, Deferred& deferred);
   void ReleaseObjectLocked(Job& job, const ObjectPtr& obj, Deferred& deferred);
+  // Whether an unpinned dirty object (of job and stream, when given) has a
+  // write-back queued or in flight, after which it can be evicted.
+  bool PendingWriteBackLocked(const Job* job, const Stream* stream) const;
+  void RetryParkedLocked(std::unique_lock<std::mutex>& lock, Deferred& deferred);
 
   // Write-back, flush, publish, recovery (tier_manager_io.cc).
   CopyPtr MakeCopy(const std::string& job, NvmeExtent extent, std::vector<uint32_t> crcs,
@@ -316,6 +324,14 @@ class TierManager {
   std::map<std::string, Job> jobs_;
   EvictionPolicy policy_;
   std::deque<ObjectPtr> writeback_queue_;
+  // Acquires and prefetches short of room that wait for write-backs.
+  struct ParkedRequest {
+    ObjectPtr obj;
+    AcquireMode mode;
+    bool prefetch;
+    AcquireDone done;
+  };
+  std::vector<ParkedRequest> parked_;
   uint32_t writebacks_in_flight_ = 0;
   uint32_t io_in_flight_ = 0;
   bool manifest_dirty_ = false;

@@ -109,7 +109,7 @@ void TierManager::FailWriteLocked(Object& obj, const absl::Status& status, Defer
 void TierManager::OnWriteDone(const ObjectPtr& obj, std::shared_ptr<NvmeCopy> copy,
                               absl::Status status) {
   Deferred deferred;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   --writebacks_in_flight_;
   --io_in_flight_;
   obj->writing = false;
@@ -136,6 +136,7 @@ void TierManager::OnWriteDone(const ObjectPtr& obj, std::shared_ptr<NvmeCopy> co
   obj->discard_write = false;
   if (!obj->freed) ProcessWaitersLocked(*obj, deferred);
   StartWriteBacksLocked(deferred);
+  if (!parked_.empty() && !stopping_) RetryParkedLocked(lock, deferred);
 }
 
 void TierManager::SettleFlushWaitersLocked(Object& obj, const absl::Status* error,

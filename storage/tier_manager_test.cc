@@ -359,6 +359,62 @@ TEST_F(TierManagerTest, WriteAcquireWaitsForWriteBackAndRewriteDiscardsIt) {
   (void)reader;
 }
 
+TEST_F(TierManagerTest, OptimizerStatesStreamThroughTheirBuffers) {
+  SPILL_OPEN();
+  JobOptions options;
+  options.optimizer.buffer_count = 2;  // two 256 KiB buffers: 512 KiB resident at most
+  options.optimizer.buffer_size = 256 * kKiB;
+  AddJob("j", options);
+  for (uint64_t id = 0; id < 8; ++id) AddObject("j", id, 256 * kKiB, Home::kNvme, Stream::kOptimizer);
+  for (uint64_t step = 1; step <= 3; ++step) {
+    for (uint64_t id = 0; id < 8; ++id) {
+      // No waiting for write-backs: an acquire short of room waits for them.
+      absl::Status s = WriteObject(*tm_, *arena_, "j", id, step, /*durable=*/false);
+      ASSERT_TRUE(s.ok()) << "step " << step << ", object " << id << ": " << s;
+      EXPECT_LE(tm_->Stats().jobs.at("j").resident_bytes, 512 * kKiB);
+    }
+  }
+  ASSERT_TRUE(FlushSync(*tm_).ok());
+  for (uint64_t id = 0; id < 8; ++id) ASSERT_TRUE(CheckObject(*tm_, *arena_, "j", id, 3).ok());
+  EXPECT_EQ(tm_->Stats().jobs.at("j").writes, 24u);
+}
+
+TEST_F(TierManagerTest, ArenaFullOfDirtyObjectsWaitsForWriteBacks) {
+  TestSetup setup;
+  setup.arena_segments = 2;  // a segment for each job
+  SPILL_OPEN(setup);
+  JobOptions one;
+  one.param.max_in_cpu = 256 * kKiB;
+  AddJob("b", one);
+  AddObject("b", 100, 256 * kKiB);
+  AddObject("b", 101, 256 * kKiB);
+  ASSERT_TRUE(WriteObject(*tm_, *arena_, "b", 100, 1, true).ok());
+  ASSERT_TRUE(WriteObject(*tm_, *arena_, "b", 101, 1, true).ok());  // evicts 100
+  CompletionBlocker blocker;  // no write-back completes until Unblock
+  blocker.Block(*tm_, "b", 100);
+  ASSERT_TRUE(AcquireSync(*tm_, "b", 100).ok());  // pinned: b's segment stays b's
+  AddJob("j");
+  for (uint64_t id = 0; id < 4; ++id) {  // fill j's segment with dirty objects
+    AddObject("j", id, 256 * kKiB);
+    ASSERT_TRUE(WriteObject(*tm_, *arena_, "j", id, 1, /*durable=*/false).ok());
+  }
+  AddObject("j", 4, 256 * kKiB);
+  std::atomic<bool> granted{false};
+  std::promise<absl::StatusOr<Extent>> acquired;
+  tm_->Acquire("j", 4, AcquireMode::kWrite, [&](absl::StatusOr<Extent> e) {
+    granted = true;
+    acquired.set_value(e);
+  });
+  EXPECT_FALSE(granted.load());  // waiting for a write-back, not failed
+  blocker.Unblock();
+  absl::StatusOr<Extent> e = acquired.get_future().get();
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_TRUE(tm_->Release("j", 4).ok());
+  ASSERT_TRUE(tm_->Release("b", 100).ok());
+  ASSERT_TRUE(FlushSync(*tm_).ok());
+  for (uint64_t id = 0; id < 4; ++id) ASSERT_TRUE(CheckObject(*tm_, *arena_, "j", id, 1).ok());
+}
+
 TEST_F(TierManagerTest, EioOnWriteBackKeepsThePinnedCopyDirty) {
   FaultPlan plan;
   plan.rules.push_back({.kind = FaultKind::kErrno, .nth = 0, .count = 2, .err = EIO,
@@ -593,6 +649,9 @@ TEST_F(TierManagerTest, FreeDuringReadAbortsWaitersAndReleasesMemory) {
   ASSERT_OK_AND_ASSIGN(m, LoadManifest(dir_.Sub("manifest")));
   ASSERT_EQ(m.jobs[0].objects.size(), 1u);  // only object 1 is left
   ASSERT_TRUE(tm_->FreeJob("j").ok());
+  ASSERT_TRUE(FlushSync(*tm_).ok());
+  ASSERT_OK_AND_ASSIGN(after, LoadManifest(dir_.Sub("manifest")));
+  EXPECT_TRUE(after.jobs.empty());  // a freed job leaves the manifest
   ReopenManager();  // waits for the read in flight
   EXPECT_EQ(arena_->Stats().used_bytes, 0u);
 }
