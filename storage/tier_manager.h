@@ -47,7 +47,8 @@
 // that completes at once (resident object, rejected arguments) runs its
 // callback on the calling thread before the call returns, so do not hold a
 // lock the callback takes while calling; others run on an NvmeTier
-// completion thread or the manager thread.
+// completion thread, the manager thread, or (for a request that waited for
+// room) the thread of the Release that made room.
 //
 // Thread-safety: every method may be called from any thread, including from
 // inside a callback. The arena and NVMe tier must outlive the manager; the
