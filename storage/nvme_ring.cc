@@ -33,12 +33,16 @@ Ring::~Ring() {
   thread_.join();
 }
 
-void Ring::Enqueue(const std::vector<IoUnit*>& units) {
+void Ring::Enqueue(const std::vector<IoUnit*>& units, bool pump_here) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     pending_.insert(pending_.end(), units.begin(), units.end());
   }
-  Pump();
+  if (pump_here) {
+    Pump();
+  } else {
+    cv_.notify_one();
+  }
 }
 
 absl::Status Ring::WithSubmitLock(const std::function<absl::Status(IoBackend*)>& f) {
@@ -46,13 +50,51 @@ absl::Status Ring::WithSubmitLock(const std::function<absl::Status(IoBackend*)>&
   return f(backend_.get());
 }
 
+// Submits units (already counted in in_flight_). Returns false when the
+// kernel refused the submit; rejected collects units the backend refused.
+bool Ring::SubmitUnits(std::span<IoUnit* const> units,
+                       std::vector<std::pair<IoUnit*, absl::Status>>* rejected) {
+  if (units.empty()) return true;
+  std::vector<IoRequest> requests;
+  requests.reserve(units.size());
+  for (IoUnit* u : units) {
+    requests.push_back(IoRequest{u->op->write, static_cast<int>(u->file),
+                                 u->file_offset + u->done, u->buf + u->done, u->len - u->done,
+                                 u->slot, reinterpret_cast<uint64_t>(u)});
+    tier_->requests_.fetch_add(1, std::memory_order_relaxed);
+    if (u->slot >= 0) tier_->fixed_requests_.fetch_add(1, std::memory_order_relaxed);
+  }
+  absl::Status status = backend_->Submit(requests);
+  if (status.ok()) {
+    cv_.notify_one();
+    return true;
+  }
+  if (status.code() == absl::StatusCode::kInvalidArgument ||
+      status.code() == absl::StatusCode::kResourceExhausted) {
+    // Rejected before anything was queued.
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_ -= static_cast<uint32_t>(units.size());
+    for (IoUnit* u : units) rejected->emplace_back(u, status);
+    return true;
+  }
+  // The kernel refused io_uring_submit: the entries stay queued in the ring
+  // and complete once a later submit goes through.
+  flush_needed_.store(true);
+  cv_.notify_one();
+  return false;
+}
+
 void Ring::Pump() {
+  // A write's CRC is computed just before its request is submitted; the
+  // requests are submitted whenever 1 MiB has been checksummed, so the
+  // device starts on the first block while later ones are summed.
+  constexpr uint64_t kFlushAfterCrcBytes = 1 << 20;
   std::vector<std::pair<IoUnit*, absl::Status>> rejected;
   {
     std::lock_guard<std::mutex> submit_lock(submit_mu_);
     std::vector<IoUnit*> batch;
-    std::vector<IoRequest> requests;
-    for (;;) {
+    bool kernel_ok = true;
+    while (kernel_ok) {
       batch.clear();
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -65,34 +107,22 @@ void Ring::Pump() {
         if (batch.empty()) break;
         in_flight_ += static_cast<uint32_t>(batch.size());
       }
-      requests.clear();
-      for (IoUnit* u : batch) {
-        if (u->done == 0 && u->retries == 0) u->op->Prepare(u);
-        requests.push_back(IoRequest{u->op->write, static_cast<int>(u->file),
-                                     u->file_offset + u->done, u->buf + u->done,
-                                     u->len - u->done, u->slot,
-                                     reinterpret_cast<uint64_t>(u)});
-        tier_->requests_.fetch_add(1, std::memory_order_relaxed);
-        if (u->slot >= 0) tier_->fixed_requests_.fetch_add(1, std::memory_order_relaxed);
+      size_t first = 0;
+      uint64_t summed = 0;
+      for (size_t i = 0; i < batch.size() && kernel_ok; ++i) {
+        IoUnit* u = batch[i];
+        if (u->done == 0 && u->retries == 0) summed += u->op->Prepare(u);
+        if (summed >= kFlushAfterCrcBytes || i + 1 == batch.size()) {
+          kernel_ok = SubmitUnits(std::span(batch).subspan(first, i + 1 - first), &rejected);
+          first = i + 1;
+          summed = 0;
+        }
       }
-      absl::Status status = backend_->Submit(requests);
-      if (status.ok()) {
-        cv_.notify_one();
-        continue;
-      }
-      if (status.code() == absl::StatusCode::kInvalidArgument ||
-          status.code() == absl::StatusCode::kResourceExhausted) {
-        // Rejected before anything was queued.
+      if (!kernel_ok && first < batch.size()) {  // not handed to the kernel: queue again
         std::lock_guard<std::mutex> lock(mu_);
-        in_flight_ -= static_cast<uint32_t>(batch.size());
-        for (IoUnit* u : batch) rejected.emplace_back(u, status);
-        continue;
+        in_flight_ -= static_cast<uint32_t>(batch.size() - first);
+        pending_.insert(pending_.begin(), batch.begin() + first, batch.end());
       }
-      // The kernel refused io_uring_submit: the entries stay queued in the
-      // ring and complete once a later submit goes through.
-      flush_needed_.store(true);
-      cv_.notify_one();
-      break;
     }
   }
   for (auto& [u, status] : rejected) {
@@ -101,61 +131,71 @@ void Ring::Pump() {
   }
 }
 
-void Ring::Loop() {
-  std::vector<IoCompletion> cqes(depth_);
-  struct Finished {
-    IoUnit* unit;
-    int err;
-    bool eof;
-  };
-  std::vector<Finished> finished;
+bool Ring::ReapAndPump(bool wait, std::deque<Finished>* finished) {
+  absl::StatusOr<int> n = backend_->Reap(std::span(cqes_), wait);
+  if (!n.ok()) return false;
+  if (*n == 0) return true;
   std::vector<IoUnit*> again;
+  for (int i = 0; i < *n; ++i) {
+    auto* u = reinterpret_cast<IoUnit*>(cqes_[i].user_data);
+    const int32_t res = cqes_[i].res;
+    if ((res == -EAGAIN || res == -EINTR) && u->retries < kMaxRetries) {
+      ++u->retries;
+      tier_->retries_.fetch_add(1, std::memory_order_relaxed);
+      again.push_back(u);
+    } else if (res < 0) {
+      finished->push_back({u, -res, false});
+    } else if (res == 0) {
+      finished->push_back({u, EIO, true});
+    } else {
+      u->done += static_cast<uint32_t>(res);
+      if (u->done < u->len) {
+        tier_->short_resubmits_.fetch_add(1, std::memory_order_relaxed);
+        again.push_back(u);
+      } else {
+        finished->push_back({u, 0, false});
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_ -= static_cast<uint32_t>(*n);
+    for (auto it = again.rbegin(); it != again.rend(); ++it) pending_.push_front(*it);
+  }
+  Pump();
+  return true;
+}
+
+void Ring::Loop() {
+  cqes_.resize(depth_);
+  std::deque<Finished> finished;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return in_flight_ > 0 || (stopping_ && pending_.empty()); });
-      if (in_flight_ == 0) return;  // stopping, nothing left
+      cv_.wait(lock, [&] { return in_flight_ > 0 || !pending_.empty() || stopping_; });
+      if (in_flight_ == 0 && pending_.empty()) return;  // stopping, nothing left
+      if (in_flight_ == 0) {
+        lock.unlock();
+        Pump();  // work queued for this thread (writes: CRCs are computed here)
+        continue;
+      }
     }
     if (flush_needed_.exchange(false)) {
       std::lock_guard<std::mutex> submit_lock(submit_mu_);
       if (!backend_->Submit({}).ok()) flush_needed_.store(true);
     }
-    absl::StatusOr<int> n = backend_->Reap(cqes, /*wait=*/true);
-    if (!n.ok()) {
+    if (!ReapAndPump(/*wait=*/true, &finished)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
       continue;
     }
-    finished.clear();
-    again.clear();
-    for (int i = 0; i < *n; ++i) {
-      auto* u = reinterpret_cast<IoUnit*>(cqes[i].user_data);
-      const int32_t res = cqes[i].res;
-      if ((res == -EAGAIN || res == -EINTR) && u->retries < kMaxRetries) {
-        ++u->retries;
-        tier_->retries_.fetch_add(1, std::memory_order_relaxed);
-        again.push_back(u);
-      } else if (res < 0) {
-        finished.push_back({u, -res, false});
-      } else if (res == 0) {
-        finished.push_back({u, EIO, true});
-      } else {
-        u->done += static_cast<uint32_t>(res);
-        if (u->done < u->len) {
-          tier_->short_resubmits_.fetch_add(1, std::memory_order_relaxed);
-          again.push_back(u);
-        } else {
-          finished.push_back({u, 0, false});
-        }
-      }
+    // Between the CRC checks and callbacks of finished units, reap and
+    // resubmit without waiting, so the device stays busy.
+    while (!finished.empty()) {
+      const Finished f = finished.front();
+      finished.pop_front();
+      f.unit->op->UnitDone(f.unit, f.err, f.eof);
+      (void)ReapAndPump(/*wait=*/false, &finished);
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      in_flight_ -= static_cast<uint32_t>(*n);
-      for (auto it = again.rbegin(); it != again.rend(); ++it) pending_.push_front(*it);
-    }
-    // Keep the device busy before checking CRCs and running callbacks.
-    Pump();
-    for (const Finished& f : finished) f.unit->op->UnitDone(f.unit, f.err, f.eof);
   }
 }
 

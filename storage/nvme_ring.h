@@ -11,6 +11,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,8 +58,9 @@ struct IoOp {
   absl::Status status;
 
   ~IoOp();
-  // Called before a unit is first submitted (computes write CRCs).
-  void Prepare(IoUnit* u);
+  // Called before a unit is first submitted (computes write CRCs). Returns
+  // the bytes checksummed.
+  uint64_t Prepare(IoUnit* u);
   // Called once per unit: err == 0 success, else a positive errno; eof marks
   // a 0-byte read. Deletes the op after the last unit.
   void UnitDone(IoUnit* u, int err, bool eof);
@@ -70,14 +73,28 @@ class Ring {
   // Waits until everything queued or in flight has completed.
   ~Ring();
 
-  void Enqueue(const std::vector<IoUnit*>& units);
+  // Queues units. pump_here: submit from the calling thread now; else the
+  // ring's thread submits them (so a write's CRCs are not computed on the
+  // caller's thread).
+  void Enqueue(const std::vector<IoUnit*>& units, bool pump_here);
   IoBackend* backend() { return backend_.get(); }
   // Runs f with submissions paused (registration calls).
   absl::Status WithSubmitLock(const std::function<absl::Status(IoBackend*)>& f);
 
  private:
+  struct Finished {
+    IoUnit* unit;
+    int err;    // 0 or a positive errno
+    bool eof;   // a 0-byte read
+  };
   void Loop();
+  // Reaps completions (waiting for one when wait), requeues retries and
+  // short transfers, moves finished units to *finished and pumps. False when
+  // reaping failed.
+  bool ReapAndPump(bool wait, std::deque<Finished>* finished);
   void Pump();
+  bool SubmitUnits(std::span<IoUnit* const> units,
+                   std::vector<std::pair<IoUnit*, absl::Status>>* rejected);
 
   std::unique_ptr<IoBackend> backend_;
   const uint32_t depth_;
@@ -90,6 +107,7 @@ class Ring {
   uint32_t in_flight_ = 0;
   bool stopping_ = false;
   std::atomic<bool> flush_needed_{false};
+  std::vector<IoCompletion> cqes_;  // ring thread only
   std::thread thread_;
 };
 
