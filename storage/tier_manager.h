@@ -37,11 +37,12 @@
 // up to three NVMe extents at once (published, newest, being written); the
 // NVMe job quota (NvmeOptions::job_quota_bytes) counts all of them.
 //
-// Writers' contract: a client modifies an object's bytes only while it holds
-// it through Acquire(kWrite), and calls MarkWritten before Release. An
-// Acquire(kWrite) waits for a write-back of the object in flight, so bytes are
-// never changed under a write; a MarkWritten while a write-back is in flight
-// discards that write's copy (it may be torn) and queues another.
+// Writers' contract: a client changes an object's bytes only while it holds
+// a pin from Acquire(kWrite), and not between its MarkWritten and its Release
+// (the write-back reads them then). Acquire(kWrite) is granted only when no
+// write-back of the object is in flight, so bytes never change under a
+// write. Should a MarkWritten come while a write-back is in flight anyway,
+// that write's copy is discarded (it may be torn) and another is queued.
 //
 // Callbacks run exactly once and never under the manager's lock. A request
 // that completes at once (resident object, rejected arguments) runs its
@@ -156,11 +157,13 @@ struct TierCounters {
   uint64_t reads = 0, read_bytes = 0, read_errors = 0;
   uint64_t writes = 0, write_bytes = 0, write_errors = 0;  // write-backs
   uint64_t evictions = 0, evicted_bytes = 0;
+  // Acquires of kNvme objects: hit = found resident thanks to a prefetch;
+  // late = joined a prefetch's read in flight; miss = had to read.
   uint64_t prefetch_hits = 0, prefetch_late = 0, prefetch_misses = 0;
 };
 
 struct TierManagerStats {
-  TierCounters total;
+  TierCounters total;  // sum over registered jobs (a freed job's counters leave it)
   std::map<std::string, TierCounters> jobs;
   std::map<std::string, std::string> last_write_error;  // job -> message
   uint64_t manifest_generation = 0;
