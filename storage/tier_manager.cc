@@ -68,7 +68,9 @@ TierManager::~TierManager() {
   parked_.clear();
   for (auto& [name, job] : jobs_) {
     for (auto& [id, obj] : job.objects) {
-      for (auto& [v, done] : obj->durable_waiters) cancelled.push_back([done, status] { done(status); });
+      for (auto& [v, done] : obj->durable_waiters) {
+        cancelled.push_back([done, status] { done(status); });
+      }
       for (auto& [w, v] : obj->flush_waiters) {
         if (--w->pending == 0) cancelled.push_back([w, status] { w->done(status); });
       }
@@ -121,13 +123,18 @@ absl::Status TierManager::SetJobOptions(const std::string& job, JobOptions optio
   SPILL_RETURN_IF_ERROR(ValidateJobOptions(options));
   std::lock_guard<std::mutex> lock(mu_);
   SPILL_ASSIGN_OR_RETURN(Job * j, JobLocked(job));
-  const bool has_extent = std::any_of(j->objects.begin(), j->objects.end(),
-                                      [](const auto& e) { return e.second->extent.has_value(); });
-  if (has_extent && j->ArenaOwner(job) != (options.arena_owner.empty() ? job : options.arena_owner)) {
+  const bool has_extent = std::any_of(j->objects.begin(), j->objects.end(), [](const auto& e) {
+    return e.second->extent.has_value() || e.second->loading;
+  });
+  const std::string owner = options.arena_owner.empty() ? job : options.arena_owner;
+  if (has_extent && j->ArenaOwner(job) != owner) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job '", job, "' has objects in pinned memory; its arena owner cannot change"));
   }
   j->options = std::move(options);
+  for (auto& [id, obj] : j->objects) {
+    if (!obj->extent.has_value() && !obj->loading) obj->arena_owner = j->ArenaOwner(job);
+  }
   return absl::OkStatus();
 }
 
@@ -354,7 +361,9 @@ void TierManager::StartLoad(const ObjectPtr& obj, Extent extent, CopyPtr copy) {
     return;
   }
   nvme_->Read(copy->extent, copy->crcs, dst, copy->bytes, Label(obj->job, obj->spec),
-              [this, obj, extent, copy](absl::Status s) { OnLoadDone(obj, extent, s, copy->bytes); });
+              [this, obj, extent, copy](absl::Status s) {
+                OnLoadDone(obj, extent, s, copy->bytes);
+              });
 }
 
 void TierManager::OnLoadDone(const ObjectPtr& obj, Extent extent, absl::Status status,

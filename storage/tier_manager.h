@@ -186,10 +186,12 @@ class TierManager {
   TierManager& operator=(const TierManager&) = delete;
 
   // Loads <manifest_dir>/manifest, adopts every extent in the NVMe tier and
-  // registers each job (default budgets, the manifest's uid) with its
-  // objects (stream from stream_of_kind(kind), else kParam) as durable, acknowledged and not resident. OK with no jobs when
-  // there is no manifest or no manifest_dir. FailedPrecondition when a job is
-  // already registered or there is no NVMe tier for a non-empty manifest;
+  // registers each job (default budgets, the manifest's uid; SetJobOptions
+  // when it re-attaches) with its objects (stream from stream_of_kind(kind),
+  // else kParam) as durable, acknowledged and not resident. Call once, at
+  // start. OK with no jobs when there is no manifest or no manifest_dir.
+  // FailedPrecondition when a job is already registered or there is no NVMe
+  // tier for a non-empty manifest;
   // DataLoss when the manifest is torn or corrupt; the Adopt status when an
   // extent is bad or overlaps. All or nothing.
   absl::StatusOr<std::vector<RecoveredJob>> Recover(

@@ -97,7 +97,8 @@ void TierManager::FailWriteLocked(Object& obj, const absl::Status& status, Defer
   auto job = jobs_.find(obj.job);
   if (job != jobs_.end()) {
     ++job->second.counters.write_errors;
-    job->second.last_write_error = absl::StrCat(Name(obj.job, obj.spec.id), ": ", status.ToString());
+    job->second.last_write_error =
+        absl::StrCat(Name(obj.job, obj.spec.id), ": ", status.ToString());
   }
   for (auto& [v, done] : obj.durable_waiters) {
     deferred.Add([done = std::move(done), status] { done(status); });

@@ -111,6 +111,10 @@ TEST_F(TierRecoveryTest, FlushedObjectsSurviveARestart) {
   EXPECT_EQ(job.job_id, "train");
   EXPECT_EQ(job.uid, 1234u);
   ASSERT_EQ(job.objects.size(), 5u);  // the unwritten object had nothing durable
+  JobOptions reattached;
+  reattached.uid = 1234;
+  reattached.arena_owner = "train#2";  // the new instance's pinned memory
+  ASSERT_TRUE(stack_.tm->SetJobOptions("train", reattached).ok());
   for (size_t i = 0; i < job.objects.size(); ++i) {
     const uint64_t id = job.objects[i].id;
     EXPECT_EQ(job.versions[i], 10 + id);
@@ -122,6 +126,8 @@ TEST_F(TierRecoveryTest, FlushedObjectsSurviveARestart) {
     EXPECT_TRUE(info->acknowledged);
     ASSERT_TRUE(CheckObject(*stack_.tm, *stack_.arena, "train", id, 10 + id).ok()) << id;
   }
+  EXPECT_GT(stack_.arena->JobUsage("train#2").used_bytes, 0u);
+  EXPECT_EQ(stack_.arena->JobUsage("train").used_bytes, 0u);
   // It carries on: a new version, published with a newer generation.
   const uint64_t generation = stack_.tm->Stats().manifest_generation;
   ASSERT_TRUE(WriteObject(*stack_.tm, *stack_.arena, "train", 0, 20, true).ok());

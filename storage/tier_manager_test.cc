@@ -276,7 +276,8 @@ TEST_F(TierManagerTest, AcquireDuringPrefetchReadCountsAsLate) {
   std::promise<absl::Status> prefetched;
   tm_->Prefetch("j", 2, [&](absl::Status s) { prefetched.set_value(s); });
   std::promise<absl::StatusOr<Extent>> acquired;
-  tm_->Acquire("j", 2, AcquireMode::kRead, [&](absl::StatusOr<Extent> e) { acquired.set_value(e); });
+  tm_->Acquire("j", 2, AcquireMode::kRead,
+               [&](absl::StatusOr<Extent> e) { acquired.set_value(e); });
   EXPECT_TRUE(Info("j", 2).loading);
   blocker.Unblock();
   ASSERT_TRUE(prefetched.get_future().get().ok());
@@ -365,7 +366,9 @@ TEST_F(TierManagerTest, OptimizerStatesStreamThroughTheirBuffers) {
   options.optimizer.buffer_count = 2;  // two 256 KiB buffers: 512 KiB resident at most
   options.optimizer.buffer_size = 256 * kKiB;
   AddJob("j", options);
-  for (uint64_t id = 0; id < 8; ++id) AddObject("j", id, 256 * kKiB, Home::kNvme, Stream::kOptimizer);
+  for (uint64_t id = 0; id < 8; ++id) {
+    AddObject("j", id, 256 * kKiB, Home::kNvme, Stream::kOptimizer);
+  }
   for (uint64_t step = 1; step <= 3; ++step) {
     for (uint64_t id = 0; id < 8; ++id) {
       // No waiting for write-backs: an acquire short of room waits for them.
@@ -639,7 +642,8 @@ TEST_F(TierManagerTest, FreeDuringReadAbortsWaitersAndReleasesMemory) {
   CompletionBlocker blocker;
   blocker.Block(*tm_, "j", 1);
   std::promise<absl::StatusOr<Extent>> acquired;
-  tm_->Acquire("j", 2, AcquireMode::kRead, [&](absl::StatusOr<Extent> e) { acquired.set_value(e); });
+  tm_->Acquire("j", 2, AcquireMode::kRead,
+               [&](absl::StatusOr<Extent> e) { acquired.set_value(e); });
   ASSERT_TRUE(Info("j", 2).loading);
   ASSERT_TRUE(tm_->FreeObject("j", 2).ok());
   absl::StatusOr<Extent> e = acquired.get_future().get();
