@@ -51,10 +51,13 @@
 // completion thread, the manager thread, or (for a request that waited for
 // room) the thread of the Release that made room.
 //
+// Callbacks should return quickly: they may run on a ring thread of the NVMe
+// tier, whose other completions wait meanwhile.
+//
 // Thread-safety: every method may be called from any thread, including from
 // inside a callback. The arena and NVMe tier must outlive the manager; the
 // destructor waits for the I/O it started and fails pending callbacks with
-// Cancelled.
+// Cancelled; no call (from a callback either) may start once it has begun.
 //
 //   TierManagerOptions o{.manifest_dir = "/var/lib/spill"};
 //   auto tm = TierManager::Create(arena.get(), nvme.get(), o);
