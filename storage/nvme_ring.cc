@@ -183,13 +183,17 @@ void Ring::Loop() {
         continue;
       }
     }
+    bool wait = true;
     if (flush_needed_.exchange(false)) {
       std::lock_guard<std::mutex> submit_lock(submit_mu_);
-      if (!backend_->Submit({}).ok()) flush_needed_.store(true);
+      if (!backend_->Submit({}).ok()) {
+        // Waiting could block forever on entries the kernel never got.
+        flush_needed_.store(true);
+        wait = false;
+      }
     }
-    if (!ReapAndPump(/*wait=*/true, &finished)) {
+    if (!ReapAndPump(wait, &finished) || !wait) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      continue;
     }
     // Between the CRC checks and callbacks of finished units, reap and
     // resubmit without waiting, so the device stays busy.
