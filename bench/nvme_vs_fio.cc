@@ -24,6 +24,7 @@
 #include <future>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -45,9 +46,10 @@ struct Flags {
   std::string cells = "quick";
   std::string fio = "fio";
   std::string filter;  // only cells whose metric name contains it
-  int repeat = 1;
-  uint32_t threads = 1;
-  bool fixed = true;     // register the buffer with the tier (READ_FIXED/WRITE_FIXED)  // our thread_count (rings); fio always runs one job      // runs per cell (ours then fio, alternating); medians reported
+  int repeat = 1;        // runs per cell (ours and fio alternating); medians reported
+  uint32_t threads = 1;  // our thread_count (rings); fio always runs one job
+  bool fixed = true;     // register the buffer with the tier (READ_FIXED/WRITE_FIXED)
+  int settle_ms = 0;     // pause after each untimed rewrite, before the timed run
 };
 
 struct Cell {
@@ -176,6 +178,10 @@ CellRuns RunCell(const Flags& f, const Cell& c, uint8_t* mem, const std::string&
     if (!needs_prime) return true;
     const bool ok = RunBatch(tier, prime);
     ::syncfs(fd);
+    // Let the disk (here: the virtio host) finish absorbing the rewrite, so
+    // the timed run does not depend on how soon after it it starts (fio
+    // starts later than ours: it is a new process).
+    std::this_thread::sleep_for(std::chrono::milliseconds(f.settle_ms));
     return ok;
   };
   auto run_ours = [&] {
@@ -251,6 +257,8 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       f->fio = v;
     } else if (const char* v = val("filter")) {
       f->filter = v;
+    } else if (const char* v = val("settle-ms")) {
+      f->settle_ms = std::max(0, std::atoi(v));
     } else if (a == "--no-fixed") {
       f->fixed = false;
     } else if (const char* v = val("threads")) {
@@ -260,7 +268,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     } else {
       std::fprintf(stderr,
                    "usage: nvme_vs_fio [--dir=DIR] [--size=BYTES] [--cells=quick|full] "
-                   "[--fio=PATH] [--filter=SUBSTR] [--repeat=N] [--threads=N] [--no-fixed]\nunknown flag: %s\n",
+                   "[--fio=PATH] [--filter=SUBSTR] [--repeat=N] [--threads=N] [--no-fixed] [--settle-ms=MS]\nunknown flag: %s\n",
                    argv[i]);
       return false;
     }
@@ -325,7 +333,7 @@ int main(int argc, char** argv) {
     r.extra = {{"pattern", c.pattern},          {"block_size", c.block_size},
                {"queue_depth", c.queue_depth},  {"bytes", f.size},
                {"fixed_buffers", fixed},        {"crc32c", true},
-               {"dir", f.dir},                 {"runs", f.repeat},           {"thread_count", f.threads},
+               {"dir", f.dir},                 {"runs", f.repeat},           {"thread_count", f.threads}, {"settle_ms", f.settle_ms},
                {"ours_cpu_share", Median(ours_cpu)}, {"fio_cpu_share", Median(fio_cpu)},
                {"ours_runs_mib_s", ours_runs},      {"fio_runs_mib_s", fio_runs}};
     for (auto& v : r.extra["ours_runs_mib_s"]) v = v.get<double>() / (1 << 20);

@@ -39,7 +39,7 @@ void Ring::Enqueue(const std::vector<IoUnit*>& units, bool pump_here) {
     pending_.insert(pending_.end(), units.begin(), units.end());
   }
   if (pump_here) {
-    Pump();
+    Pump(/*ring_thread=*/false);
   } else {
     cv_.notify_one();
   }
@@ -84,51 +84,54 @@ bool Ring::SubmitUnits(std::span<IoUnit* const> units,
   return false;
 }
 
-void Ring::Pump() {
-  // A write's CRC is computed just before its request is submitted; the
-  // requests are submitted whenever 1 MiB has been checksummed, so the
-  // device starts on the first block while later ones are summed.
-  constexpr uint64_t kFlushAfterCrcBytes = 1 << 20;
+void Ring::Pump(bool ring_thread) {
   std::vector<std::pair<IoUnit*, absl::Status>> rejected;
+  std::vector<IoUnit*> to_sum;
   {
     std::lock_guard<std::mutex> submit_lock(submit_mu_);
     std::vector<IoUnit*> batch;
-    bool kernel_ok = true;
-    while (kernel_ok) {
+    for (bool kernel_ok = true; kernel_ok;) {
       batch.clear();
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (!overlap_ && in_flight_ > 0) break;
         const size_t room = depth_ - in_flight_;
         while (batch.size() < room && !pending_.empty()) {
+          // Write units are this ring's thread's: it sums them after
+          // submitting and later completes them, so no other thread can
+          // see a unit whose CRC is still being computed.
+          if (!ring_thread && pending_.front()->op->write) break;
           batch.push_back(pending_.front());
           pending_.pop_front();
         }
         if (batch.empty()) break;
         in_flight_ += static_cast<uint32_t>(batch.size());
       }
-      size_t first = 0;
-      uint64_t summed = 0;
-      for (size_t i = 0; i < batch.size() && kernel_ok; ++i) {
-        IoUnit* u = batch[i];
-        if (u->done == 0 && u->retries == 0) summed += u->op->Prepare(u);
-        if (summed >= kFlushAfterCrcBytes || i + 1 == batch.size()) {
-          kernel_ok = SubmitUnits(std::span(batch).subspan(first, i + 1 - first), &rejected);
-          first = i + 1;
-          summed = 0;
-        }
-      }
-      if (!kernel_ok && first < batch.size()) {  // not handed to the kernel: queue again
-        std::lock_guard<std::mutex> lock(mu_);
-        in_flight_ -= static_cast<uint32_t>(batch.size() - first);
-        pending_.insert(pending_.begin(), batch.begin() + first, batch.end());
+      const size_t rejected_before = rejected.size();
+      kernel_ok = SubmitUnits(batch, &rejected);
+      if (rejected.size() != rejected_before) continue;
+      for (IoUnit* u : batch) {
+        if (u->op->write && u->crc_here && !u->crc_done) to_sum.push_back(u);
       }
     }
+  }
+  if (!ring_thread && !pending_empty()) cv_.notify_one();  // writes left for the ring thread
+  // A block's CRC is computed from the source memory while the device
+  // writes the same memory; it is needed only when the write completes,
+  // which this thread handles after it returns.
+  for (IoUnit* u : to_sum) {
+    u->op->Prepare(u);
+    u->crc_done = true;
   }
   for (auto& [u, status] : rejected) {
     u->op->Fail(status);
     u->op->UnitDone(u, EIO, false);
   }
+}
+
+bool Ring::pending_empty() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pending_.empty();
 }
 
 bool Ring::ReapAndPump(bool wait, std::deque<Finished>* finished) {
@@ -162,7 +165,7 @@ bool Ring::ReapAndPump(bool wait, std::deque<Finished>* finished) {
     in_flight_ -= static_cast<uint32_t>(*n);
     for (auto it = again.rbegin(); it != again.rend(); ++it) pending_.push_front(*it);
   }
-  Pump();
+  Pump(/*ring_thread=*/true);
   return true;
 }
 
@@ -176,17 +179,21 @@ void Ring::Loop() {
       if (in_flight_ == 0 && pending_.empty()) return;  // stopping, nothing left
       if (in_flight_ == 0) {
         lock.unlock();
-        Pump();  // work queued for this thread (writes: CRCs are computed here)
+        Pump(/*ring_thread=*/true);  // work queued for this thread (writes)
         continue;
       }
     }
+    bool wait = true;
     if (flush_needed_.exchange(false)) {
       std::lock_guard<std::mutex> submit_lock(submit_mu_);
-      if (!backend_->Submit({}).ok()) flush_needed_.store(true);
+      if (!backend_->Submit({}).ok()) {
+        // Waiting could block forever on entries the kernel never got.
+        flush_needed_.store(true);
+        wait = false;
+      }
     }
-    if (!ReapAndPump(/*wait=*/true, &finished)) {
+    if (!ReapAndPump(wait, &finished) || !wait) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      continue;
     }
     // Between the CRC checks and callbacks of finished units, reap and
     // resubmit without waiting, so the device stays busy.

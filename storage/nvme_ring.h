@@ -34,7 +34,8 @@ struct IoUnit {
   uint32_t done = 0;      // bytes already transferred (short I/O)
   int slot = -1;          // fixed buffer slot, or -1
   uint32_t retries = 0;
-  bool crc_here = false;  // write: compute the block's CRC before submitting
+  bool crc_here = false;  // write: this unit computes its block's CRC
+  bool crc_done = false;  // ring thread only
 };
 
 // One Write or Read. Owned by itself: deleted after done runs.
@@ -58,8 +59,8 @@ struct IoOp {
   absl::Status status;
 
   ~IoOp();
-  // Called before a unit is first submitted (computes write CRCs). Returns
-  // the bytes checksummed.
+  // Computes a write unit's block CRC (on the ring thread, once, after the
+  // unit was submitted and before it completes). Returns the bytes summed.
   uint64_t Prepare(IoUnit* u);
   // Called once per unit: err == 0 success, else a positive errno; eof marks
   // a 0-byte read. Deletes the op after the last unit.
@@ -92,7 +93,10 @@ class Ring {
   // short transfers, moves finished units to *finished and pumps. False when
   // reaping failed.
   bool ReapAndPump(bool wait, std::deque<Finished>* finished);
-  void Pump();
+  // Submits pending units while there is room. Only the ring's own thread
+  // (ring_thread) takes write units.
+  void Pump(bool ring_thread);
+  bool pending_empty();
   bool SubmitUnits(std::span<IoUnit* const> units,
                    std::vector<std::pair<IoUnit*, absl::Status>>* rejected);
 

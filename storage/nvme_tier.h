@@ -25,8 +25,9 @@
 // queue_depth in flight per ring; short transfers are resubmitted with the
 // offset advanced, -EAGAIN/-EINTR retried (up to 1000 times per request), a
 // 0-byte read is EIO. The op completes when all its requests have; the first
-// error wins. A write's CRCs are computed on its ring's thread just before
-// each block is submitted (never on the caller's thread); a read's are
+// error wins. A write's CRCs are computed on its ring's thread right after
+// each block is submitted, while the device writes it (never on the caller's
+// thread); a read's are
 // checked on the ring's thread as each block completes, while the ring keeps
 // reaping and resubmitting between checks.
 //
