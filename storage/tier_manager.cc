@@ -256,7 +256,6 @@ void TierManager::RequestLocked(std::unique_lock<std::mutex>& lock, const Object
     return;
   }
   CopyPtr copy = obj->latest;
-  if (!prefetch && copy != nullptr) ++job.counters.prefetch_misses;
   obj->loading = true;
   obj->load_by_prefetch = prefetch;
   obj->waiters.push_back({mode, !prefetch, std::move(done)});
@@ -271,6 +270,8 @@ void TierManager::RequestLocked(std::unique_lock<std::mutex>& lock, const Object
     OnLoadDoneLocked(obj, *extent, absl::OkStatus(), deferred);
     return;
   }
+  // Counted once the read starts (a request that waited for room retries).
+  if (!prefetch && copy != nullptr) ++jobs_.at(obj->job).counters.prefetch_misses;
   ++io_in_flight_;
   deferred.Add([this, obj, extent = *extent, copy] { StartLoad(obj, extent, copy); });
 }
