@@ -10,6 +10,8 @@
 // write and checked on every read. fio: --ioengine=io_uring --direct=1 with
 // --fixedbufs and --registerfiles (like ours), one job, the same byte range
 // of the tier's data file. One JSON line per cell; ratio = ours / fio.
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,11 +24,13 @@
 #include <future>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "bench/bench_json.h"
+#include "storage/crc32c.h"
 #include "storage/nvme_tier.h"
 
 namespace spill::bench {
@@ -41,6 +45,11 @@ struct Flags {
   uint64_t size = uint64_t{256} << 20;
   std::string cells = "quick";
   std::string fio = "fio";
+  std::string filter;  // only cells whose metric name contains it
+  int repeat = 1;        // runs per cell (ours and fio alternating); medians reported
+  uint32_t threads = 1;  // our thread_count (rings); fio always runs one job
+  bool fixed = true;     // register the buffer with the tier (READ_FIXED/WRITE_FIXED)
+  int settle_ms = 0;     // pause after each untimed rewrite, before the timed run
 };
 
 struct Cell {
@@ -49,12 +58,18 @@ struct Cell {
   uint32_t queue_depth;
 };
 
+double CpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+}
+
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // Runs fio as a child and returns its bandwidth in bytes/s (read + write).
-double RunFio(const Flags& f, const std::string& file, const Cell& c) {
+double RunFio(const Flags& f, const std::string& file, const Cell& c, double* cpu_share) {
   const std::map<std::string, std::string> rw = {{"seq_write", "write"},
                                                  {"seq_read", "read"},
                                                  {"rand_write", "randwrite"},
@@ -78,6 +93,7 @@ double RunFio(const Flags& f, const std::string& file, const Cell& c) {
   const auto j = nlohmann::json::parse(out.substr(brace), nullptr, false);
   if (j.is_discarded()) return 0;
   const auto& job = j["jobs"][0];
+  *cpu_share = (job["usr_cpu"].get<double>() + job["sys_cpu"].get<double>()) / 100;
   return job["read"]["bw_bytes"].get<double>() + job["write"]["bw_bytes"].get<double>();
 }
 
@@ -112,48 +128,97 @@ bool RunBatch(NvmeTier& tier, std::vector<Io>& ios) {
   return ok;
 }
 
-// Our bandwidth in bytes/s for the cell, or 0 on error.
-double RunOurs(const Flags& f, const Cell& c, uint8_t* mem, bool* fixed) {
+struct CellRuns {
+  std::vector<double> ours, fio, ours_cpu, fio_cpu;  // bytes/s and CPU share
+  bool fixed = false;
+};
+
+// Runs one cell repeat times, ours and fio in alternating order, on one
+// open tier.
+// Read and mixed cells write the whole range again (untimed, then syncfs)
+// before each timed run, ours and fio alike, so each reads freshly written
+// blocks under the same conditions and ours has their CRCs. A failed run
+// counts 0.
+CellRuns RunCell(const Flags& f, const Cell& c, uint8_t* mem, const std::string& file) {
+  CellRuns out;
   NvmeOptions o;
   o.dirs = {f.dir};
   o.capacity_bytes = f.size;
   o.block_size = c.block_size;
   o.queue_depth = c.queue_depth;
+  o.thread_count = f.threads;
   auto tier_or = NvmeTier::Open(o);
   if (!tier_or.ok()) {
     std::fprintf(stderr, "nvme_vs_fio: %s\n", tier_or.status().ToString().c_str());
-    return 0;
+    return out;
   }
   NvmeTier& tier = **tier_or;
-  *fixed = tier.RegisterMemory(1, mem, f.size).ok();
+  out.fixed = f.fixed && tier.RegisterMemory(1, mem, f.size).ok();
   const bool random = c.pattern.rfind("rand", 0) == 0;
   // Sequential cells move one object of size bytes; random and mixed ones
   // one object per block (mixed: writes and reads alternate, in order).
-  const bool per_block = random || c.pattern == "mixed";
-  const uint64_t unit = per_block ? c.block_size : f.size;
+  const uint64_t unit = random || c.pattern == "mixed" ? c.block_size : f.size;
   const uint64_t count = f.size / unit;
-  std::vector<NvmeExtent> extents;
   std::vector<std::vector<uint32_t>> crcs(count);
+  std::vector<Io> prime, timed;
   for (uint64_t i = 0; i < count; ++i) {
     auto e = tier.Allocate("bench", unit);
-    if (!e.ok()) return 0;
-    extents.push_back(*e);
+    if (!e.ok()) return out;
+    prime.push_back({true, *e, mem + i * unit, unit, &crcs[i]});
   }
-  // Prime: write everything once so reads see written blocks and have CRCs.
-  std::vector<Io> ios;
-  for (uint64_t i = 0; i < count; ++i) {
-    ios.push_back({true, extents[i], mem + i * unit, unit, &crcs[i]});
-  }
-  if (c.pattern != "seq_write" && c.pattern != "rand_write" && !RunBatch(tier, ios)) return 0;
+  timed = prime;
   const bool write = c.pattern.find("write") != std::string::npos;
-  for (uint64_t i = 0; i < count; ++i) ios[i].write = write;
-  if (c.pattern == "mixed") {
-    for (uint64_t i = 0; i < count; ++i) ios[i].write = i % 2 == 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    timed[i].write = c.pattern == "mixed" ? i % 2 == 0 : write;
   }
-  if (random) std::shuffle(ios.begin(), ios.end(), std::mt19937(7));
-  const auto t0 = std::chrono::steady_clock::now();
-  if (!RunBatch(tier, ios)) return 0;
-  return static_cast<double>(count * unit) / Seconds(t0);
+  if (random) std::shuffle(timed.begin(), timed.end(), std::mt19937(7));
+  const bool needs_prime = !write;
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  auto do_prime = [&] {
+    if (!needs_prime) return true;
+    const bool ok = RunBatch(tier, prime);
+    ::syncfs(fd);
+    // Let the disk (here: the virtio host) finish absorbing the rewrite, so
+    // the timed run does not depend on how soon after it it starts (fio
+    // starts later than ours: it is a new process).
+    std::this_thread::sleep_for(std::chrono::milliseconds(f.settle_ms));
+    return ok;
+  };
+  auto run_ours = [&] {
+    double cpu = 0, bw = 0;
+    if (do_prime()) {
+      const double cpu0 = CpuSeconds();
+      const auto t0 = std::chrono::steady_clock::now();
+      const bool ok = RunBatch(tier, timed);
+      const double wall = Seconds(t0);
+      cpu = (CpuSeconds() - cpu0) / wall;
+      bw = ok ? static_cast<double>(count * unit) / wall : 0;
+    }
+    out.ours.push_back(bw);
+    out.ours_cpu.push_back(cpu);
+  };
+  auto run_fio = [&] {
+    double cpu = 0;
+    out.fio.push_back(do_prime() ? RunFio(f, file, c, &cpu) : 0);
+    out.fio_cpu.push_back(cpu);
+  };
+  // Alternate which goes first, so drift of a shared disk hits both alike.
+  for (int r = 0; r < f.repeat; ++r) {
+    if (r % 2 == 0) {
+      run_ours();
+      run_fio();
+    } else {
+      run_fio();
+      run_ours();
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 std::vector<Cell> Cells(const std::string& which) {
@@ -190,10 +255,20 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       f->cells = v;
     } else if (const char* v = val("fio")) {
       f->fio = v;
+    } else if (const char* v = val("filter")) {
+      f->filter = v;
+    } else if (const char* v = val("settle-ms")) {
+      f->settle_ms = std::max(0, std::atoi(v));
+    } else if (a == "--no-fixed") {
+      f->fixed = false;
+    } else if (const char* v = val("threads")) {
+      f->threads = static_cast<uint32_t>(std::max(1, std::atoi(v)));
+    } else if (const char* v = val("repeat")) {
+      f->repeat = std::max(1, std::atoi(v));
     } else {
       std::fprintf(stderr,
                    "usage: nvme_vs_fio [--dir=DIR] [--size=BYTES] [--cells=quick|full] "
-                   "[--fio=PATH]\nunknown flag: %s\n",
+                   "[--fio=PATH] [--filter=SUBSTR] [--repeat=N] [--threads=N] [--no-fixed] [--settle-ms=MS]\nunknown flag: %s\n",
                    argv[i]);
       return false;
     }
@@ -222,17 +297,35 @@ int main(int argc, char** argv) {
   int failures = 0;
   // Write the whole range once, so no cell pays for converting preallocated
   // (unwritten) extents.
-  bool fixed = false;
-  if (RunOurs(f, {"seq_write", 8 << 20, 32}, static_cast<uint8_t*>(mem), &fixed) == 0) return 1;
+  Flags once = f;
+  once.repeat = 1;
+  if (RunCell(once, {"seq_write", 8 << 20, 32}, static_cast<uint8_t*>(mem), file).ours[0] == 0) {
+    return 1;
+  }
+  {
+    // What checksumming costs on this CPU (one thread), for reading the cells.
+    const auto t0 = std::chrono::steady_clock::now();
+    uint32_t crc = 0;
+    for (uint64_t off = 0; off < f.size; off += 1 << 20) {
+      crc ^= spill::storage::Crc32c(static_cast<uint8_t*>(mem) + off, 1 << 20);
+    }
+    Result r{"nvme_vs_fio", "crc32c_throughput", f.size / Seconds(t0) / (1 << 20), "MiB/s"};
+    r.extra = {{"check", crc}};
+    Emit(r, machine);
+  }
   for (const Cell& c : Cells(f.cells)) {
-    bool fixed = false;
-    const double ours = RunOurs(f, c, static_cast<uint8_t*>(mem), &fixed);
-    const double fio = RunFio(f, file, c);
-    if (ours == 0 || fio == 0) ++failures;
     Result r;
     r.bench = "nvme_vs_fio";
     r.metric = c.pattern + "_bs" + std::to_string(c.block_size >> 10) + "k_qd" +
                std::to_string(c.queue_depth) + "_bandwidth";
+    if (r.metric.find(f.filter) == std::string::npos) continue;
+    const CellRuns runs = RunCell(f, c, static_cast<uint8_t*>(mem), file);
+    const std::vector<double>&ours_runs = runs.ours, &fio_runs = runs.fio,
+                              &ours_cpu = runs.ours_cpu, &fio_cpu = runs.fio_cpu;
+    const bool fixed = runs.fixed;
+    const double ours = Median(ours_runs);
+    const double fio = Median(fio_runs);
+    if (ours == 0 || fio == 0) ++failures;
     r.value = ours / (1 << 20);
     r.unit = "MiB/s";
     r.baseline = "fio io_uring direct fixedbufs registerfiles";
@@ -240,7 +333,11 @@ int main(int argc, char** argv) {
     r.extra = {{"pattern", c.pattern},          {"block_size", c.block_size},
                {"queue_depth", c.queue_depth},  {"bytes", f.size},
                {"fixed_buffers", fixed},        {"crc32c", true},
-               {"dir", f.dir}};
+               {"dir", f.dir},                 {"runs", f.repeat},           {"thread_count", f.threads}, {"settle_ms", f.settle_ms},
+               {"ours_cpu_share", Median(ours_cpu)}, {"fio_cpu_share", Median(fio_cpu)},
+               {"ours_runs_mib_s", ours_runs},      {"fio_runs_mib_s", fio_runs}};
+    for (auto& v : r.extra["ours_runs_mib_s"]) v = v.get<double>() / (1 << 20);
+    for (auto& v : r.extra["fio_runs_mib_s"]) v = v.get<double>() / (1 << 20);
     Emit(r, machine);
   }
   std::free(mem);

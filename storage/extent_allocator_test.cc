@@ -258,5 +258,26 @@ TEST(ExtentAllocatorTest, RandomOpsOddCapacity) {
   }
 }
 
+TEST(ExtentAllocatorTest, AllocateAtClaimsAFreeRangeAndRefusesOverlap) {
+  ExtentAllocator a(1 << 20);
+  EXPECT_EQ(a.AllocateAt(0, 0).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(a.AllocateAt(8192, 4096).ok());
+  EXPECT_EQ(a.used_bytes(), 4096u);
+  EXPECT_TRUE(a.CheckInvariants());
+  EXPECT_EQ(a.AllocateAt(4096, 8192).code(), absl::StatusCode::kFailedPrecondition);  // overlap
+  EXPECT_EQ(a.AllocateAt(1 << 20, 4096).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(a.AllocateAt((1 << 20) - 4096, 8192).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(a.used_bytes(), 4096u);
+  // First fit now skips the claimed range.
+  auto off = a.Allocate(8192, 4096);
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(*off, 0u);
+  auto next = a.Allocate(4096, 4096);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(*next, 12288u);
+  ASSERT_TRUE(a.Free(8192).ok());
+  EXPECT_TRUE(a.CheckInvariants());
+}
+
 }  // namespace
 }  // namespace spill::storage

@@ -17,11 +17,12 @@ namespace internal {
 
 IoOp::~IoOp() { std::free(bounce); }
 
-void IoOp::Prepare(IoUnit* u) {
-  if (!write || !u->crc_here) return;
+uint64_t IoOp::Prepare(IoUnit* u) {
+  if (!write || !u->crc_here) return 0;
   const uint64_t start = uint64_t{u->block} * block_size;
   const uint64_t len = std::min<uint64_t>(block_size, bytes - start);
   (*out_crcs)[u->block] = Crc32c(mem + start, len);
+  return len;
 }
 
 void IoOp::Fail(absl::Status s) {
@@ -176,7 +177,7 @@ void NvmeTier::Submit(bool write, const NvmeExtent& extent, uint8_t* mem, uint64
     per_ring[(first + u.block) % rings_.size()].push_back(&u);
   }
   for (size_t r = 0; r < rings_.size(); ++r) {
-    if (!per_ring[r].empty()) rings_[r]->Enqueue(per_ring[r]);
+    if (!per_ring[r].empty()) rings_[r]->Enqueue(per_ring[r], /*pump_here=*/!write);
   }
 }
 

@@ -11,6 +11,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,7 +34,8 @@ struct IoUnit {
   uint32_t done = 0;      // bytes already transferred (short I/O)
   int slot = -1;          // fixed buffer slot, or -1
   uint32_t retries = 0;
-  bool crc_here = false;  // write: compute the block's CRC before submitting
+  bool crc_here = false;  // write: this unit computes its block's CRC
+  bool crc_done = false;  // ring thread only
 };
 
 // One Write or Read. Owned by itself: deleted after done runs.
@@ -56,8 +59,9 @@ struct IoOp {
   absl::Status status;
 
   ~IoOp();
-  // Called before a unit is first submitted (computes write CRCs).
-  void Prepare(IoUnit* u);
+  // Computes a write unit's block CRC (on the ring thread, once, after the
+  // unit was submitted and before it completes). Returns the bytes summed.
+  uint64_t Prepare(IoUnit* u);
   // Called once per unit: err == 0 success, else a positive errno; eof marks
   // a 0-byte read. Deletes the op after the last unit.
   void UnitDone(IoUnit* u, int err, bool eof);
@@ -70,14 +74,31 @@ class Ring {
   // Waits until everything queued or in flight has completed.
   ~Ring();
 
-  void Enqueue(const std::vector<IoUnit*>& units);
+  // Queues units. pump_here: submit from the calling thread now; else the
+  // ring's thread submits them (so a write's CRCs are not computed on the
+  // caller's thread).
+  void Enqueue(const std::vector<IoUnit*>& units, bool pump_here);
   IoBackend* backend() { return backend_.get(); }
   // Runs f with submissions paused (registration calls).
   absl::Status WithSubmitLock(const std::function<absl::Status(IoBackend*)>& f);
 
  private:
+  struct Finished {
+    IoUnit* unit;
+    int err;    // 0 or a positive errno
+    bool eof;   // a 0-byte read
+  };
   void Loop();
-  void Pump();
+  // Reaps completions (waiting for one when wait), requeues retries and
+  // short transfers, moves finished units to *finished and pumps. False when
+  // reaping failed.
+  bool ReapAndPump(bool wait, std::deque<Finished>* finished);
+  // Submits pending units while there is room. Only the ring's own thread
+  // (ring_thread) takes write units.
+  void Pump(bool ring_thread);
+  bool pending_empty();
+  bool SubmitUnits(std::span<IoUnit* const> units,
+                   std::vector<std::pair<IoUnit*, absl::Status>>* rejected);
 
   std::unique_ptr<IoBackend> backend_;
   const uint32_t depth_;
@@ -90,6 +111,7 @@ class Ring {
   uint32_t in_flight_ = 0;
   bool stopping_ = false;
   std::atomic<bool> flush_needed_{false};
+  std::vector<IoCompletion> cqes_;  // ring thread only
   std::thread thread_;
 };
 

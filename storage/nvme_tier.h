@@ -23,8 +23,13 @@
 // side ever touches memory past `bytes`). Requests are spread over
 // thread_count rings, each with its own completion thread, at most
 // queue_depth in flight per ring; short transfers are resubmitted with the
-// offset advanced, -EAGAIN/-EINTR retried, a 0-byte read is EIO. The op
-// completes when all its requests have; the first error wins.
+// offset advanced, -EAGAIN/-EINTR retried (up to 1000 times per request), a
+// 0-byte read is EIO. The op completes when all its requests have; the first
+// error wins. A write's CRCs are computed on its ring's thread right after
+// each block is submitted, while the device writes it (never on the caller's
+// thread); a read's are
+// checked on the ring's thread as each block completes, while the ring keeps
+// reaping and resubmitting between checks.
 //
 // Thread-safety: every method may be called from any thread. The destructor
 // waits until every Write/Read in progress has completed (their callbacks

@@ -104,7 +104,9 @@ TEST_P(NvmeRoundTripTest, RandomSizesAndOffsetsReadBackByteForByte) {
         << "object at " << obj.offset << " of " << obj.bytes << " bytes";
     // Nothing past the object's last byte was touched.
     const uint64_t end = obj.offset + obj.bytes;
-    if (end % 4096 != 0) EXPECT_EQ(dst.data[end], 0xEE);
+    if (end % 4096 != 0) {
+      EXPECT_EQ(dst.data[end], 0xEE);
+    }
   }
   const NvmeStats stats = tier->Stats();
   EXPECT_EQ(stats.write_ops, objs.size());
