@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs Spill's tests and benchmarks on a GPU node from an offline bundle
+# (deploy/make-bundle.sh --with-fio), writing JSON lines and logs to OUTDIR.
+#
+#   bench/gpu-node-run.sh BUNDLE.tar.gz OUTDIR [WHEELS_DIR] [MACHINE_NAME]
+#
+# WHEELS_DIR (bench/fetch-bench-wheels.sh) lets the optimizer comparison
+# install DeepSpeed offline into a scratch prefix; without it that
+# comparison is skipped with a message. Steps:
+#   1. unpack, spill-selftest;
+#   2. every test program in the bundle (GPU ones included) against the
+#      bundle's spilld;
+#   3. optim_fused_adamw (vs triad), optim_vs_baselines.py (vs torch fused
+#      AdamW and DeepSpeed's CPU Adam, same process and threads), h2d_shm,
+#      nvme_vs_fio on the node's disk.
+set -uo pipefail
+bundle=$1
+out=$2
+wheels=${3:-}
+export SPILL_BENCH_MACHINE=${4:-${SPILL_BENCH_MACHINE:-$(hostname)}}
+mkdir -p "$out"
+work=$(mktemp -d /tmp/spill-node.XXXXXX)
+tar xzf "$bundle" -C "$work"
+root=$(echo "$work"/spill-bundle-*)
+# shellcheck source=/dev/null
+. "$root/env.sh"
+log() { printf '\n==> %s\n' "$*" | tee -a "$out/run.log"; }
+
+log "machine"
+{ nproc; lscpu | grep -E 'Model name|Flags' | cut -c1-200; nvidia-smi -L; df -h /var/tmp; } \
+  >>"$out/run.log" 2>&1
+
+log "spill-selftest"
+"$root/bin/spill-selftest" --no-example >>"$out/run.log" 2>&1 && echo "selftest OK" | tee -a "$out/run.log"
+
+log "test programs"
+export SPILL_SPILLD=$root/bin/spilld SPILL_TEST_CLIENT=$root/bin/spill_test_client
+export SPILL_TEST_NVME_DIR=/var/tmp
+while IFS=$'\t' read -r name labels; do
+  case $labels in *fuzz*) continue ;; esac
+  [ -x "$root/bin/$name" ] || continue
+  if timeout 600 "$root/bin/$name" >"$out/test-$name.log" 2>&1; then
+    echo "PASS $name ($labels) $(grep -E '^\[  PASSED  \]' "$out/test-$name.log" | tail -1)"
+  else
+    echo "FAIL $name ($labels): see test-$name.log"
+  fi
+done <"$root/share/spill/tests.tsv" | tee -a "$out/run.log"
+
+threads=$(nproc)
+log "optim_fused_adamw ($threads threads)"
+"$root/bin/optim_fused_adamw" --threads "$threads" --params 268435456 --iters 5 \
+  | tee -a "$out/bench.jsonl"
+
+log "optim_vs_baselines"
+py=python3
+if [ -n "$wheels" ] && ! "$py" -c 'import deepspeed' 2>/dev/null; then
+  target=$work/pydeps
+  "$py" -m pip install -q --no-index --find-links "$wheels" --no-build-isolation \
+    --target "$target" deepspeed >>"$out/run.log" 2>&1 || echo "deepspeed install failed" | tee -a "$out/run.log"
+  export PYTHONPATH=$target${PYTHONPATH:+:$PYTHONPATH} PATH=$target/bin:$PATH
+fi
+"$py" "$root/share/spill/bench/optim_vs_baselines.py" --threads "$threads" \
+  --lib "$root/lib/libspill_optim_c.so" --params $((128 << 20)) 2>>"$out/run.log" \
+  | tee -a "$out/bench.jsonl"
+
+log "h2d_shm"
+[ -x "$root/bin/h2d_shm" ] && "$root/bin/h2d_shm" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+
+log "nvme_vs_fio"
+mkdir -p /var/tmp/spill-nvme-bench
+"$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=4GiB --cells=quick \
+  --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+rm -rf /var/tmp/spill-nvme-bench "$work"
