@@ -68,6 +68,6 @@ log "h2d_shm"
 
 log "nvme_vs_fio"
 mkdir -p /var/tmp/spill-nvme-bench
-"$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=4GiB --cells=quick \
+"$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((4 << 30)) --cells=quick \
   --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 rm -rf /var/tmp/spill-nvme-bench "$work"
