@@ -74,7 +74,7 @@ EstimateRow NvmeRow(const EstimateInput& in, OffloadDevice param) {
   const double f = in.additional_buffer_factor;
   const int64_t partition = static_cast<int64_t>(total / gpus);
   const int64_t opt_buffers = in.gpus_per_node * in.optimizer_buffer_count *
-                              std::min(in.sub_group_size, std::max<int64_t>(partition, 1)) * 16;
+                              std::min(in.sub_group_size, std::max<int64_t>(partition, 1)) * 4;
   const int64_t param_buffers = in.gpus_per_node * in.param_buffer_count * in.param_buffer_size * 2;
   EstimateRow row;
   row.offload_optimizer = OffloadDevice::kNvme;

@@ -21,7 +21,8 @@
 // bytes/param of 16-bit parameters when parameters are; the CPU keeps the rest
 // of DeepSpeed's accounting (scaled by f) plus the swap buffers:
 //   optimizer: gpus_per_node * optimizer_buffer_count * min(sub_group_size,
-//              total / gpus) * 16 bytes (fp32 master, two moments, gradient)
+//              total / gpus) * 4 bytes (fp32 buffers of one sub-group, as
+//              DeepSpeed's optimizer swapper sizes them)
 //   parameters: gpus_per_node * param_buffer_count * param_buffer_size * 2
 #ifndef SPILL_WORKER_ESTIMATE_H_
 #define SPILL_WORKER_ESTIMATE_H_

@@ -72,7 +72,7 @@ TEST(EstimateTest, NvmeRowsMoveOptimizerAndParamBytes) {
   // Per node: 12 bytes/param of 500M params on NVMe; +2 with params there.
   EXPECT_EQ(cpu_param.nvme_bytes, 6'000'000'000);
   EXPECT_EQ(nvme_param.nvme_bytes, 7'000'000'000);
-  const int64_t opt_buffers = 2 * 4 * 10'000'000LL * 16;
+  const int64_t opt_buffers = 2 * 4 * 10'000'000LL * 4;
   const int64_t param_buffers = 2 * 5 * 100'000'000LL * 2;
   EXPECT_EQ(cpu_param.swap_buffer_bytes, opt_buffers);
   EXPECT_EQ(cpu_param.cpu_bytes, static_cast<int64_t>(500e6 * 6 * 1.5) + opt_buffers);
