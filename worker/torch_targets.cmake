@@ -11,7 +11,7 @@ if(NOT SPILL_GLOO_INCLUDE_DIR)
   return()
 endif()
 
-set(spill_worker_torch_sources collectives.cc collectives_gloo.cc)
+set(spill_worker_torch_sources collectives.cc collectives_gloo.cc gpt.cc)
 set(spill_have_nccl OFF)
 if(SPILL_HAVE_CUDA)
   find_path(SPILL_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
@@ -43,6 +43,10 @@ endif()
 target_compile_options(spill_worker_torch PRIVATE -Wno-unused-parameter -Wno-missing-field-initializers)
 
 if(SPILL_BUILD_TESTS)
+  add_executable(worker_gpt_test gpt_test.cc)
+  target_link_libraries(worker_gpt_test PRIVATE spill_worker_torch GTest::gtest_main)
+  gtest_discover_tests(worker_gpt_test PROPERTIES LABELS unit TIMEOUT 300 DISCOVERY_TIMEOUT 60)
+
   add_executable(worker_collectives_test collectives_test.cc)
   target_link_libraries(worker_collectives_test PRIVATE spill_worker_torch GTest::gtest)
   gtest_discover_tests(worker_collectives_test PROPERTIES LABELS integration TIMEOUT 180
@@ -51,7 +55,7 @@ if(SPILL_BUILD_TESTS)
   # A spilld for worker tests behind a protobuf-free header.
   add_library(spill_worker_spilld_fixture STATIC testing/spilld_fixture.cc)
   target_link_libraries(spill_worker_spilld_fixture PRIVATE spill_test_harness)
-  target_link_libraries(spill_worker_spilld_fixture PUBLIC absl::statusor)
+  target_link_libraries(spill_worker_spilld_fixture PUBLIC absl::statusor spill::common)
 
   add_executable(worker_torch_spilld_test torch_spilld_test.cc)
   target_link_libraries(worker_torch_spilld_test PRIVATE
