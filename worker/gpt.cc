@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/GradMode.h>
 
 #include <cmath>
 
@@ -111,7 +112,7 @@ absl::Status Layer::Initialize(const at::Tensor& flat, uint64_t seed) const {
       case ParamInit::kOnes: v.fill_(1.0); break;
     }
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor(flat).copy_(values);
   return absl::OkStatus();
 }

@@ -29,6 +29,16 @@ else()
   message(STATUS "spill: NCCL not found; the worker is built with Gloo collectives only")
 endif()
 
+# libtorch.so exports its own (statically linked, older) std::filesystem
+# symbols; when libtorch.so precedes libstdc++ in DT_NEEDED they interpose on
+# libstdc++'s and std::filesystem::remove_all jumps to a null pointer. Every
+# executable linking LibTorch puts libstdc++ first.
+function(spill_link_torch_first target)
+  # One item: CMake de-duplicates repeated flags, which would unbalance a
+  # separate push-state/pop-state pair.
+  target_link_libraries(${target} PRIVATE "-Wl,--push-state,--no-as-needed,-lstdc++,--pop-state")
+endfunction()
+
 add_library(spill_worker_torch STATIC ${spill_worker_torch_sources})
 target_link_libraries(spill_worker_torch
   PUBLIC spill::worker_config ${TORCH_LIBRARIES}
@@ -44,10 +54,12 @@ target_compile_options(spill_worker_torch PRIVATE -Wno-unused-parameter -Wno-mis
 
 if(SPILL_BUILD_TESTS)
   add_executable(worker_gpt_test gpt_test.cc)
+  spill_link_torch_first(worker_gpt_test)
   target_link_libraries(worker_gpt_test PRIVATE spill_worker_torch GTest::gtest_main)
   gtest_discover_tests(worker_gpt_test PROPERTIES LABELS unit TIMEOUT 300 DISCOVERY_TIMEOUT 60)
 
   add_executable(worker_collectives_test collectives_test.cc)
+  spill_link_torch_first(worker_collectives_test)
   target_link_libraries(worker_collectives_test PRIVATE spill_worker_torch GTest::gtest)
   gtest_discover_tests(worker_collectives_test PROPERTIES LABELS integration TIMEOUT 180
                        DISCOVERY_TIMEOUT 60)
@@ -58,6 +70,7 @@ if(SPILL_BUILD_TESTS)
   target_link_libraries(spill_worker_spilld_fixture PUBLIC absl::statusor spill::common)
 
   add_executable(worker_torch_spilld_test torch_spilld_test.cc)
+  spill_link_torch_first(worker_torch_spilld_test)
   target_link_libraries(worker_torch_spilld_test PRIVATE
     spill_worker_spilld_fixture spill::client ${TORCH_LIBRARIES} GTest::gtest_main)
   gtest_discover_tests(worker_torch_spilld_test PROPERTIES LABELS integration TIMEOUT 120
