@@ -64,6 +64,13 @@ if(SPILL_BUILD_TESTS)
   gtest_discover_tests(worker_collectives_test PROPERTIES LABELS integration TIMEOUT 180
                        DISCOVERY_TIMEOUT 60)
 
+  if(spill_have_nccl)
+    add_executable(worker_nccl_test collectives_nccl_test.cc)
+    spill_link_torch_first(worker_nccl_test)
+    target_link_libraries(worker_nccl_test PRIVATE spill_worker_torch CUDA::cudart GTest::gtest)
+    gtest_discover_tests(worker_nccl_test PROPERTIES LABELS gpu TIMEOUT 300 DISCOVERY_TIMEOUT 60)
+  endif()
+
   # A spilld for worker tests behind a protobuf-free header.
   add_library(spill_worker_spilld_fixture STATIC testing/spilld_fixture.cc)
   target_link_libraries(spill_worker_spilld_fixture PRIVATE spill_test_harness)
