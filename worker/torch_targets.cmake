@@ -14,9 +14,13 @@ endif()
 set(spill_worker_torch_sources collectives.cc collectives_gloo.cc gpt.cc)
 set(spill_have_nccl OFF)
 if(SPILL_HAVE_CUDA)
-  find_path(SPILL_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
-  find_library(SPILL_NCCL_LIBRARY NAMES nccl libnccl.so.2
-               HINTS ${CUDAToolkit_LIBRARY_DIR} ${spill_torch_lib_dir}/../../nvidia/nccl/lib)
+  # Prefer the NCCL that ships with the torch wheel (nvidia/nccl), which
+  # libtorch_cuda loads anyway: one libnccl.so.2 per process, one version.
+  set(spill_wheel_nccl ${spill_torch_lib_dir}/../../nvidia/nccl)
+  find_path(SPILL_NCCL_INCLUDE_DIR nccl.h
+            HINTS ${spill_wheel_nccl}/include ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(SPILL_NCCL_LIBRARY NAMES libnccl.so.2 nccl NAMES_PER_DIR
+               HINTS ${spill_wheel_nccl}/lib ${CUDAToolkit_LIBRARY_DIR})
   if(SPILL_NCCL_INCLUDE_DIR AND SPILL_NCCL_LIBRARY)
     set(spill_have_nccl ON)
   endif()
