@@ -13,7 +13,12 @@ SPILL_DEB_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev fio
   libcpp-httplib-dev
   python3-prometheus-client python3-yaml systemd
+  python3-venv libgloo-dev
 )
+
+# LibTorch for the worker comes from the pip build of torch (what GPU nodes
+# run), not from Debian.
+SPILL_TORCH_VERSION=${SPILL_TORCH_VERSION:-2.11.0}
 
 SPILL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Parallel build and test jobs; the CI machine has 2 cores.
@@ -62,6 +67,30 @@ spill_ensure_deps() {
   local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300)
   spill_as_root "${apt[@]}" update
   spill_as_root "${apt[@]}" install --no-install-recommends "${missing[@]}"
+}
+
+# Exports SPILL_PYTHON, a python that can import torch, for CMake to find
+# LibTorch through (worker/CMakeLists.txt reads $SPILL_PYTHON). Tries
+# $SPILL_PYTHON, python3 and $SPILL_ROOT/.venv in turn; when none has torch,
+# creates .venv and pip-installs torch==$SPILL_TORCH_VERSION into it (the CUDA
+# build, several GiB). Returns non-zero, with a warning, when that fails: the
+# worker is then skipped and everything else still builds.
+spill_ensure_torch() {
+  local venv=$SPILL_ROOT/.venv py
+  for py in "${SPILL_PYTHON:-}" "$(command -v python3 2>/dev/null)" "$venv/bin/python"; do
+    if [ -n "$py" ] && [ -x "$py" ] && "$py" -c 'import torch' >/dev/null 2>&1; then
+      export SPILL_PYTHON=$py
+      spill_info "LibTorch: torch $("$py" -c 'import torch; print(torch.__version__)') via $py"
+      return 0
+    fi
+  done
+  spill_info "installing torch==$SPILL_TORCH_VERSION into $venv (pip; python3 cannot import torch)"
+  if ! { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } ||
+    ! "$venv/bin/python" -m pip install -q "torch==$SPILL_TORCH_VERSION"; then
+    spill_warn "could not install torch into $venv: the worker (spill-train) will be skipped"
+    return 1
+  fi
+  export SPILL_PYTHON=$venv/bin/python
 }
 
 # Configures and builds a preset from CMakePresets.json (binary dir

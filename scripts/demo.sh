@@ -24,6 +24,9 @@ spill_step "install missing Debian packages"
 # shellcheck disable=SC2119  # No extra packages.
 spill_ensure_deps
 
+spill_step "LibTorch for the worker"
+spill_ensure_torch || true
+
 spill_step "configure and build spilld, spillctl, spill_demo (preset $preset, -j$SPILL_JOBS)"
 spill_build_preset "$preset" spilld spillctl spill_demo || spill_die "build failed"
 

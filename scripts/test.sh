@@ -71,6 +71,9 @@ spill_step "install missing Debian packages"
 spill_ensure_deps || spill_die "could not install the build dependencies"
 mkdir -p "$logs"
 
+spill_step "LibTorch for the worker"
+spill_ensure_torch || true
+
 test_preset dev -LE gpu
 
 # LeakSanitizer is on (ASan's default on Linux); halt on the first UB report.

@@ -24,5 +24,14 @@ fi
 check "client/ must not include storage/ or server/" '#include *"(storage|server)/' client
 check "client's public headers must not include gRPC or protobuf" \
   '#include *[<"](grpc|grpcpp|google/protobuf|spill/v1|proto)/' client/include
+# worker/ compiles next to LibTorch's protobuf headers; only its spilld test
+# fixture (built without torch) may reach the generated code.
+if [ -d worker ]; then
+  hits=$(grep -rnE --include='*.h' --include='*.cc' --exclude=spilld_fixture.cc \
+    '#include *[<"](grpc|grpcpp|google/protobuf|spill/v1)/|#include *"tests/integration/' worker 2>/dev/null)
+  if [ -n "$hits" ]; then
+    echo "layering violation: worker/ must not include gRPC or protobuf"; echo "$hits"; fail=1
+  fi
+fi
 [ $fail -eq 0 ] && echo "layering OK"
 exit $fail

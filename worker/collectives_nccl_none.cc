@@ -1,0 +1,15 @@
+// Built when CMake found no CUDA toolkit with NCCL.
+#include "worker/collectives.h"
+
+namespace spill::worker {
+
+bool NcclAvailable() { return false; }
+
+absl::StatusOr<std::unique_ptr<Collectives>> CreateNcclCollectives(const RendezvousInfo&, int,
+                                                                   void*,
+                                                                   std::chrono::milliseconds) {
+  return absl::FailedPreconditionError(
+      "this spill-train was built without NCCL (no CUDA toolkit with nccl.h at configure time)");
+}
+
+}  // namespace spill::worker

@@ -1,0 +1,167 @@
+#include "worker/gpt.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace spill::worker {
+namespace {
+
+class EmbeddingLayer final : public Layer {
+ public:
+  explicit EmbeddingLayer(const GptShape& s) : Layer("embedding", 0) {
+    Add("embedding.wte", {s.vocab, s.hidden}, ParamInit::kNormal);
+    Add("embedding.wpe", {s.seq_len, s.hidden}, ParamInit::kNormal, 0.01);
+  }
+  at::Tensor Forward(const at::Tensor& tokens, const std::vector<at::Tensor>& p,
+                     const at::Tensor&) const override {
+    const int64_t t = tokens.size(1);
+    TORCH_CHECK(t <= p[1].size(0), "sequence of ", t, " tokens exceeds seq_len ", p[1].size(0));
+    at::Tensor pos = at::arange(t, tokens.options().dtype(at::kLong));
+    return at::embedding(p[0], tokens) + at::embedding(p[1], pos);
+  }
+};
+
+class BlockLayer final : public Layer {
+ public:
+  BlockLayer(const GptShape& s, int block)
+      : Layer(absl::StrCat("block.", block), block + 1), heads_(s.heads) {
+    const int64_t h = s.hidden;
+    const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(s.layers));
+    const std::string p = name() + ".";
+    Add(p + "ln1.weight", {h}, ParamInit::kOnes);
+    Add(p + "ln1.bias", {h}, ParamInit::kZeros);
+    Add(p + "attn.qkv.weight", {3 * h, h}, ParamInit::kNormal);
+    Add(p + "attn.qkv.bias", {3 * h}, ParamInit::kZeros);
+    Add(p + "attn.out.weight", {h, h}, ParamInit::kNormal, residual_std);
+    Add(p + "attn.out.bias", {h}, ParamInit::kZeros);
+    Add(p + "ln2.weight", {h}, ParamInit::kOnes);
+    Add(p + "ln2.bias", {h}, ParamInit::kZeros);
+    Add(p + "mlp.fc.weight", {4 * h, h}, ParamInit::kNormal);
+    Add(p + "mlp.fc.bias", {4 * h}, ParamInit::kZeros);
+    Add(p + "mlp.proj.weight", {h, 4 * h}, ParamInit::kNormal, residual_std);
+    Add(p + "mlp.proj.bias", {h}, ParamInit::kZeros);
+  }
+
+  at::Tensor Forward(const at::Tensor& x, const std::vector<at::Tensor>& p,
+                     const at::Tensor&) const override {
+    const int64_t b = x.size(0), t = x.size(1), h = x.size(2);
+    at::Tensor a = at::layer_norm(x, {h}, p[0], p[1]);
+    at::Tensor qkv = at::linear(a, p[2], p[3]);  // [B, T, 3h]
+    auto split = [&](int64_t i) {
+      return qkv.narrow(2, i * h, h).view({b, t, heads_, h / heads_}).transpose(1, 2);
+    };
+    at::Tensor y = at::scaled_dot_product_attention(split(0), split(1), split(2), /*attn_mask=*/{},
+                                                    /*dropout_p=*/0.0, /*is_causal=*/true);
+    y = y.transpose(1, 2).reshape({b, t, h});
+    at::Tensor r = x + at::linear(y, p[4], p[5]);
+    at::Tensor m = at::gelu(at::linear(at::layer_norm(r, {h}, p[6], p[7]), p[8], p[9]), "tanh");
+    return r + at::linear(m, p[10], p[11]);
+  }
+
+ private:
+  int64_t heads_;
+};
+
+class HeadLayer final : public Layer {
+ public:
+  HeadLayer(const GptShape& s) : Layer("head", static_cast<int>(s.layers) + 1) {
+    Add("head.ln_f.weight", {s.hidden}, ParamInit::kOnes);
+    Add("head.ln_f.bias", {s.hidden}, ParamInit::kZeros);
+  }
+  at::Tensor Forward(const at::Tensor& x, const std::vector<at::Tensor>& p,
+                     const at::Tensor& tied) const override {
+    TORCH_CHECK(tied.defined(), "the head needs the embedding's wte (tied LM head)");
+    return at::linear(at::layer_norm(x, {x.size(-1)}, p[0], p[1]), tied);
+  }
+};
+
+}  // namespace
+
+void Layer::Add(const std::string& name, std::vector<int64_t> shape, ParamInit init, double std) {
+  ParamSpec spec;
+  spec.name = name;
+  spec.numel = 1;
+  for (int64_t d : shape) spec.numel *= d;
+  spec.shape = std::move(shape);
+  spec.offset = numel_;
+  spec.init = init;
+  spec.init_std = std;
+  numel_ += spec.numel;
+  params_.push_back(std::move(spec));
+}
+
+absl::Status Layer::Initialize(const at::Tensor& flat, uint64_t seed) const {
+  if (!flat.defined() || flat.numel() != numel_ || !flat.is_floating_point()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", name_, " needs a floating-point tensor of ", numel_, " elements, got ",
+        flat.defined() ? flat.numel() : 0));
+  }
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+      seed * 1000003ULL + static_cast<uint64_t>(index_));
+  at::Tensor values = at::empty({numel_}, at::kFloat);
+  for (const ParamSpec& p : params_) {
+    at::Tensor v = values.narrow(0, p.offset, p.numel);
+    switch (p.init) {
+      case ParamInit::kNormal: v.normal_(0.0, p.init_std, gen); break;
+      case ParamInit::kZeros: v.zero_(); break;
+      case ParamInit::kOnes: v.fill_(1.0); break;
+    }
+  }
+  c10::NoGradGuard no_grad;
+  at::Tensor(flat).copy_(values);
+  return absl::OkStatus();
+}
+
+std::vector<at::Tensor> Layer::Unflatten(const at::Tensor& flat) const {
+  TORCH_CHECK(flat.numel() == numel_, "layer ", name_, " has ", numel_, " parameters, got ",
+              flat.numel());
+  std::vector<at::Tensor> out;
+  out.reserve(params_.size());
+  for (const ParamSpec& p : params_) out.push_back(flat.narrow(0, p.offset, p.numel).view(p.shape));
+  return out;
+}
+
+absl::StatusOr<GptModel> GptModel::Create(const GptShape& shape) {
+  absl::Status ok = ValidateGptShape(shape);
+  if (!ok.ok()) return ok;
+  GptModel model;
+  model.shape_ = shape;
+  model.layers_.push_back(std::make_shared<EmbeddingLayer>(shape));
+  for (int i = 0; i < shape.layers; ++i) {
+    model.layers_.push_back(std::make_shared<BlockLayer>(shape, i));
+  }
+  model.layers_.push_back(std::make_shared<HeadLayer>(shape));
+  return model;
+}
+
+at::Tensor GptModel::Logits(const at::Tensor& tokens, const std::vector<at::Tensor>& flat) const {
+  TORCH_CHECK(flat.size() == layers_.size(), "need ", layers_.size(), " flat parameter tensors");
+  at::Tensor wte;
+  at::Tensor x = tokens;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    std::vector<at::Tensor> params = layers_[i]->Unflatten(flat[i]);
+    if (i == 0) wte = params[kTiedParam];
+    x = layers_[i]->Forward(x, params, i + 1 == layers_.size() ? wte : at::Tensor());
+  }
+  return x;
+}
+
+at::Tensor GptModel::Loss(const at::Tensor& logits, const at::Tensor& targets) {
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat),
+                                targets.reshape({-1}));
+}
+
+double GptModel::ForwardFlopsPerToken(int64_t seq_len) const {
+  const double non_embedding = static_cast<double>(GptTotalParams(shape_) -
+                                                   GptEmbeddingParams(shape_));
+  return 2.0 * non_embedding +
+         2.0 * static_cast<double>(shape_.layers * seq_len * shape_.hidden) +
+         2.0 * static_cast<double>(shape_.vocab * shape_.hidden);  // tied head matmul
+}
+
+}  // namespace spill::worker

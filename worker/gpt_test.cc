@@ -1,0 +1,129 @@
+#include "worker/gpt.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/data.h"
+
+namespace spill::worker {
+namespace {
+
+GptShape Tiny() {
+  GptShape s;
+  s.name = "tiny";
+  s.layers = 2;
+  s.hidden = 32;
+  s.heads = 4;
+  s.vocab = 256;
+  s.seq_len = 32;
+  return s;
+}
+
+std::vector<at::Tensor> InitAll(const GptModel& model, uint64_t seed) {
+  std::vector<at::Tensor> flat;
+  for (const auto& layer : model.layers()) {
+    at::Tensor t = at::empty({layer->numel()});
+    EXPECT_TRUE(layer->Initialize(t, seed).ok());
+    flat.push_back(t.requires_grad_());
+  }
+  return flat;
+}
+
+TEST(GptTest, LayersCoverEveryParameterOnce) {
+  auto model = GptModel::Create(Tiny());
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ(model->layers().size(), 4u);  // embedding, 2 blocks, head
+  int64_t total = 0;
+  for (const auto& layer : model->layers()) total += layer->numel();
+  EXPECT_EQ(total, GptTotalParams(Tiny()));
+  EXPECT_EQ(model->layers()[1]->numel(), GptBlockParams(Tiny()));
+  EXPECT_EQ(model->layers()[1]->params()[2].name, "block.0.attn.qkv.weight");
+  EXPECT_EQ(model->layers()[0]->params()[GptModel::kTiedParam].name, "embedding.wte");
+}
+
+TEST(GptTest, InitializationIsDeterministicPerLayer) {
+  auto model = GptModel::Create(Tiny());
+  ASSERT_TRUE(model.ok());
+  const Layer& block = *model->layers()[1];
+  at::Tensor a = at::empty({block.numel()}), b = at::empty({block.numel()}, at::kBFloat16);
+  ASSERT_TRUE(block.Initialize(a, 7).ok());
+  ASSERT_TRUE(block.Initialize(b, 7).ok());
+  EXPECT_TRUE(a.to(at::kBFloat16).equal(b));
+  std::vector<at::Tensor> p = block.Unflatten(a);
+  EXPECT_TRUE(p[0].eq(1).all().item<bool>());  // ln1.weight
+  EXPECT_TRUE(p[1].eq(0).all().item<bool>());  // ln1.bias
+  EXPECT_NEAR(p[2].std().item<double>(), 0.02, 0.002);
+  EXPECT_FALSE(block.Initialize(at::empty({3}), 7).ok());
+}
+
+TEST(GptTest, ForwardBackwardShapes) {
+  auto model = GptModel::Create(Tiny());
+  ASSERT_TRUE(model.ok());
+  std::vector<at::Tensor> flat = InitAll(*model, 1);
+  at::Tensor tokens = at::randint(256, {3, 16}, at::kLong);
+  at::Tensor logits = model->Logits(tokens, flat);
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{3, 16, 256}));
+  at::Tensor targets = at::randint(256, {3, 16}, at::kLong);
+  at::Tensor loss = GptModel::Loss(logits, targets);
+  EXPECT_NEAR(loss.item<double>(), std::log(256.0), 0.5);  // near uniform at init
+  loss.backward();
+  for (size_t i = 0; i < flat.size(); ++i) {
+    ASSERT_TRUE(flat[i].grad().defined()) << i;
+    EXPECT_EQ(flat[i].grad().sizes(), flat[i].sizes());
+    EXPECT_GT(flat[i].grad().abs().sum().item<double>(), 0) << model->layers()[i]->name();
+  }
+}
+
+TEST(GptTest, CausalMaskHidesTheFuture) {
+  auto model = GptModel::Create(Tiny());
+  ASSERT_TRUE(model.ok());
+  std::vector<at::Tensor> flat = InitAll(*model, 2);
+  c10::NoGradGuard no_grad;
+  at::Tensor tokens = at::randint(256, {1, 10}, at::kLong);
+  at::Tensor changed = tokens.clone();
+  changed.index_put_({0, 9}, (tokens.index({0, 9}) + 1) % 256);
+  at::Tensor a = model->Logits(tokens, flat), b = model->Logits(changed, flat);
+  EXPECT_TRUE(at::allclose(a.narrow(1, 0, 9), b.narrow(1, 0, 9)));
+  EXPECT_FALSE(at::allclose(a.narrow(1, 9, 1), b.narrow(1, 9, 1)));
+}
+
+// Plain Adam on one fixed batch of the default text: the loss must fall far.
+TEST(GptTest, TinyModelOverfitsOneBatch) {
+  auto model = GptModel::Create(Tiny());
+  ASSERT_TRUE(model.ok());
+  std::vector<at::Tensor> flat = InitAll(*model, 3);
+  auto data = ByteDataset::Open(DefaultDataPath());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto batch = data->Batch(0, 0, 4, 32);
+  ASSERT_TRUE(batch.ok());
+  at::Tensor tokens = at::tensor(batch->tokens, at::kLong).view({4, 32});
+  at::Tensor targets = at::tensor(batch->targets, at::kLong).view({4, 32});
+  std::vector<at::Tensor> m, v;
+  for (const at::Tensor& p : flat) {
+    m.push_back(at::zeros_like(p));
+    v.push_back(at::zeros_like(p));
+  }
+  double first = 0, last = 0;
+  for (int step = 1; step <= 150; ++step) {
+    at::Tensor loss = GptModel::Loss(model->Logits(tokens, flat), targets);
+    if (step == 1) first = loss.item<double>();
+    last = loss.item<double>();
+    loss.backward();
+    c10::NoGradGuard no_grad;
+    for (size_t i = 0; i < flat.size(); ++i) {
+      at::Tensor g = flat[i].grad();
+      m[i].mul_(0.9).add_(g, 0.1);
+      v[i].mul_(0.999).addcmul_(g, g, 0.001);
+      at::Tensor mhat = m[i] / (1 - std::pow(0.9, step));
+      at::Tensor vhat = v[i] / (1 - std::pow(0.999, step));
+      flat[i].sub_(3e-3 * mhat / (vhat.sqrt() + 1e-8));
+      g.zero_();
+    }
+  }
+  EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
+}
+
+}  // namespace
+}  // namespace spill::worker
