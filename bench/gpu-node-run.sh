@@ -70,4 +70,9 @@ log "nvme_vs_fio"
 mkdir -p /var/tmp/spill-nvme-bench
 "$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((4 << 30)) --cells=quick \
   --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+if [ -x "$root/bin/optim_nvme_step" ]; then
+  log "optim_nvme_step"
+  "$root/bin/optim_nvme_step" --dir=/var/tmp/spill-nvme-bench --params=$((256 << 20)) \
+    --sub-group=$((16 << 20)) --threads="$threads" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+fi
 rm -rf /var/tmp/spill-nvme-bench "$work"
