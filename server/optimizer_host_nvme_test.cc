@@ -22,6 +22,13 @@ using storage::test_util::TempDir;
 constexpr int kBF16 = 3;
 constexpr uint64_t kN = 5000;  // Five pieces of 1024 elements.
 
+// The bf16 of f, truncated (the tests need values, not rounding).
+uint16_t Bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
 class OptimizerHostNvmeTest : public ::testing::Test {
  protected:
   // Opens the tier (with an optional fault plan), the registry and the host.
@@ -83,14 +90,9 @@ class OptimizerHostNvmeTest : public ::testing::Test {
       grads_[g] = Register("g" + std::to_string(g), 2);
     }
     std::mt19937 rng(5);
-    for (uint64_t i = 0; i < kN * 2; ++i) Data(params_[0])[i] = static_cast<uint8_t>(rng());
-    // Keep exponents sane: bf16 values from random floats of modest size.
     std::normal_distribution<float> dist(0, 1);
     for (uint64_t i = 0; i < kN; ++i) {
-      float f = dist(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      uint16_t b = static_cast<uint16_t>(bits >> 16);
+      uint16_t b = Bf16(dist(rng));
       std::memcpy(Data(params_[0]) + 2 * i, &b, 2);
     }
     std::memcpy(Data(params_[1]), Data(params_[0]), kN * 2);
@@ -116,10 +118,7 @@ class OptimizerHostNvmeTest : public ::testing::Test {
   void Gradients(uint64_t step, int only = -1) {
     std::normal_distribution<float> dist(0, 0.1f);
     for (uint64_t i = 0; i < kN; ++i) {
-      float f = dist(rng_);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      uint16_t b = static_cast<uint16_t>(bits >> 16);
+      uint16_t b = Bf16(dist(rng_));
       std::memcpy(Data(grads_[0]) + 2 * i, &b, 2);
       std::memcpy(Data(grads_[1]) + 2 * i, &b, 2);
     }
