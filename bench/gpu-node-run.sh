@@ -53,6 +53,7 @@ log "optim_fused_adamw ($threads threads)"
 
 log "optim_vs_baselines"
 py=python3
+"$py" -c "import torch, numpy; print(\"torch\", torch.__version__, \"numpy\", numpy.__version__)" 2>&1 | tee -a "$out/run.log"
 if [ -n "$wheels" ] && ! "$py" -c 'import deepspeed' 2>/dev/null; then
   target=$work/pydeps
   "$py" -m pip install -q --no-index --find-links "$wheels" --no-build-isolation \
@@ -68,7 +69,7 @@ log "h2d_shm"
 
 log "nvme_vs_fio"
 mkdir -p /var/tmp/spill-nvme-bench
-"$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((4 << 30)) --cells=quick \
+"$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((1 << 30)) --repeat=1 --cells=quick \
   --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 if [ -x "$root/bin/optim_nvme_step" ]; then
   log "optim_nvme_step"
