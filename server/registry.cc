@@ -1,5 +1,4 @@
 #include "server/registry.h"
-#include "server/registry_internal.h"
 
 #include <sys/random.h>
 
@@ -12,6 +11,7 @@
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "server/registry_internal.h"
 
 namespace spill::server {
 

@@ -1,12 +1,13 @@
 // Registry: objects with home kNvme, routed through the TierManager; jobs
 // recovered from its manifest; DropJob. See registry.h.
+#include "server/registry.h"
+
 #include <algorithm>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
 #include "common/status_macros.h"
-#include "server/registry.h"
 #include "server/registry_internal.h"
 
 namespace spill::server {

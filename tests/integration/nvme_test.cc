@@ -254,6 +254,7 @@ TEST_F(NvmeTest, DropJobIsForRootOrTheOwner) {
   if (::geteuid() == 0) {
     // spillctl run as nobody: the job belongs to root.
     std::string sock_dir = std::filesystem::path(daemon_->socket_path()).parent_path();
+    ::chmod(daemon_->dir().c_str(), 0755);
     ::chmod(sock_dir.c_str(), 0755);
     ::chmod(daemon_->socket_path().c_str(), 0666);
     auto spawned = Spawn({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
