@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "proto/grpc_status.h"
 #include "server/optimizer_wire.h"
 
@@ -359,7 +360,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       case StreamRequest::kWriteBack:
         record = deps_.registry->WriteBack(session, request.write_back().object_id(),
                                            request.write_back().version());
-        if (record.ok()) deps_.metrics->AddBytesIn(record->extent.size);
+        if (record.ok()) {
+          // An NVME object's record has no extent: count its size.
+          deps_.metrics->AddBytesIn(record->extent.size != 0
+                                        ? record->extent.size
+                                        : record->num_elements * DTypeSize(record->dtype));
+        }
         break;
       case StreamRequest::kPing:
         return absl::OkStatus();

@@ -245,6 +245,70 @@ TEST_F(NvmeTest, KillNineDuringWriteBackKeepsEveryAcknowledgedVersion) {
   }
 }
 
+// Overwrites the first `bytes` of a file with a pattern no checksum matches.
+void Scribble(const std::string& path, uint64_t bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  std::vector<uint8_t> junk(bytes, 0x5A);
+  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), 0), static_cast<ssize_t>(junk.size()));
+  ::fsync(fd);
+  ::close(fd);
+}
+
+TEST_F(NvmeTest, CorruptNvmeDataIsDataLossAndSpilldServesOn) {
+  StartDaemon();
+  uint64_t id = 0;
+  {
+    auto s = OpenSession("victim");
+    ASSERT_NE(s, nullptr);
+    auto obj = s->Register("w", ObjectKind::kMaster, DType::kUInt8, 256 << 10, ObjectHome::kNvme);
+    ASSERT_TRUE(obj.ok()) << obj.status();
+    id = obj->object_id;
+    Write(*s, id, 9, 1);
+    ASSERT_TRUE(s->Flush().ok());
+  }
+  ASSERT_EQ(daemon_->Stop(), 0) << daemon_->output();
+  // The object's bytes are within the first extents of the data file.
+  Scribble(dir_ + "/nvme/spill-nvme.data", 8 << 20);
+  StartDaemon();
+  auto s = OpenSession("victim");
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->job_existed());
+  absl::Status st = s->Acquire(id)->Wait(seconds(30));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find("w"), std::string::npos) << st;
+  // Nothing was handed out; the session and spilld go on.
+  EXPECT_TRUE(s->Ping()->Wait(seconds(10)).ok());
+  auto pinned = s->Register("fresh", ObjectKind::kOther, DType::kUInt8, 4096);
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  EXPECT_TRUE(s->Acquire(pinned->object_id)->Wait(seconds(10)).ok());
+  auto other = s->Register("other", ObjectKind::kOther, DType::kUInt8, 4096, ObjectHome::kNvme);
+  ASSERT_TRUE(other.ok()) << other.status();
+  Write(*s, other->object_id, 4, 1);
+  EXPECT_EQ(Check(*s, other->object_id, 4, 1), -1);
+}
+
+TEST_F(NvmeTest, CorruptManifestStopsTheStartByName) {
+  StartDaemon();
+  {
+    auto s = OpenSession("m");
+    ASSERT_NE(s, nullptr);
+    auto obj = s->Register("w", ObjectKind::kMaster, DType::kUInt8, 4096, ObjectHome::kNvme);
+    ASSERT_TRUE(obj.ok());
+    Write(*s, obj->object_id, 1, 1);
+    ASSERT_TRUE(s->Flush().ok());
+  }
+  ASSERT_EQ(daemon_->Stop(), 0) << daemon_->output();
+  daemon_.reset();
+  const std::string manifest = dir_ + "/nvme/manifest";
+  ASSERT_TRUE(std::filesystem::exists(manifest));
+  std::filesystem::resize_file(manifest, std::filesystem::file_size(manifest) / 2);
+  auto d = SpilldProcess::Start(Flags());
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("manifest"), std::string::npos) << d.status();
+  EXPECT_NE(d.status().message().find("corrupt"), std::string::npos) << d.status();
+}
+
 TEST_F(NvmeTest, DropJobIsForRootOrTheOwner) {
   StartDaemon();
   auto s = OpenSession("owned");
