@@ -162,8 +162,8 @@ std::string FormatJobs(const v1::JobsResponse& jobs) {
     recovered = recovered || job.state() == "recovered";
     std::string grace = waiting ? FormatDurationMs(job.grace_remaining_ms()) : "-";
     table.AddRow({job.job_id(), job.state(), grace, absl::StrCat(job.objects()),
-                  absl::StrCat(job.nvme_objects()), FormatBytes(job.used_bytes()), absl::StrCat(job.sessions_size()),
-                  absl::StrCat(job.uid())});
+                  absl::StrCat(job.nvme_objects()), FormatBytes(job.used_bytes()),
+                  absl::StrCat(job.sessions_size()), absl::StrCat(job.uid())});
     for (const v1::SessionInfo& s : job.sessions()) {
       sessions.AddRow({job.job_id(), absl::StrCat(s.session_id()),
                        absl::StrCat(s.rank(), "/", s.world_size()), absl::StrCat(s.pid()),

@@ -105,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   d->collectors_->Add(std::make_unique<OptimizerMetricsCollector>(d->optimizer_.get()));
   if (d->nvme_ != nullptr) {
     d->collectors_->Add(std::make_unique<NvmeMetricsCollector>(d->nvme_.get()));
+    d->collectors_->Add(std::make_unique<TierMetricsCollector>(d->tiers_.get()));
   }
   if (!config.metrics_address.empty()) {
     SPILL_ASSIGN_OR_RETURN(d->metrics_http_,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "server/registry.h"
+#include "server/subsystem_metrics.h"
 #include "storage/tier_manager_test_util.h"
 
 namespace spill::server {
@@ -128,7 +129,8 @@ TEST(RegistryNoTiersTest, NvmeHomeWithoutTierIsRefusedByName) {
   ao.huge_pages = storage::HugePageMode::kOff;
   ao.lock = false;
   auto arena = storage::PinnedArena::Create(ao).value();
-  Registry registry(arena.get(), RegistryOptions{}, [] { return std::chrono::steady_clock::now(); });
+  Registry registry(arena.get(), RegistryOptions{},
+                    [] { return std::chrono::steady_clock::now(); });
   auto s = registry.OpenSession("j", 0, 1, PeerCreds{1, 1000, 1000}).value();
   auto r = registry.RegisterObject(s.session_id, s.token, "w", kParam, kF32, 16, Home::kNvme);
   ASSERT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
@@ -287,6 +289,25 @@ TEST_F(RegistryTiersTest, GraceExpiryFreesNvmeCopies) {
   registry_->Tick();
   EXPECT_TRUE(registry_->Jobs().empty());
   EXPECT_TRUE(tiers_->Jobs().empty());
+}
+
+TEST_F(RegistryTiersTest, TierMetricsCountWriteBacksAndPublishes) {
+  OpenedSession s = Open("job");
+  auto obj =
+      registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 1024, Home::kNvme);
+  ASSERT_TRUE(obj.ok());
+  Write(s, obj->id, 1);
+  ASSERT_TRUE(FlushSync(s).ok());
+  MetricsWriter out;
+  TierMetricsCollector(tiers_.get()).Collect(out);
+  const std::string& text = out.text();
+  EXPECT_NE(text.find("spill_tiering_writebacks_total 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("spill_tiering_acquires_total{result=\"miss\"} 0\n"), std::string::npos)
+      << text;  // Never written: nothing to read.
+  EXPECT_NE(text.find("spill_tiering_dirty_bytes 0\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("spill_tiering_manifest_publishes_total{result=\"ok\"} 0\n"),
+            std::string::npos)
+      << text;
 }
 
 }  // namespace
