@@ -4,6 +4,7 @@
 // write-back, DropJob permissions, bad input.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -80,8 +81,10 @@ class NvmeTest : public ::testing::Test {
     return {"--pinned-bytes=16MiB", "--segment-bytes=4MiB", "--nvme-dirs=" + dir_ + "/nvme",
             "--nvme-capacity=256MiB", "--aio-block-size=256KiB", "--job-grace=2m"};
   }
-  void StartDaemon() {
-    auto d = SpilldProcess::Start(Flags());
+  void StartDaemon(std::vector<std::string> extra = {}) {
+    std::vector<std::string> flags = Flags();
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    auto d = SpilldProcess::Start(flags);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::move(*d);
   }
@@ -126,8 +129,23 @@ class NvmeTest : public ::testing::Test {
   std::unique_ptr<SpilldProcess> daemon_;
 };
 
+// The value of an unlabelled sample on spilld's metrics endpoint, or -1.
+double MetricValue(SpilldProcess& d, const std::string& name) {
+  auto stats = d.Stats();
+  if (!stats.ok()) return -1;
+  const std::string& address = stats->metrics_address();
+  size_t colon = address.rfind(':');
+  httplib::Client http(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
+  auto res = http.Get("/metrics");
+  if (!res || res->status != 200) return -1;
+  const std::string key = "\n" + name + " ";
+  size_t at = res->body.find(key);
+  if (at == std::string::npos) return -1;
+  return std::stod(res->body.substr(at + key.size()));
+}
+
 TEST_F(NvmeTest, ObjectsLargerThanThePinnedPoolAreEvictedAndReadBack) {
-  StartDaemon();
+  StartDaemon({"--metrics-address=127.0.0.1:0"});
   auto s = OpenSession("big");
   ASSERT_NE(s, nullptr);
   // 8 x 3 MiB = 24 MiB of objects over a 16 MiB pinned pool.
@@ -166,6 +184,10 @@ TEST_F(NvmeTest, ObjectsLargerThanThePinnedPoolAreEvictedAndReadBack) {
     EXPECT_EQ(o.home, ObjectHome::kNvme);
     EXPECT_EQ(o.version, 1u);
   }
+  // The pool really was too small: copies were evicted and read back.
+  EXPECT_GT(MetricValue(*daemon_, "spill_tiering_evictions_total"), 0);
+  EXPECT_GT(MetricValue(*daemon_, "spill_tiering_reads_total"), 0);
+  EXPECT_GE(MetricValue(*daemon_, "spill_tiering_writebacks_total"), 8);
   // A pinned object of the same job still works beside them.
   auto pinned = s->Register("pinned", ObjectKind::kOther, DType::kFloat32, 1024);
   ASSERT_TRUE(pinned.ok()) << pinned.status();
