@@ -124,6 +124,7 @@ nlohmann::ordered_json JobsToJson(const v1::JobsResponse& jobs) {
                     {"state", job.state()},
                     {"grace_remaining_ms", job.grace_remaining_ms()},
                     {"objects", job.objects()},
+                    {"nvme_objects", job.nvme_objects()},
                     {"used_bytes", job.used_bytes()},
                     {"sessions", std::move(sessions)}});
   }
@@ -151,15 +152,18 @@ std::string FormatStats(const v1::StatsResponse& stats) {
 
 std::string FormatJobs(const v1::JobsResponse& jobs) {
   if (jobs.jobs().empty()) return "no jobs\n";
-  TextTable table({"JOB", "STATE", "GRACE LEFT", "OBJECTS", "USED", "SESSIONS", "UID"},
-                  {false, false, true, true, true, true, true});
+  TextTable table({"JOB", "STATE", "GRACE LEFT", "OBJECTS", "NVME", "USED", "SESSIONS", "UID"},
+                  {false, false, true, true, true, true, true, true});
+  bool recovered = false;
   TextTable sessions({"JOB", "SESSION", "RANK", "PID", "UID", "ATTACHED", "PINS"},
                      {false, true, true, true, true, false, true});
   for (const v1::JobInfo& job : jobs.jobs()) {
-    std::string grace = job.state() == "grace" ? FormatDurationMs(job.grace_remaining_ms()) : "-";
+    const bool waiting = job.state() == "grace" || job.state() == "recovered";
+    recovered = recovered || job.state() == "recovered";
+    std::string grace = waiting ? FormatDurationMs(job.grace_remaining_ms()) : "-";
     table.AddRow({job.job_id(), job.state(), grace, absl::StrCat(job.objects()),
-                  FormatBytes(job.used_bytes()), absl::StrCat(job.sessions_size()),
-                  absl::StrCat(job.uid())});
+                  absl::StrCat(job.nvme_objects()), FormatBytes(job.used_bytes()),
+                  absl::StrCat(job.sessions_size()), absl::StrCat(job.uid())});
     for (const v1::SessionInfo& s : job.sessions()) {
       sessions.AddRow({job.job_id(), absl::StrCat(s.session_id()),
                        absl::StrCat(s.rank(), "/", s.world_size()), absl::StrCat(s.pid()),
@@ -167,6 +171,11 @@ std::string FormatJobs(const v1::JobsResponse& jobs) {
     }
   }
   std::string out = table.Render();
+  if (recovered) {
+    out += "recovered: found on NVMe at spilld's start; a worker of the same uid that opens "
+           "the job re-attaches to its objects before GRACE LEFT ends (spillctl drop-job JOB "
+           "frees it now)\n";
+  }
   if (!sessions.empty()) out += "\n" + sessions.Render();
   return out;
 }

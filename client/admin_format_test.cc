@@ -164,6 +164,23 @@ TEST(FormatJobsTest, ShowsStateGraceAndSessions) {
   EXPECT_EQ(FormatJobs(v1::JobsResponse()), "no jobs\n");
 }
 
+TEST(FormatJobsTest, RecoveredJobShowsGraceNvmeObjectsAndANote) {
+  v1::JobsResponse jobs;
+  v1::JobInfo* job = jobs.add_jobs();
+  job->set_job_id("restarted");
+  job->set_state("recovered");
+  job->set_grace_remaining_ms(120000);
+  job->set_objects(5);
+  job->set_nvme_objects(4);
+  std::string table = FormatJobs(jobs);
+  EXPECT_TRUE(absl::StrContains(table, "recovered")) << table;
+  EXPECT_TRUE(absl::StrContains(table, "2m")) << table;
+  EXPECT_TRUE(absl::StrContains(table, "NVME")) << table;
+  EXPECT_TRUE(absl::StrContains(table, "drop-job")) << table;
+  EXPECT_EQ(JobsToJson(jobs)["jobs"][0]["nvme_objects"], 4);
+  EXPECT_FALSE(absl::StrContains(FormatJobs(SampleJobs()), "drop-job"));
+}
+
 TEST(HealthTest, JsonAndTable) {
   v1::HealthResponse health;
   health.set_status("SERVING");

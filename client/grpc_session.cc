@@ -245,9 +245,11 @@ absl::Status GrpcSession::Close() {
 }
 
 absl::StatusOr<ObjectInfo> GrpcSession::Register(const std::string& name, ObjectKind kind,
-                                                  DType dtype, int64_t num_elements) {
+                                                  DType dtype, int64_t num_elements,
+                                                  ObjectHome home) {
   SPILL_RETURN_IF_ERROR(Usable());
   v1::RegisterObjectRequest request;
+  request.set_home(static_cast<v1::ObjectHome>(home));
   *request.mutable_session() = ref_;
   request.set_name(name);
   request.set_kind(static_cast<v1::ObjectKind>(kind));
@@ -274,6 +276,18 @@ absl::Status GrpcSession::Free(uint64_t object_id) {
   return absl::OkStatus();
 }
 
+absl::Status GrpcSession::Flush() {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::FlushRequest request;
+  *request.mutable_session() = ref_;
+  v1::FlushResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->Flush(&context, request, &response);
+  if (!status.ok()) return RpcError("Flush", status);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<ObjectInfo>> GrpcSession::List() {
   SPILL_RETURN_IF_ERROR(Usable());
   v1::ListObjectsRequest request;
@@ -289,9 +303,10 @@ absl::StatusOr<std::vector<ObjectInfo>> GrpcSession::List() {
   return objects;
 }
 
-std::shared_ptr<Work> GrpcSession::Acquire(uint64_t object_id) {
+std::shared_ptr<Work> GrpcSession::Acquire(uint64_t object_id, bool for_write) {
   v1::StreamRequest request;
   request.mutable_acquire()->set_object_id(object_id);
+  request.mutable_acquire()->set_for_write(for_write);
   return Submit(WorkOp::kAcquire, object_id, std::move(request));
 }
 

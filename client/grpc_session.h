@@ -38,12 +38,15 @@ class GrpcSession final : public Session {
   bool job_existed() const override { return job_existed_; }
   uint64_t alignment_bytes() const override { return alignment_bytes_; }
 
+  using Session::Acquire;
+  using Session::Register;
   absl::StatusOr<ObjectInfo> Register(const std::string& name, ObjectKind kind, DType dtype,
-                                      int64_t num_elements) override;
+                                      int64_t num_elements, ObjectHome home) override;
+  absl::Status Flush() override;
   absl::Status Free(uint64_t object_id) override;
   absl::StatusOr<std::vector<ObjectInfo>> List() override;
 
-  std::shared_ptr<Work> Acquire(uint64_t object_id) override;
+  std::shared_ptr<Work> Acquire(uint64_t object_id, bool for_write) override;
   std::shared_ptr<Work> Prefetch(uint64_t object_id) override;
   std::shared_ptr<Work> Release(uint64_t object_id) override;
   std::shared_ptr<Work> WriteBack(uint64_t object_id, uint64_t version) override;

@@ -18,15 +18,19 @@ class NullSession final : public spill::client::Session {
   uint64_t session_id() const override { return 1; }
   bool job_existed() const override { return false; }
   uint64_t alignment_bytes() const override { return 64; }
+  using spill::client::Session::Acquire;
+  using spill::client::Session::Register;
   absl::StatusOr<spill::client::ObjectInfo> Register(const std::string&, spill::client::ObjectKind,
-                                                     spill::client::DType, int64_t) override {
+                                                     spill::client::DType, int64_t,
+                                                     spill::client::ObjectHome) override {
     return absl::UnimplementedError("null");
   }
+  absl::Status Flush() override { return absl::UnimplementedError("null"); }
   absl::Status Free(uint64_t) override { return absl::UnimplementedError("null"); }
   absl::StatusOr<std::vector<spill::client::ObjectInfo>> List() override {
     return std::vector<spill::client::ObjectInfo>();
   }
-  std::shared_ptr<spill::client::Work> Acquire(uint64_t) override { return nullptr; }
+  std::shared_ptr<spill::client::Work> Acquire(uint64_t, bool) override { return nullptr; }
   std::shared_ptr<spill::client::Work> Prefetch(uint64_t) override { return nullptr; }
   std::shared_ptr<spill::client::Work> Release(uint64_t) override { return nullptr; }
   std::shared_ptr<spill::client::Work> WriteBack(uint64_t, uint64_t) override { return nullptr; }

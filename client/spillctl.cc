@@ -37,6 +37,9 @@ commands:
   stats    tiers (capacity, used, free, per-job usage), bytes moved, request
            counts and latency percentiles
   jobs     jobs with their state, grace period left, objects and sessions
+  drop-job JOB
+           frees job JOB now: closes its sessions, frees its objects and
+           their NVMe copies (root or the job's uid only)
   health   daemon status, version, pid, uptime, metrics address (exit status
            1 unless SERVING)
   watch    a live view like top: tiers, jobs, bandwidth and request rates,
@@ -59,6 +62,7 @@ exit status: 0 success, 1 error, 2 usage error
 struct Args {
   std::string socket_path;
   std::string command;
+  std::string job_id;  // drop-job's argument
   bool json = false;
   bool help = false;
   std::chrono::milliseconds timeout{5000};
@@ -67,7 +71,8 @@ struct Args {
 };
 
 bool KnownCommand(const std::string& command) {
-  return command == "stats" || command == "jobs" || command == "health" || command == "watch";
+  return command == "stats" || command == "jobs" || command == "health" || command == "watch" ||
+         command == "drop-job";
 }
 
 // Parses argv; on a usage error returns the message to print.
@@ -105,6 +110,8 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args) {
       }
     } else if (absl::StartsWith(arg, "-")) {
       return absl::StrCat("unknown option '", arg, "'");
+    } else if (args->command == "drop-job" && args->job_id.empty()) {
+      args->job_id = arg;
     } else if (!args->command.empty()) {
       return absl::StrCat("unexpected argument '", arg, "' after command '", args->command, "'");
     } else {
@@ -116,6 +123,9 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args) {
   if (!KnownCommand(args->command)) {
     return absl::StrCat("unknown command '", args->command,
                         "' (expected stats, jobs, health or watch)");
+  }
+  if (args->command == "drop-job" && args->job_id.empty()) {
+    return "drop-job needs a job id: spillctl drop-job JOB";
   }
   if (args->command == "watch" && args->json) {
     return "watch has no --json output; use 'spillctl stats --json' for scripts";
@@ -131,10 +141,9 @@ int Fail(const std::string& message) {
 // One Admin call, with the errors a user can act on.
 template <typename Request, typename Response, typename Method>
 int Call(const Args& args, v1::Admin::Stub* stub, Method method, const char* name,
-         Response* response) {
+         Response* response, const Request& request = Request()) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + args.timeout);
-  Request request;
   grpc::Status status = (stub->*method)(&context, request, response);
   if (status.ok()) return kExitOk;
   const std::string& path = args.socket_path;
@@ -206,6 +215,16 @@ int Run(const Args& args) {
     v1::JobsResponse jobs;
     int rc = Call<v1::JobsRequest>(args, stub.get(), &v1::Admin::Stub::Jobs, "Jobs", &jobs);
     if (rc == kExitOk) Print(args, JobsToJson(jobs), FormatJobs(jobs));
+    return rc;
+  }
+  if (args.command == "drop-job") {
+    v1::DropJobRequest request;
+    request.set_job_id(args.job_id);
+    v1::DropJobResponse response;
+    int rc = Call<v1::DropJobRequest>(args, stub.get(), &v1::Admin::Stub::DropJob, "DropJob",
+                                      &response, request);
+    if (rc == kExitOk && !args.json) std::cout << "dropped job " << args.job_id << "\n";
+    if (rc == kExitOk && args.json) std::cout << "{\"dropped\": true}\n";
     return rc;
   }
   v1::HealthResponse health;

@@ -16,6 +16,7 @@ ObjectInfo FromProto(const v1::ObjectInfo& info) {
   out.location.size_bytes = info.location().size_bytes();
   out.version = info.version();
   out.pin_count = info.pin_count();
+  out.home = info.home() == v1::OBJECT_HOME_NVME ? ObjectHome::kNvme : ObjectHome::kPinned;
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include <map>
 
+#include "proto/grpc_status.h"
 #include "server/core_metrics.h"
 
 namespace spill::server {
@@ -93,7 +94,8 @@ void AdminService::FillJobs(spill::v1::JobsResponse* response) const {
     spill::v1::JobInfo* job = response->add_jobs();
     job->set_job_id(snap.job_id);
     job->set_uid(snap.uid);
-    job->set_state(snap.in_grace ? "grace" : "active");
+    job->set_state(snap.recovered ? "recovered" : snap.in_grace ? "grace" : "active");
+    job->set_nvme_objects(snap.nvme_objects);
     job->set_grace_remaining_ms(snap.grace_remaining.count());
     job->set_objects(snap.objects);
     job->set_used_bytes(snap.used_bytes);
@@ -120,6 +122,30 @@ grpc::ServerUnaryReactor* AdminService::Jobs(grpc::CallbackServerContext* ctx,
                                              const spill::v1::JobsRequest* /*request*/,
                                              spill::v1::JobsResponse* response) {
   return Defer(ctx, deps_.pool, [this, response] { FillJobs(response); });
+}
+
+grpc::ServerUnaryReactor* AdminService::DropJob(grpc::CallbackServerContext* ctx,
+                                                const spill::v1::DropJobRequest* request,
+                                                spill::v1::DropJobResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  std::optional<PeerCreds> peer =
+      deps_.peers != nullptr ? deps_.peers->Get(ctx->peer()) : std::nullopt;
+  auto start = std::chrono::steady_clock::now();
+  bool posted = deps_.pool->Post([this, reactor, request, peer, start] {
+    absl::Status status;
+    if (!peer.has_value()) {
+      status = absl::PermissionDeniedError("connection has no recorded peer credentials");
+    } else if (request->job_id().empty()) {
+      status = absl::InvalidArgumentError("drop-job: job_id must not be empty");
+    } else {
+      status = deps_.registry->DropJob(request->job_id(), peer->uid);
+    }
+    deps_.metrics->RecordRequest("drop_job", std::chrono::steady_clock::now() - start,
+                                 status.code());
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  if (!posted) reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "spilld is stopping"));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AdminService::Health(grpc::CallbackServerContext* ctx,

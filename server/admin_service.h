@@ -6,6 +6,7 @@
 #include <chrono>
 #include <string>
 
+#include "server/listener.h"
 #include "server/metrics.h"
 #include "server/registry.h"
 #include "server/thread_pool.h"
@@ -21,6 +22,7 @@ struct AdminServiceDeps {
   const storage::NvmeTier* nvme = nullptr;  // nullptr without an NVMe tier.
   ThreadPool* pool = nullptr;
   Metrics* metrics = nullptr;
+  PeerTable* peers = nullptr;  // SO_PEERCRED of each connection (DropJob)
   std::string socket_path;
   std::string metrics_address;  // Empty when metrics are off.
   std::chrono::steady_clock::time_point started;
@@ -39,6 +41,13 @@ class AdminService final : public spill::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* ctx,
                                    const spill::v1::HealthRequest* request,
                                    spill::v1::HealthResponse* response) override;
+
+  // Frees a job for root or the job's uid (the caller's SO_PEERCRED).
+  // PermissionDenied for another uid or a connection without credentials;
+  // NotFound; InvalidArgument for an empty job id.
+  grpc::ServerUnaryReactor* DropJob(grpc::CallbackServerContext* ctx,
+                                    const spill::v1::DropJobRequest* request,
+                                    spill::v1::DropJobResponse* response) override;
 
   // Health reports NOT_SERVING from now on (shutdown has begun).
   void SetStopping() { stopping_.store(true); }

@@ -137,6 +137,14 @@ const std::map<std::string, Setter>& Setters() {
       {"nvme_dirs", [](const std::string& v, ServerConfig* c) {
          return SetDirs(v, &c->nvme_dirs);
        }},
+      {"manifest_dir", [](const std::string& v, ServerConfig* c) {
+         if (v.empty() || v[0] != '/') {
+           return absl::InvalidArgumentError(
+               absl::StrCat("manifest_dir: '", v, "' is not an absolute directory path"));
+         }
+         c->manifest_dir = v;
+         return absl::OkStatus();
+       }},
       {"nvme_capacity", [](const std::string& v, ServerConfig* c) {
          return SetSize("nvme_capacity", v, &c->nvme_capacity);
        }},
@@ -209,6 +217,9 @@ absl::Status Validate(const ServerConfig& c) {
     return absl::InvalidArgumentError(
         "--nvme-capacity=SIZE (per directory) is required with --nvme-dirs");
   }
+  if (!c.manifest_dir.empty() && c.nvme_dirs.empty()) {
+    return absl::InvalidArgumentError("--manifest-dir needs --nvme-dirs (the NVMe tier)");
+  }
   if (c.max_message_bytes < 4096 || c.max_message_bytes > (64u << 20)) {
     return absl::InvalidArgumentError("--max-message-bytes must be within [4KiB, 64MiB]");
   }
@@ -255,6 +266,8 @@ std::string ConfigUsage() {
                            striped across them); off when not given
   --nvme-capacity=SIZE     bytes preallocated in each NVMe directory
   --job-nvme-quota=SIZE    NVMe bytes one job may hold (default: no limit)
+  --manifest-dir=DIR       where the manifest of NVMe-homed objects is kept, so
+                           they survive a restart (default: the first NVMe dir)
   --aio-block-size=SIZE    NVMe request and checksum block (DeepSpeed aio.block_size;
                            default 1MiB)
   --aio-queue-depth=N      requests in flight per ring (aio.queue_depth; default 32)

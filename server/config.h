@@ -42,6 +42,9 @@ struct ServerConfig {
   bool aio_single_submit = false;
   bool aio_overlap_events = true;
   bool nvme_sqpoll = false;
+  // Where the NVMe manifest (objects with home NVME that survive a restart)
+  // is published; empty: the first of nvme_dirs.
+  std::string manifest_dir;
   int optim_threads = 0;
   int optim_threads_per_job = 0;
   int optim_concurrency = 4;

@@ -153,8 +153,10 @@ TEST(ConfigTest, NvmeAndOptimizerSettings) {
                   "--nvme-capacity=64GiB", "--aio-block-size=2MiB", "--aio-queue-depth=64",
                   "--aio-thread-count=4", "--aio-single-submit=true",
                   "--aio-overlap-events=false", "--nvme-sqpoll=on", "--job-nvme-quota=1TiB",
-                  "--optim-threads=12", "--optim-threads-per-job=6", "--optim-concurrency=2"});
+                  "--optim-threads=12", "--optim-threads-per-job=6", "--optim-concurrency=2",
+                  "--manifest-dir=/var/lib/spill"});
   ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->manifest_dir, "/var/lib/spill");
   EXPECT_EQ(c->nvme_dirs, (std::vector<std::string>{"/mnt/a", "/mnt/b"}));
   EXPECT_EQ(c->nvme_capacity, uint64_t{64} << 30);
   EXPECT_EQ(c->aio_block_size, 2u << 20);
@@ -176,6 +178,8 @@ TEST(ConfigTest, NvmeErrorsNameTheSetting) {
   } cases[] = {
       {{"--nvme-dirs=relative/dir", "--nvme-capacity=1G"}, "nvme_dirs"},
       {{"--nvme-dirs=/mnt/a"}, "--nvme-capacity"},
+      {{"--nvme-dirs=/mnt/a", "--nvme-capacity=1G", "--manifest-dir=rel"}, "manifest_dir"},
+      {{"--manifest-dir=/var/lib/spill"}, "--nvme-dirs"},
       {{"--aio-block-size=5000"}, "aio_block_size"},
       {{"--aio-queue-depth=0"}, "aio_queue_depth"},
       {{"--aio-thread-count=65"}, "aio_thread_count"},

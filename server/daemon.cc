@@ -3,6 +3,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <cstdio>
+#include <future>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -45,6 +48,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
     nvme.sqpoll = config.nvme_sqpoll;
     nvme.job_quota_bytes = config.job_nvme_quota;
     SPILL_ASSIGN_OR_RETURN(d->nvme_, storage::NvmeTier::Open(nvme));
+    storage::TierManagerOptions tier_options;
+    tier_options.manifest_dir =
+        config.manifest_dir.empty() ? config.nvme_dirs.front() : config.manifest_dir;
+    SPILL_ASSIGN_OR_RETURN(d->tiers_, storage::TierManager::Create(d->arena_.get(),
+                                                                   d->nvme_.get(), tier_options));
   }
 
   RegistryOptions registry_options;
@@ -52,7 +60,15 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   registry_options.job_grace = config.job_grace;
   registry_options.attach_timeout = config.attach_timeout;
   d->registry_ = std::make_unique<Registry>(d->arena_.get(), registry_options,
-                                            [] { return std::chrono::steady_clock::now(); });
+                                            [] { return std::chrono::steady_clock::now(); },
+                                            d->tiers_.get());
+  if (d->tiers_ != nullptr) {
+    // A torn or corrupt manifest stops the start (DataLoss naming it):
+    // nothing is half-loaded, and the operator decides.
+    SPILL_ASSIGN_OR_RETURN(std::vector<storage::RecoveredJob> recovered, d->tiers_->Recover());
+    SPILL_RETURN_IF_ERROR(d->registry_->AddRecoveredJobs(recovered));
+    d->recovered_jobs_ = recovered.size();
+  }
   d->metrics_ = std::make_unique<Metrics>();
   d->pool_ = std::make_unique<ThreadPool>(config.worker_threads);
   d->peers_ = std::make_unique<PeerTable>();
@@ -73,6 +89,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   worker_deps.alignment_bytes = d->arena_->alignment();
   worker_deps.attach_timeout = config.attach_timeout;
   worker_deps.stream_inline = config.stream_inline;
+  worker_deps.tiered = d->tiers_ != nullptr;
   d->worker_ = std::make_unique<WorkerService>(worker_deps);
 
   d->collectors_ = std::make_unique<CollectorSet>();
@@ -88,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   d->collectors_->Add(std::make_unique<OptimizerMetricsCollector>(d->optimizer_.get()));
   if (d->nvme_ != nullptr) {
     d->collectors_->Add(std::make_unique<NvmeMetricsCollector>(d->nvme_.get()));
+    d->collectors_->Add(std::make_unique<TierMetricsCollector>(d->tiers_.get()));
   }
   if (!config.metrics_address.empty()) {
     SPILL_ASSIGN_OR_RETURN(d->metrics_http_,
@@ -100,6 +118,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   admin_deps.nvme = d->nvme_.get();
   admin_deps.pool = d->pool_.get();
   admin_deps.metrics = d->metrics_.get();
+  admin_deps.peers = d->peers_.get();
   admin_deps.socket_path = config.socket_path;
   admin_deps.started = core.started;
   if (d->metrics_http_ != nullptr) admin_deps.metrics_address = d->metrics_http_->address();
@@ -148,7 +167,8 @@ std::string Daemon::Describe() const {
                       nvme_ == nullptr
                           ? "; no NVMe tier"
                           : absl::StrCat("; NVMe ", FormatBytes(nvme_->Stats().capacity_bytes),
-                                         " over ", config_.nvme_dirs.size(), " dir(s)"),
+                                         " over ", config_.nvme_dirs.size(), " dir(s), ",
+                                         recovered_jobs_, " job(s) recovered"),
                       metrics_http_ == nullptr
                           ? "; metrics off"
                           : absl::StrCat("; metrics on http://", metrics_http_->address(),
@@ -186,6 +206,19 @@ void Daemon::Stop() {
   if (ticker_.joinable()) ticker_.join();
   pool_.reset();  // Runs what is queued, then joins.
   compute_pool_.reset();  // Finishes running optimizer steps.
+  if (tiers_ != nullptr) {
+    // Written-back objects become durable before spilld exits; then the
+    // manager waits for its I/O. Clear() leaves the NVMe copies alone.
+    auto done = std::make_shared<std::promise<absl::Status>>();
+    std::future<absl::Status> flushed = done->get_future();
+    tiers_->Flush("", [done](absl::Status s) { done->set_value(std::move(s)); });
+    if (flushed.wait_for(config_.shutdown_timeout) != std::future_status::ready) {
+      std::fprintf(stderr, "spilld: NVMe flush did not finish within the shutdown timeout\n");
+    } else if (absl::Status s = flushed.get(); !s.ok()) {
+      std::fprintf(stderr, "spilld: NVMe flush at shutdown: %s\n", s.ToString().c_str());
+    }
+    tiers_.reset();
+  }
   registry_->Clear();
   optimizer_.reset();
 }

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "server/config.h"
 #include "storage/nvme_tier.h"
+#include "storage/tier_manager.h"
 
 namespace grpc {
 class Server;
@@ -58,6 +59,10 @@ class Daemon {
   ServerConfig config_;
   std::unique_ptr<storage::PinnedArena> arena_;
   std::unique_ptr<storage::NvmeTier> nvme_;
+  // Objects with home NVME; null without an NVMe tier. Destroyed (in Stop,
+  // after a flush) before the registry is cleared.
+  std::unique_ptr<storage::TierManager> tiers_;
+  size_t recovered_jobs_ = 0;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<ThreadPool> pool_;

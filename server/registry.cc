@@ -11,45 +11,9 @@
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "server/registry_internal.h"
 
 namespace spill::server {
-
-struct Registry::Session {
-  uint64_t id = 0;
-  Token token{};
-  std::string job_id;
-  int rank = 0;
-  int world_size = 0;
-  PeerCreds peer;
-  bool attached = false;
-  std::chrono::steady_clock::time_point attach_deadline;
-  std::map<uint64_t, uint32_t> pins;  // object id -> pins held
-};
-
-struct Registry::Job {
-  std::string id;
-  // The arena's name for this job: unique to this instance of the job, so a
-  // later job that reuses the id (perhaps another user's) is a different
-  // owner to the arena and never inherits this one's segments unzeroed.
-  std::string arena_key;
-  uid_t uid = 0;
-  int world_size = 0;
-  std::map<uint64_t, ObjectRecord> objects;
-  std::map<std::string, uint64_t> names;
-  std::set<uint64_t> sessions;
-  std::optional<std::chrono::steady_clock::time_point> grace_deadline;
-  uint64_t used_bytes = 0;  // Sum of the objects' sizes.
-  // Bytes of objects handed out by acquire / recorded by write-back, since
-  // the job was created.
-  uint64_t acquired_bytes = 0;
-  uint64_t written_back_bytes = 0;
-  // Registrations between their quota check and their allocation.
-  uint64_t pending_bytes = 0;
-  std::set<std::string> pending_names;
-  // Objects pinned by computations inside spilld; the job is not freed
-  // while any is.
-  uint64_t compute_pins = 0;
-};
 
 namespace {
 
@@ -86,8 +50,10 @@ absl::StatusOr<Token> TokenFromBytes(const std::string& bytes) {
   return token;
 }
 
-Registry::Registry(storage::PinnedArena* arena, RegistryOptions options, Clock clock)
+Registry::Registry(storage::PinnedArena* arena, RegistryOptions options, Clock clock,
+                   storage::TierManager* tiers)
     : arena_(arena),
+      tiers_(tiers),
       options_(options),
       clock_(std::move(clock)),
       quota_(options.job_pinned_quota != 0 ? options.job_pinned_quota
@@ -120,6 +86,10 @@ absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, i
     if (job.uid != peer.uid) {
       return absl::PermissionDeniedError(absl::StrCat(
           "job '", job_id, "' belongs to uid ", job.uid, "; caller is uid ", peer.uid));
+    }
+    if (job.recovered && job.sessions.empty()) {
+      job.world_size = world_size;  // The manifest does not record it.
+      job.recovered = false;
     }
     if (job.world_size != world_size) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -194,15 +164,21 @@ absl::StatusOr<std::string> Registry::AttachStream(uint64_t session_id, const To
 }
 
 void Registry::DetachStream(uint64_t session_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Session* session = FindSessionLocked(session_id);
-  if (session != nullptr) CloseSessionLocked(*session);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Session* session = FindSessionLocked(session_id);
+    if (session != nullptr) CloseSessionLocked(*session);
+  }
+  RunDeferred();
 }
 
 absl::Status Registry::CloseSession(uint64_t session_id, const Token& token) {
-  std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
-  CloseSessionLocked(*session);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
+    CloseSessionLocked(*session);
+  }
+  RunDeferred();
   return absl::OkStatus();
 }
 
@@ -212,7 +188,13 @@ void Registry::CloseSessionLocked(Session& session) {
     Job& job = *job_it->second;
     for (const auto& [object_id, pins] : session.pins) {
       auto obj = job.objects.find(object_id);
-      if (obj != job.objects.end()) obj->second.pin_count -= pins;
+      if (obj == job.objects.end()) continue;
+      obj->second.pin_count -= pins;
+      if (obj->second.home == storage::Home::kNvme && tiers_ != nullptr) {
+        DeferLocked([tiers = tiers_, job_id = job.id, object_id = object_id, n = pins] {
+          for (uint32_t i = 0; i < n; ++i) tiers->Release(job_id, object_id).IgnoreError();
+        });
+      }
     }
     job.sessions.erase(session.id);
     if (job.sessions.empty()) job.grace_deadline = clock_() + options_.job_grace;
@@ -237,7 +219,8 @@ absl::Status Registry::CheckQuotaLocked(const Job& job, const std::string& name,
 
 absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const Token& token,
                                                       const std::string& name, int kind,
-                                                      int dtype, int64_t num_elements) {
+                                                      int dtype, int64_t num_elements,
+                                                      storage::Home home) {
   if (name.empty()) return absl::InvalidArgumentError("object name must not be empty");
   if (name.size() > options_.max_name_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("object name is ", name.size(),
@@ -265,6 +248,11 @@ absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const
         " (spilld --segment-bytes)"));
   }
   const uint64_t bytes = static_cast<uint64_t>(num_elements) * elem;
+  if (home == storage::Home::kNvme && tiers_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "object '", name, "': home NVME needs spilld's NVMe tier; start spilld with "
+        "--nvme-dirs"));
+  }
 
   Job* job = nullptr;
   {
@@ -279,6 +267,15 @@ absl::StatusOr<ObjectRecord> Registry::RegisterObject(uint64_t session_id, const
       return absl::ResourceExhaustedError(absl::StrCat(
           "job '", job->id, "' has ", job->objects.size(), " objects; the limit is ",
           options_.max_objects_per_job));
+    }
+    if (home == storage::Home::kNvme) {
+      ObjectRecord record;
+      record.name = name;
+      record.kind = kind;
+      record.dtype = dtype;
+      record.num_elements = static_cast<uint64_t>(num_elements);
+      record.home = home;
+      return RegisterNvmeLocked(*job, std::move(record), bytes);
     }
     SPILL_RETURN_IF_ERROR(CheckQuotaLocked(*job, name, bytes));
     // Reserved until the allocation is done; a job with a registration in
@@ -325,6 +322,13 @@ absl::StatusOr<ObjectRecord*> Registry::FindObjectLocked(Job& job, uint64_t obje
 }
 
 absl::Status Registry::FreeObject(uint64_t session_id, const Token& token, uint64_t object_id) {
+  absl::Status status = FreeObjectDeferring(session_id, token, object_id);
+  RunDeferred();
+  return status;
+}
+
+absl::Status Registry::FreeObjectDeferring(uint64_t session_id, const Token& token,
+                                        uint64_t object_id) {
   std::lock_guard<std::mutex> lock(mu_);
   SPILL_ASSIGN_OR_RETURN(Session * session, AuthLocked(session_id, token));
   Job& job = *jobs_.at(session->job_id);
@@ -339,8 +343,16 @@ absl::Status Registry::FreeObject(uint64_t session_id, const Token& token, uint6
         "object '", object->name, "' (id ", object_id,
         ") is in use by an optimizer step in spilld; free it after the step completes"));
   }
-  SPILL_RETURN_IF_ERROR(arena_->Free(job.arena_key, object->extent));
-  job.used_bytes -= object->extent.size;
+  if (object->home == storage::Home::kNvme) {
+    // Cannot fail: no pin is held and the TierManager has the object.
+    DeferLocked([tiers = tiers_, job_id = job.id, object_id] {
+      tiers->FreeObject(job_id, object_id).IgnoreError();
+    });
+    --job.nvme_objects;
+  } else {
+    SPILL_RETURN_IF_ERROR(arena_->Free(job.arena_key, object->extent));
+    job.used_bytes -= object->extent.size;
+  }
   job.names.erase(object->name);
   job.objects.erase(object_id);
   return absl::OkStatus();
@@ -361,6 +373,10 @@ absl::StatusOr<ObjectRecord> Registry::Acquire(uint64_t session_id, uint64_t obj
   std::lock_guard<std::mutex> lock(mu_);
   SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
   auto [session, object] = target;
+  if (object->home != storage::Home::kPinned) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("object '", object->name, "' has home NVME: use AcquireAsync"));
+  }
   if (object->pin_count == std::numeric_limits<uint32_t>::max()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("object '", object->name, "' has the maximum number of pins"));
@@ -377,42 +393,61 @@ absl::StatusOr<ObjectRecord> Registry::Prefetch(uint64_t session_id, uint64_t ob
   std::lock_guard<std::mutex> lock(mu_);
   SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
   auto [session, object] = target;
+  if (object->home != storage::Home::kPinned) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("object '", object->name, "' has home NVME: use PrefetchAsync"));
+  }
   return *object;
 }
 
 absl::StatusOr<ObjectRecord> Registry::Release(uint64_t session_id, uint64_t object_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
-  auto [session, object] = target;
-  auto pin = session->pins.find(object_id);
-  if (pin == session->pins.end()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "object '", object->name, "' (id ", object_id, ") is not pinned by session ",
-        session_id));
+  absl::StatusOr<ObjectRecord> record;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
+    auto [session, object] = target;
+    auto pin = session->pins.find(object_id);
+    if (pin == session->pins.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "object '", object->name, "' (id ", object_id, ") is not pinned by session ",
+          session_id));
+    }
+    if (--pin->second == 0) session->pins.erase(pin);
+    --object->pin_count;
+    if (object->home == storage::Home::kNvme) {
+      DeferLocked([tiers = tiers_, job_id = session->job_id, object_id] {
+        tiers->Release(job_id, object_id).IgnoreError();
+      });
+    }
+    record = *object;
   }
-  if (--pin->second == 0) session->pins.erase(pin);
-  --object->pin_count;
-  return *object;
+  RunDeferred();
+  return record;
 }
 
 absl::StatusOr<ObjectRecord> Registry::WriteBack(uint64_t session_id, uint64_t object_id,
                                                  uint64_t version) {
-  std::lock_guard<std::mutex> lock(mu_);
-  SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
-  auto [session, object] = target;
-  if (session->pins.count(object_id) == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "write-back of object '", object->name, "' (id ", object_id,
-        ") needs a pin from this session: acquire it first"));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SPILL_ASSIGN_OR_RETURN(StreamTarget target, StreamTargetLocked(session_id, object_id));
+    auto [session, object] = target;
+    if (session->pins.count(object_id) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "write-back of object '", object->name, "' (id ", object_id,
+          ") needs a pin from this session: acquire it first"));
+    }
+    if (version < object->version) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "write-back of object '", object->name, "' at version ", version,
+          " is older than its version ", object->version));
+    }
+    if (object->home == storage::Home::kPinned) {
+      object->version = version;
+      jobs_.at(session->job_id)->written_back_bytes += object->extent.size;
+      return *object;
+    }
   }
-  if (version < object->version) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "write-back of object '", object->name, "' at version ", version,
-        " is older than its version ", object->version));
-  }
-  object->version = version;
-  jobs_.at(session->job_id)->written_back_bytes += object->extent.size;
-  return *object;
+  return NvmeWriteBack(session_id, object_id, version);
 }
 
 absl::StatusOr<SegmentGrant> Registry::SegmentForSession(uint64_t session_id,
@@ -458,6 +493,11 @@ absl::StatusOr<std::vector<ComputeView>> Registry::PinForCompute(
   objects.reserve(ids.size());
   for (uint64_t id : ids) {
     SPILL_ASSIGN_OR_RETURN(ObjectRecord * object, FindObjectLocked(job, id));
+    if (object->home != storage::Home::kPinned) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "object '", object->name, "' (id ", id,
+          ") has home NVME; the optimizer in spilld works on objects with home PINNED"));
+    }
     objects.push_back(object);
   }
   std::vector<ComputeView> views;
@@ -490,16 +530,34 @@ void Registry::SetJobFreedListener(std::function<void(const std::string&)> liste
   job_freed_ = std::move(listener);
 }
 
-void Registry::FreeJobLocked(const std::string& job_id) {
+void Registry::FreeJobLocked(const std::string& job_id, bool free_tiers) {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
   if (job_freed_) job_freed_(job_id);
-  for (uint64_t sid : it->second->sessions) sessions_.erase(sid);
-  arena_->ReleaseJob(it->second->arena_key);
+  Job& job = *it->second;
+  for (uint64_t sid : job.sessions) sessions_.erase(sid);
+  if (job.tiered && free_tiers && tiers_ != nullptr) {
+    // The TierManager's reads may still fill arena extents of the job: free
+    // the pinned objects one by one and let it free its own extents once
+    // its I/O is done (the last free returns each segment to the pool).
+    for (const auto& [id, object] : job.objects) {
+      if (object.home == storage::Home::kPinned) {
+        arena_->Free(job.arena_key, object.extent).IgnoreError();
+      }
+    }
+    DeferLocked([tiers = tiers_, job_id] { tiers->FreeJob(job_id).IgnoreError(); });
+  } else {
+    arena_->ReleaseJob(job.arena_key);
+  }
   jobs_.erase(it);
 }
 
 void Registry::Tick() {
+  TickDeferring();
+  RunDeferred();
+}
+
+void Registry::TickDeferring() {
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = clock_();
   std::vector<uint64_t> stale;
@@ -519,7 +577,8 @@ void Registry::Tick() {
 
 void Registry::Clear() {
   std::lock_guard<std::mutex> lock(mu_);
-  while (!jobs_.empty()) FreeJobLocked(jobs_.begin()->first);
+  while (!jobs_.empty()) FreeJobLocked(jobs_.begin()->first, /*free_tiers=*/false);
+  deferred_.clear();
   sessions_.clear();
 }
 
@@ -545,6 +604,8 @@ std::vector<JobSnapshot> Registry::Jobs() const {
     snap.quota_bytes = quota;
     snap.acquired_bytes = job->acquired_bytes;
     snap.written_back_bytes = job->written_back_bytes;
+    snap.recovered = job->recovered;
+    snap.nvme_objects = job->nvme_objects;
     for (uint64_t sid : job->sessions) {
       const Session& s = *sessions_.at(sid);
       uint32_t pins = 0;

@@ -10,6 +10,15 @@
 //
 // Every mutating method either succeeds or changes nothing.
 //
+// Homes. An object's home is kPinned (its extent is allocated from the
+// arena at registration and stays until it is freed) or kNvme (it lives in
+// the TierManager given at construction: durable on NVMe, cached in the
+// arena while acquired or until evicted; its record has no extent except in
+// an acquire's answer). The pinned quota counts kPinned objects; kNvme
+// objects count against the NVMe tier's job quota. Stream requests on kNvme
+// objects may complete later (AcquireAsync, PrefetchAsync); calls into the
+// TierManager are never made with the registry's lock held.
+//
 // Thread-safe. Time comes from the injected clock; Tick() applies deadlines
 // (attach timeouts, grace expiry) and is called periodically by the daemon
 // and explicitly by tests.
@@ -35,6 +44,7 @@
 #include "common/fd_protocol.h"
 #include "common/unique_fd.h"
 #include "storage/pinned_arena.h"
+#include "storage/tier_manager.h"
 
 namespace spill::server {
 
@@ -70,6 +80,7 @@ struct ObjectRecord {
   uint32_t pin_count = 0;
   // Pins held by computations inside spilld (optimizer steps).
   uint32_t compute_pins = 0;
+  storage::Home home = storage::Home::kPinned;
 };
 
 // An object pinned for a computation inside spilld, with the daemon's own
@@ -115,11 +126,18 @@ struct JobSnapshot {
   uint64_t acquired_bytes = 0;
   uint64_t written_back_bytes = 0;
   std::vector<SessionSnapshot> sessions;
+  // Found in the NVMe manifest at start; no session has re-attached yet.
+  bool recovered = false;
+  uint32_t nvme_objects = 0;
 };
 
 class Registry {
  public:
-  Registry(storage::PinnedArena* arena, RegistryOptions options, Clock clock);
+  // tiers may be null (no kNvme objects then); it must outlive the
+  // registry's use of it: call Clear() (which never touches it) before
+  // destroying it.
+  Registry(storage::PinnedArena* arena, RegistryOptions options, Clock clock,
+           storage::TierManager* tiers = nullptr);
   ~Registry();
 
   // Opens a session of job_id for peer, creating the job if needed.
@@ -141,17 +159,51 @@ class Registry {
   // this was its last session.
   absl::Status CloseSession(uint64_t session_id, const Token& token);
 
+  // home kNvme: FailedPrecondition naming --nvme-dirs without a TierManager;
+  // the TierManager's CreateObject errors (ResourceExhausted past the NVMe
+  // job quota).
   absl::StatusOr<ObjectRecord> RegisterObject(uint64_t session_id, const Token& token,
                                               const std::string& name, int kind, int dtype,
-                                              int64_t num_elements);
+                                              int64_t num_elements,
+                                              storage::Home home = storage::Home::kPinned);
   // FailedPrecondition while any session pins the object.
   absl::Status FreeObject(uint64_t session_id, const Token& token, uint64_t object_id);
   absl::StatusOr<std::vector<ObjectRecord>> ListObjects(uint64_t session_id,
                                                         const Token& token) const;
 
   // Stream operations; the session was authenticated when its stream attached.
+  // Acquire and Prefetch are for kPinned objects (FailedPrecondition for a
+  // kNvme one: use the Async forms, which take both).
   absl::StatusOr<ObjectRecord> Acquire(uint64_t session_id, uint64_t object_id);
   absl::StatusOr<ObjectRecord> Prefetch(uint64_t session_id, uint64_t object_id);
+
+  using RecordDone = std::function<void(absl::StatusOr<ObjectRecord>)>;
+  // Whether stream requests on the object may wait for I/O (its home is
+  // kNvme); false for unknown objects (their requests fail at once).
+  bool MayWait(uint64_t session_id, uint64_t object_id) const;
+  // Acquire of any object. kNvme: TierManager::Acquire (kWrite when
+  // for_write), pinned for the session when it completes; done runs once,
+  // on this thread when the object is resident, else on an I/O thread, with
+  // the record (extent = the pinned copy) or the TierManager's error
+  // (DataLoss, ResourceExhausted, ...); NotFound when the session closed
+  // meanwhile (the pin is dropped again).
+  void AcquireAsync(uint64_t session_id, uint64_t object_id, bool for_write, RecordDone done);
+  // Prefetch of any object: kNvme objects are read into the arena, unpinned.
+  void PrefetchAsync(uint64_t session_id, uint64_t object_id, RecordDone done);
+  // Waits until every kNvme object of the session's job written back before
+  // the call is durable (TierManager::Flush); OK at once when the job has no
+  // kNvme objects. done runs once, possibly on this thread.
+  void Flush(uint64_t session_id, const Token& token, std::function<void(absl::Status)> done);
+
+  // Adds the jobs TierManager::Recover found, each in grace (owned by its
+  // recorded uid; any world size may re-attach) with its objects (kNvme, not
+  // resident, at their durable version). AlreadyExists when a job id is
+  // taken; nothing is added then.
+  absl::Status AddRecoveredJobs(const std::vector<storage::RecoveredJob>& jobs);
+  // Frees a job now (sessions closed, objects and NVMe copies freed) for
+  // caller_uid 0 or the job's uid. NotFound; PermissionDenied for another
+  // uid; FailedPrecondition while an optimizer step or a registration runs.
+  absl::Status DropJob(const std::string& job_id, uid_t caller_uid);
   // FailedPrecondition when this session does not pin the object.
   absl::StatusOr<ObjectRecord> Release(uint64_t session_id, uint64_t object_id);
   // Records that the client wrote the object's bytes for step `version`.
@@ -189,7 +241,8 @@ class Registry {
 
   // Applies attach timeouts and grace expiry as of now().
   void Tick();
-  // Closes every session and frees every job (shutdown).
+  // Closes every session and frees every job (shutdown). Never calls the
+  // TierManager: the jobs' NVMe copies stay for the next start.
   void Clear();
 
   std::vector<JobSnapshot> Jobs() const;
@@ -211,9 +264,24 @@ class Registry {
   absl::StatusOr<StreamTarget> StreamTargetLocked(uint64_t session_id, uint64_t object_id) const;
   absl::Status CheckQuotaLocked(const Job& job, const std::string& name, uint64_t bytes) const;
   void CloseSessionLocked(Session& session);
-  void FreeJobLocked(const std::string& job_id);
+  absl::Status FreeObjectDeferring(uint64_t session_id, const Token& token, uint64_t object_id);
+  void TickDeferring();
+  // free_tiers: also free the job's objects in the TierManager (deferred).
+  void FreeJobLocked(const std::string& job_id, bool free_tiers = true);
+  absl::StatusOr<ObjectRecord> RegisterNvmeLocked(Job& job, ObjectRecord record, uint64_t bytes);
+  absl::StatusOr<ObjectRecord> FinishTierAcquire(uint64_t session_id, uint64_t object_id,
+                                                 const std::string& job_id,
+                                                 const storage::Extent& extent);
+  // WriteBack of a kNvme object: TierManager::MarkWritten outside mu_.
+  absl::StatusOr<ObjectRecord> NvmeWriteBack(uint64_t session_id, uint64_t object_id,
+                                             uint64_t version);
+  // Work on the TierManager queued under mu_, run by RunDeferred after it
+  // is released (TierManager calls may run callbacks that take mu_).
+  void DeferLocked(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+  void RunDeferred();
 
   storage::PinnedArena* const arena_;
+  storage::TierManager* const tiers_;
   const RegistryOptions options_;
   const Clock clock_;
   const uint64_t quota_;
@@ -224,6 +292,7 @@ class Registry {
   std::map<std::string, std::unique_ptr<Job>> jobs_;
   std::function<void(const std::string&)> job_freed_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Session>> sessions_;
+  std::vector<std::function<void()>> deferred_;
 };
 
 // Parses a wire token; InvalidArgument when it is not kSessionTokenBytes long.

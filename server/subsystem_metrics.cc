@@ -8,6 +8,11 @@ void Counter(MetricsWriter& out, const char* name, const char* help, double valu
   out.Sample({}, value);
 }
 
+void Gauge(MetricsWriter& out, const char* name, const char* help, double value) {
+  out.Family(name, help, MetricType::kGauge);
+  out.Sample({}, value);
+}
+
 }  // namespace
 
 void NvmeMetricsCollector::Collect(MetricsWriter& out) const {
@@ -33,6 +38,43 @@ void NvmeMetricsCollector::Collect(MetricsWriter& out) const {
   for (const auto& [job, bytes] : s.job_used_bytes) {
     out.Sample({{"job", job}}, static_cast<double>(bytes));
   }
+}
+
+void TierMetricsCollector::Collect(MetricsWriter& out) const {
+  const storage::TierManagerStats s = tiers_->Stats();
+  const storage::TierCounters& t = s.total;
+  Counter(out, "spill_tiering_evictions_total",
+          "Clean NVMe-homed copies evicted from pinned memory.",
+          static_cast<double>(t.evictions));
+  Counter(out, "spill_tiering_evicted_bytes_total", "Bytes of the evicted copies.",
+          static_cast<double>(t.evicted_bytes));
+  out.Family("spill_tiering_acquires_total",
+             "Acquires of NVMe-homed objects: hit (resident thanks to a prefetch), late (joined "
+             "a prefetch's read), miss (had to read).",
+             MetricType::kCounter);
+  out.Sample({{"result", "hit"}}, static_cast<double>(t.prefetch_hits));
+  out.Sample({{"result", "late"}}, static_cast<double>(t.prefetch_late));
+  out.Sample({{"result", "miss"}}, static_cast<double>(t.prefetch_misses));
+  Counter(out, "spill_tiering_reads_total", "Reads of NVMe-homed objects into pinned memory.",
+          static_cast<double>(t.reads));
+  Counter(out, "spill_tiering_read_errors_total", "Failed reads (checksum, I/O).",
+          static_cast<double>(t.read_errors));
+  Counter(out, "spill_tiering_writebacks_total", "Write-backs of NVMe-homed objects completed.",
+          static_cast<double>(t.writes));
+  Counter(out, "spill_tiering_writeback_errors_total", "Failed write-backs (retried).",
+          static_cast<double>(t.write_errors));
+  Gauge(out, "spill_tiering_resident_bytes", "Pinned bytes of NVMe-homed objects.",
+        static_cast<double>(t.resident_bytes));
+  Gauge(out, "spill_tiering_dirty_bytes", "Pinned bytes newer than their NVMe copy.",
+        static_cast<double>(t.dirty_bytes));
+  Gauge(out, "spill_tiering_writebacks_in_flight", "Write-backs in flight.",
+        static_cast<double>(s.writebacks_in_flight));
+  out.Family("spill_tiering_manifest_publishes_total", "Manifest publishes, by result.",
+             MetricType::kCounter);
+  out.Sample({{"result", "ok"}}, static_cast<double>(s.publishes));
+  out.Sample({{"result", "error"}}, static_cast<double>(s.publish_errors));
+  Gauge(out, "spill_tiering_manifest_generation", "Generation of the last published manifest.",
+        static_cast<double>(s.manifest_generation));
 }
 
 void OptimizerMetricsCollector::Collect(MetricsWriter& out) const {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "proto/grpc_status.h"
 #include "server/optimizer_wire.h"
 
@@ -100,6 +101,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       ReadNext();
       return;
     }
+    const bool may_wait = MayWait(request);
+    if (may_wait && (request.op_case() == StreamRequest::kAcquire ||
+                     request.op_case() == StreamRequest::kPrefetch)) {
+      DispatchTiered(std::move(request), start);
+      return;
+    }
     auto run = [this, request = std::move(request), start, binds_stream] {
       absl::Status status = Process(request, start);
       if (binds_stream && !status.ok()) {
@@ -108,7 +115,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
         ReadNext();
       }
     };
-    if (deps_.stream_inline) {
+    if (deps_.stream_inline && !may_wait) {
       // Every stream operation of the pinned tier is a short in-memory
       // update: it does not block, so it may run on the reactor thread.
       run();
@@ -184,6 +191,94 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     // The lease ends with the stream: pins are dropped at once.
     if (session != 0) deps_.registry->DetachStream(session);
     MaybeFinish();
+  }
+
+  // Whether the request names an object with home NVME (see
+  // WorkerServiceDeps::tiered).
+  bool MayWait(const StreamRequest& request) {
+    if (!deps_.tiered) return false;
+    uint64_t object_id = 0;
+    switch (request.op_case()) {
+      case StreamRequest::kAcquire: object_id = request.acquire().object_id(); break;
+      case StreamRequest::kPrefetch: object_id = request.prefetch().object_id(); break;
+      case StreamRequest::kRelease: object_id = request.release().object_id(); break;
+      case StreamRequest::kWriteBack: object_id = request.write_back().object_id(); break;
+      default: return false;
+    }
+    uint64_t session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      session = session_id_;
+    }
+    return session != 0 && deps_.registry->MayWait(session, object_id);
+  }
+
+  // Acquire or prefetch of an NVME object: started on the pool, answered
+  // from the TierManager's callback. An acquire holds the stream's reading
+  // until it is answered (so a release or write-back read after it finds
+  // the pin); a prefetch does not (its answer may come out of order).
+  void DispatchTiered(StreamRequest request, SteadyClock::time_point start) {
+    const bool acquire = request.op_case() == StreamRequest::kAcquire;
+    const uint64_t tag = request.tag();
+    const char* op = OpName(request.op_case());
+    uint64_t session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      session = session_id_;
+    }
+    auto answer = [this, tag, op, start, acquire](absl::StatusOr<ObjectRecord> record) {
+      Answer(tag, op, start, record);
+      if (acquire) ReadNext();
+      EndPending();  // Last: the reactor may be deleted once it is done.
+    };
+    // A prefetch lets the stream go on at once (its pending_ keeps the
+    // reactor alive until it is answered).
+    if (!acquire) ReadNext();
+    bool posted = deps_.pool->Post([this, request = std::move(request), session, answer] {
+      if (request.op_case() == StreamRequest::kAcquire) {
+        deps_.registry->AcquireAsync(session, request.acquire().object_id(),
+                                     request.acquire().for_write(), answer);
+      } else {
+        deps_.registry->PrefetchAsync(session, request.prefetch().object_id(), answer);
+      }
+    });
+    if (!posted) {
+      Answer(tag, op, start, absl::UnavailableError("spilld is stopping"));
+      if (!acquire) {
+        EndPending();
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --pending_;
+      }
+      OnReadsDone();
+    }
+  }
+
+  void EndPending() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --pending_;
+    }
+    MaybeFinish();
+  }
+
+  // Queues the answer of a request that completed later (its pending_ is
+  // ended by the caller).
+  void Answer(uint64_t tag, const char* op, SteadyClock::time_point start,
+              const absl::StatusOr<ObjectRecord>& record) {
+    StreamEvent event;
+    event.set_tag(tag);
+    if (record.ok()) {
+      ToProto(*record, event.mutable_object());
+      deps_.metrics->AddBytesOut(record->extent.size);  // 0 for a prefetch
+    } else {
+      event.set_code(static_cast<int>(record.status().code()));
+      event.set_message(std::string(record.status().message()));
+    }
+    deps_.metrics->RecordRequest(op, SteadyClock::now() - start, record.status().code());
+    Enqueue(std::move(event));
   }
 
   // Runs an optimizer request on the compute pool. Answers complete out of
@@ -265,7 +360,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       case StreamRequest::kWriteBack:
         record = deps_.registry->WriteBack(session, request.write_back().object_id(),
                                            request.write_back().version());
-        if (record.ok()) deps_.metrics->AddBytesIn(record->extent.size);
+        if (record.ok()) {
+          // An NVME object's record has no extent: count its size.
+          deps_.metrics->AddBytesIn(record->extent.size != 0
+                                        ? record->extent.size
+                                        : record->num_elements * DTypeSize(record->dtype));
+        }
         break;
       case StreamRequest::kPing:
         return absl::OkStatus();
@@ -351,6 +451,8 @@ void ToProto(const ObjectRecord& record, spill::v1::ObjectInfo* out) {
   out->mutable_location()->set_size_bytes(record.extent.size);
   out->set_version(record.version);
   out->set_pin_count(record.pin_count);
+  out->set_home(record.home == storage::Home::kNvme ? spill::v1::OBJECT_HOME_NVME
+                                                    : spill::v1::OBJECT_HOME_PINNED);
 }
 
 template <typename Fn>
@@ -410,9 +512,19 @@ grpc::ServerUnaryReactor* WorkerService::RegisterObject(
   return RunUnary(ctx, "register", [this, request, response]() -> absl::Status {
     auto token = TokenOf(request->session());
     if (!token.ok()) return token.status();
+    storage::Home home = storage::Home::kPinned;
+    switch (request->home()) {
+      case spill::v1::OBJECT_HOME_UNSPECIFIED:
+      case spill::v1::OBJECT_HOME_PINNED: break;
+      case spill::v1::OBJECT_HOME_NVME: home = storage::Home::kNvme; break;
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("object '", request->name(), "': home ", request->home(),
+                         " is not a valid ObjectHome (PINNED=1, NVME=2)"));
+    }
     auto record = deps_.registry->RegisterObject(request->session().session_id(), *token,
                                                  request->name(), request->kind(),
-                                                 request->dtype(), request->num_elements());
+                                                 request->dtype(), request->num_elements(), home);
     if (!record.ok()) return record.status();
     ToProto(*record, response->mutable_object());
     return absl::OkStatus();
@@ -441,6 +553,30 @@ grpc::ServerUnaryReactor* WorkerService::ListObjects(grpc::CallbackServerContext
     for (const ObjectRecord& r : *records) ToProto(r, response->add_objects());
     return absl::OkStatus();
   });
+}
+
+grpc::ServerUnaryReactor* WorkerService::Flush(grpc::CallbackServerContext* ctx,
+                                               const spill::v1::FlushRequest* request,
+                                               spill::v1::FlushResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto start = SteadyClock::now();
+  unary_in_flight_.fetch_add(1);
+  auto finish = [this, reactor, start](absl::Status status) {
+    deps_.metrics->RecordRequest("flush", SteadyClock::now() - start, status.code());
+    reactor->Finish(ToGrpcStatus(status));
+    unary_in_flight_.fetch_sub(1);
+  };
+  bool posted = deps_.pool->Post([this, request, finish] {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) {
+      finish(token.status());
+      return;
+    }
+    // Answered from the TierManager's callback; no pool thread waits.
+    deps_.registry->Flush(request->session().session_id(), *token, finish);
+  });
+  if (!posted) finish(absl::UnavailableError("spilld is stopping"));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* WorkerService::CreateGroup(

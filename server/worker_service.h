@@ -37,6 +37,10 @@ struct WorkerServiceDeps {
   std::chrono::milliseconds attach_timeout{0};
   // See ServerConfig::stream_inline.
   bool stream_inline = true;
+  // The registry has a TierManager: stream requests on objects with home
+  // NVME run on the pool (never inline: they may allocate pinned memory)
+  // and acquires/prefetches are answered when their read completes.
+  bool tiered = false;
 };
 
 class SessionReactor;
@@ -60,6 +64,10 @@ class WorkerService final : public spill::v1::Worker::CallbackService {
   grpc::ServerUnaryReactor* ListObjects(grpc::CallbackServerContext* ctx,
                                         const spill::v1::ListObjectsRequest* request,
                                         spill::v1::ListObjectsResponse* response) override;
+  // Answered when the job's written-back NVME objects are durable.
+  grpc::ServerUnaryReactor* Flush(grpc::CallbackServerContext* ctx,
+                                  const spill::v1::FlushRequest* request,
+                                  spill::v1::FlushResponse* response) override;
   grpc::ServerUnaryReactor* CreateGroup(grpc::CallbackServerContext* ctx,
                                         const spill::v1::CreateGroupRequest* request,
                                         spill::v1::CreateGroupResponse* response) override;

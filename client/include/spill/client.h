@@ -120,8 +120,16 @@ class SPILL_CLIENT_EXPORT Session {
   // within the job. Returns its ObjectInfo. AlreadyExists when the name is
   // taken, ResourceExhausted past the job's quota, InvalidArgument for a bad
   // dtype, kind or count.
+  // With home kNvme: FailedPrecondition when spilld has no NVMe tier,
+  // ResourceExhausted past the job's NVMe quota.
   virtual absl::StatusOr<ObjectInfo> Register(const std::string& name, ObjectKind kind,
-                                              DType dtype, int64_t num_elements) = 0;
+                                              DType dtype, int64_t num_elements,
+                                              ObjectHome home) = 0;
+  // Register with home kPinned.
+  absl::StatusOr<ObjectInfo> Register(const std::string& name, ObjectKind kind, DType dtype,
+                                      int64_t num_elements) {
+    return Register(name, kind, dtype, num_elements, ObjectHome::kPinned);
+  }
   // Deletes an object of the job. NotFound for an unknown id;
   // FailedPrecondition while it is pinned.
   virtual absl::Status Free(uint64_t object_id) = 0;
@@ -132,7 +140,11 @@ class SPILL_CLIENT_EXPORT Session {
 
   // Pins the object in the pinned tier (reading it back from NVMe first if
   // needed); the Work's object() has its current location.
-  virtual std::shared_ptr<Work> Acquire(uint64_t object_id) = 0;
+  // for_write: the caller will write the bytes (then WriteBack before its
+  // Release); for a kNvme object spilld then waits until no write-back is
+  // reading them. The pin may be granted later than a read-only one.
+  virtual std::shared_ptr<Work> Acquire(uint64_t object_id, bool for_write) = 0;
+  std::shared_ptr<Work> Acquire(uint64_t object_id) { return Acquire(object_id, false); }
   // Asks spilld to bring the object into the pinned tier ahead of an
   // Acquire; does not pin it.
   virtual std::shared_ptr<Work> Prefetch(uint64_t object_id) = 0;
@@ -141,6 +153,11 @@ class SPILL_CLIENT_EXPORT Session {
   // Declares that the object's bytes now hold the result of step `version`
   // (which must not go backwards). The object must be pinned by this session.
   virtual std::shared_ptr<Work> WriteBack(uint64_t object_id, uint64_t version) = 0;
+  // Waits (up to options().timeout) until every kNvme object of the job
+  // written back before the call is durable: written to NVMe and recorded
+  // in spilld's manifest, so it survives a crash of spilld. OK at once when
+  // the job has no kNvme objects; the write's or manifest's error otherwise.
+  virtual absl::Status Flush() = 0;
   // A round trip on the stream; completes OK while the session is healthy.
   virtual std::shared_ptr<Work> Ping() = 0;
 

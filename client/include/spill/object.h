@@ -45,6 +45,16 @@ SPILL_CLIENT_EXPORT const char* DTypeName(DType dtype);
 // "param_shard", "grad_shard", "master", "moment", "other", "unspecified".
 SPILL_CLIENT_EXPORT const char* ObjectKindName(ObjectKind kind);
 
+// Where an object lives (spill.v1.ObjectHome). kPinned: in the pinned tier
+// from Register to Free. kNvme: durable on spilld's NVMe tier (spilld
+// --nvme-dirs), cached in the pinned tier while acquired or until evicted;
+// WriteBack starts an asynchronous write, Session::Flush waits until it is
+// durable, and the object survives a restart of spilld.
+enum class ObjectHome : int {
+  kPinned = 1,
+  kNvme = 2,
+};
+
 // Where an object's bytes are while it is resident in the pinned tier: a
 // segment (which the session maps on first use) and an offset in it.
 struct ObjectLocation {
@@ -70,6 +80,7 @@ struct ObjectInfo {
   uint64_t version = 0;
   // Pins held on the object by all sessions of the job.
   uint32_t pin_count = 0;
+  ObjectHome home = ObjectHome::kPinned;
 
   // num_elements * DTypeSize(dtype).
   uint64_t byte_size() const { return num_elements * DTypeSize(dtype); }
