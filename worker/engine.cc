@@ -131,6 +131,17 @@ absl::Status Engine::Build() {
   so.world_size = collectives_->world_size();
   so.register_with_cuda = options_.device.is_cuda();
   SPILL_ASSIGN_OR_RETURN(session_, client::Session::Open(so));
+  // Other ranks' sessions create the job too; only this rank's objects tell
+  // that an earlier run left its shards there.
+  SPILL_ASSIGN_OR_RETURN(std::vector<ObjectInfo> existing, session_->List());
+  const std::string mine = absl::StrCat("rank", so.rank, "/");
+  for (const ObjectInfo& o : existing) {
+    if (o.name.rfind(mine, 0) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "spilld already holds '", o.name, "' of job '", so.job_id,
+          "' (resuming a job is not implemented yet): pick another job id or remove it"));
+    }
+  }
   layers_.resize(model_.layers().size());
   for (size_t i = 0; i < layers_.size(); ++i) SPILL_RETURN_IF_ERROR(BuildLayer(i));
   return absl::OkStatus();

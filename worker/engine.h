@@ -78,6 +78,8 @@ class Engine {
   // one optimizer group per layer. `collectives` must outlive the Engine.
   // Unimplemented naming the key for modes this cut lacks (offload devices
   // other than cpu/cpu, fp16); InvalidArgument for a bad shape or scheduler;
+  // FailedPrecondition when spilld already holds this rank's objects of the
+  // job (no resume yet);
   // spilld's error (with the object's name) otherwise.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
                                                         Collectives* collectives);
