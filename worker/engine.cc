@@ -176,7 +176,31 @@ absl::Status Engine::BuildLayer(size_t i) {
   absl::StatusOr<client::GroupInfo> group = s.CreateGroup(spec);
   if (!group.ok()) return SpilldError(group.status(), "optimizer group " + base);
   ls.group_id = group->group_id;
+  // spilld copied the master from the 16-bit shard; DeepSpeed's master is
+  // the fp32 initialisation itself.
+  if (dtype_ != at::kFloat && !group->members.empty()) {
+    SPILL_RETURN_IF_ERROR(WriteMaster(group->members[0].master_object_id,
+                                      flat.narrow(0, rank * ls.shard, ls.shard)));
+  }
   return absl::OkStatus();
+}
+
+absl::Status Engine::WriteMaster(uint64_t master_id, const at::Tensor& fp32_shard) {
+  client::Session& s = *session_;
+  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(master_id)->Get(options_.timeout));
+  SPILL_ASSIGN_OR_RETURN(absl::Span<float> master, s.Data<float>(pinned));
+  absl::Status st = static_cast<int64_t>(master.size()) == fp32_shard.numel()
+                        ? absl::OkStatus()
+                        : absl::InternalError(absl::StrCat("master object ", master_id, " has ",
+                                                           master.size(), " elements, expected ",
+                                                           fp32_shard.numel()));
+  if (st.ok()) {
+    std::memcpy(master.data(), fp32_shard.contiguous().data_ptr(), master.size() * sizeof(float));
+    st = Wait(s.WriteBack(master_id, 0), "write back fp32 master");
+  }
+  absl::Status rel = Wait(s.Release(master_id), "release fp32 master");
+  SPILL_RETURN_IF_ERROR(st);
+  return rel;
 }
 
 // Acquire the shard, copy it to the compute device, release, all-gather.

@@ -108,6 +108,9 @@ class Engine {
          LrSchedule schedule);
   absl::Status Build();
   absl::Status BuildLayer(size_t i);
+  // Overwrites the fp32 master spilld made from the 16-bit shard with the
+  // exact fp32 initial values.
+  absl::Status WriteMaster(uint64_t master_id, const at::Tensor& fp32_shard);
   absl::StatusOr<at::Tensor> GatherLayer(size_t i, StepStats& stats);
   // Forward and backward of one micro-batch; returns its loss and sets
   // sum_squares to this rank's accumulated gradient sum of squares.
