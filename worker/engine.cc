@@ -39,16 +39,14 @@ std::optional<at::ScalarType> ToScalarType(CommDType d) {
 }
 
 absl::Status CheckModes(const DeepSpeedConfig& c) {
-  if (c.zero.offload_optimizer.device != OffloadDevice::kCpu) {
+  const OffloadDevice opt = c.zero.offload_optimizer.device, param = c.zero.offload_param.device;
+  const bool cpu = opt == OffloadDevice::kCpu && param == OffloadDevice::kCpu;
+  const bool none = opt == OffloadDevice::kNone && param == OffloadDevice::kNone;
+  if (!cpu && !none) {
     return absl::UnimplementedError(absl::StrCat(
-        "zero_optimization.offload_optimizer.device=",
-        OffloadDeviceName(c.zero.offload_optimizer.device),
-        ": this build of the engine runs only with offload_optimizer.device=cpu"));
-  }
-  if (c.zero.offload_param.device != OffloadDevice::kCpu) {
-    return absl::UnimplementedError(absl::StrCat(
-        "zero_optimization.offload_param.device=", OffloadDeviceName(c.zero.offload_param.device),
-        ": this build of the engine runs only with offload_param.device=cpu"));
+        "zero_optimization.offload_optimizer.device=", OffloadDeviceName(opt),
+        " with zero_optimization.offload_param.device=", OffloadDeviceName(param),
+        ": this build of the engine runs cpu/cpu (spilld) or none/none (plain ZeRO-3)"));
   }
   if (c.fp16.enabled) {
     return absl::UnimplementedError(
@@ -79,9 +77,13 @@ client::OptimizerParams ToClientParams(const OptimizerConfig& o, double lr) {
 struct Engine::LayerState {
   int64_t numel = 0;
   int64_t shard = 0;  // Elements per rank; padded = shard * world.
-  ObjectInfo param;
-  ObjectInfo grad;
+  ObjectInfo param_object;
+  ObjectInfo grad_object;
   uint64_t group_id = 0;
+  // Offload none: the shard and its optimizer state on the compute device.
+  at::Tensor master, exp_avg, exp_avg_sq, state_step;  // fp32
+  at::Tensor param;  // master in the compute dtype (the same tensor in fp32)
+  at::Tensor grad;   // fp32 accumulator over micro-steps
 };
 
 Engine::Engine(const EngineOptions& options, Collectives* collectives, GptModel model,
@@ -90,7 +92,8 @@ Engine::Engine(const EngineOptions& options, Collectives* collectives, GptModel 
       collectives_(collectives),
       model_(std::move(model)),
       schedule_(std::move(schedule)),
-      dtype_(options.config.bf16_enabled ? at::kBFloat16 : at::kFloat) {}
+      dtype_(options.config.bf16_enabled ? at::kBFloat16 : at::kFloat),
+      local_(options.config.zero.offload_optimizer.device == OffloadDevice::kNone) {}
 
 Engine::~Engine() {
   if (session_ != nullptr) session_->Close().IgnoreError();
@@ -130,6 +133,11 @@ absl::Status Engine::Build() {
   so.rank = collectives_->rank();
   so.world_size = collectives_->world_size();
   so.register_with_cuda = options_.device.is_cuda();
+  layers_.resize(model_.layers().size());
+  if (local_) {
+    for (size_t i = 0; i < layers_.size(); ++i) SPILL_RETURN_IF_ERROR(BuildLayer(i));
+    return absl::OkStatus();
+  }
   SPILL_ASSIGN_OR_RETURN(session_, client::Session::Open(so));
   // Other ranks' sessions create the job too; only this rank's objects tell
   // that an earlier run left its shards there.
@@ -142,7 +150,6 @@ absl::Status Engine::Build() {
           "' (resuming a job is not implemented yet): pick another job id or remove it"));
     }
   }
-  layers_.resize(model_.layers().size());
   for (size_t i = 0; i < layers_.size(); ++i) SPILL_RETURN_IF_ERROR(BuildLayer(i));
   return absl::OkStatus();
 }
@@ -156,23 +163,33 @@ absl::Status Engine::BuildLayer(size_t i) {
   // One layer at a time in fp32 on the CPU: the full model never exists here.
   at::Tensor flat = at::zeros({ls.shard * world}, at::kFloat);
   SPILL_RETURN_IF_ERROR(layer.Initialize(flat.narrow(0, 0, ls.numel), options_.seed));
+  if (local_) {
+    at::Tensor f32 = flat.narrow(0, rank * ls.shard, ls.shard).to(options_.device, at::kFloat,
+                                                                   false, /*copy=*/true);
+    ls.master = f32;
+    ls.exp_avg = at::zeros_like(f32);
+    ls.exp_avg_sq = at::zeros_like(f32);
+    ls.state_step = at::zeros({1}, f32.options());
+    ls.param = dtype_ == at::kFloat ? f32 : f32.to(dtype_);
+    return absl::OkStatus();
+  }
   at::Tensor mine = flat.narrow(0, rank * ls.shard, ls.shard).to(dtype_);
   const std::string base = absl::StrCat("rank", rank, "/", layer.name());
   const DType dt = dtype_ == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
   client::Session& s = *session_;
-  SPILL_ASSIGN_OR_RETURN(ls.param, s.Register(base + "/param", ObjectKind::kParamShard, dt, ls.shard));
-  SPILL_ASSIGN_OR_RETURN(ls.grad, s.Register(base + "/grad", ObjectKind::kGradShard, dt, ls.shard));
-  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(ls.param.object_id)->Get(options_.timeout));
+  SPILL_ASSIGN_OR_RETURN(ls.param_object, s.Register(base + "/param", ObjectKind::kParamShard, dt, ls.shard));
+  SPILL_ASSIGN_OR_RETURN(ls.grad_object, s.Register(base + "/grad", ObjectKind::kGradShard, dt, ls.shard));
+  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(ls.param_object.object_id)->Get(options_.timeout));
   SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, s.Bytes(pinned));
   std::memcpy(bytes.data(), mine.data_ptr(), bytes.size());
-  SPILL_RETURN_IF_ERROR(Wait(s.WriteBack(ls.param.object_id, 0), "write back initial shard"));
-  SPILL_RETURN_IF_ERROR(Wait(s.Release(ls.param.object_id), "release initial shard"));
+  SPILL_RETURN_IF_ERROR(Wait(s.WriteBack(ls.param_object.object_id, 0), "write back initial shard"));
+  SPILL_RETURN_IF_ERROR(Wait(s.Release(ls.param_object.object_id), "release initial shard"));
   client::GroupSpec spec;
   spec.name = base;
   spec.params = ToClientParams(options_.config.optimizer, schedule_.LrAt(0));
   spec.gradient_accumulation_steps =
       static_cast<uint32_t>(options_.config.gradient_accumulation_steps);
-  spec.members.push_back({ls.param.object_id, ls.grad.object_id});
+  spec.members.push_back({ls.param_object.object_id, ls.grad_object.object_id});
   absl::StatusOr<client::GroupInfo> group = s.CreateGroup(spec);
   if (!group.ok()) return SpilldError(group.status(), "optimizer group " + base);
   ls.group_id = group->group_id;
@@ -206,16 +223,20 @@ absl::Status Engine::WriteMaster(uint64_t master_id, const at::Tensor& fp32_shar
 // Acquire the shard, copy it to the compute device, release, all-gather.
 absl::StatusOr<at::Tensor> Engine::GatherLayer(size_t i, StepStats& stats) {
   LayerState& ls = layers_[i];
-  client::Session& s = *session_;
-  Clock::time_point t0 = Clock::now();
-  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(ls.param.object_id)->Get(options_.timeout));
-  stats.spilld_wait_s += Since(t0);
-  SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, s.Bytes(pinned));
-  at::Tensor view = at::from_blob(bytes.data(), {ls.shard}, at::TensorOptions().dtype(dtype_));
-  at::Tensor shard = view.to(options_.device, /*non_blocking=*/false, /*copy=*/true);
-  t0 = Clock::now();
-  SPILL_RETURN_IF_ERROR(Wait(s.Release(ls.param.object_id), "release parameter shard"));
-  stats.spilld_wait_s += Since(t0);
+  at::Tensor shard = ls.param;
+  if (!local_) {
+    client::Session& s = *session_;
+    Clock::time_point t0 = Clock::now();
+    SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned,
+                           s.Acquire(ls.param_object.object_id)->Get(options_.timeout));
+    stats.spilld_wait_s += Since(t0);
+    SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, s.Bytes(pinned));
+    at::Tensor view = at::from_blob(bytes.data(), {ls.shard}, at::TensorOptions().dtype(dtype_));
+    shard = view.to(options_.device, /*non_blocking=*/false, /*copy=*/true);
+    t0 = Clock::now();
+    SPILL_RETURN_IF_ERROR(Wait(s.Release(ls.param_object.object_id), "release parameter shard"));
+    stats.spilld_wait_s += Since(t0);
+  }
   at::Tensor full = at::empty({ls.shard * collectives_->world_size()}, shard.options());
   SPILL_RETURN_IF_ERROR(Wait(collectives_->AllGather(full, shard), "all-gather parameters"));
   return full;
@@ -278,15 +299,21 @@ absl::Status Engine::ReduceGradient(size_t i, const at::Tensor& full_grad, uint3
                                                          ToScalarType(options_.config.communication_data_type)),
                              "reduce-scatter gradients"));
   stats.reduce_s += Since(t0);
+  if (local_) {
+    at::Tensor g = shard.to(at::kFloat);
+    ls.grad = micro == 0 ? g : ls.grad.add_(g);
+    sum_squares += ls.grad.square().sum().item<double>();
+    return absl::OkStatus();
+  }
   t0 = Clock::now();
-  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(ls.grad.object_id)->Get(options_.timeout));
+  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(ls.grad_object.object_id)->Get(options_.timeout));
   SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, s.Bytes(pinned));
   at::Tensor cpu = shard.to(at::kCPU).contiguous();
   std::memcpy(bytes.data(), cpu.data_ptr(), bytes.size());
-  std::shared_ptr<client::Work> ready = s.GradReady(ls.group_id, ls.grad.object_id,
+  std::shared_ptr<client::Work> ready = s.GradReady(ls.group_id, ls.grad_object.object_id,
                                             static_cast<uint64_t>(step_ + 1), micro);
   absl::Status st = Wait(ready, "gradient ready");
-  absl::Status rel = Wait(s.Release(ls.grad.object_id), "release gradient shard");
+  absl::Status rel = Wait(s.Release(ls.grad_object.object_id), "release gradient shard");
   stats.spilld_wait_s += Since(t0);
   SPILL_RETURN_IF_ERROR(st);
   SPILL_RETURN_IF_ERROR(rel);
@@ -309,6 +336,11 @@ absl::Status Engine::Optimize(double sum_squares, StepStats& stats) {
   stats.lr = schedule_.LrAt(step_);
   const uint64_t step = static_cast<uint64_t>(step_ + 1);
   t0 = Clock::now();
+  if (local_) {
+    LocalStep(stats.lr, stats.clip / loss_scale);
+    stats.optimizer_s += Since(t0);
+    return absl::OkStatus();
+  }
   std::vector<std::shared_ptr<client::Work>> works;
   for (const LayerState& ls : layers_) {
     works.push_back(session_->OptimizerStep(ls.group_id, step, static_cast<float>(stats.lr),
@@ -325,6 +357,30 @@ absl::Status Engine::Optimize(double sum_squares, StepStats& stats) {
   }
   stats.optimizer_s += Since(t0);
   return first;
+}
+
+// Offload none: torch's fused AdamW (Adam) kernel over every local shard.
+void Engine::LocalStep(double lr, double grad_scale) {
+  std::vector<at::Tensor> p, g, m, v, t;
+  for (LayerState& ls : layers_) {
+    p.push_back(ls.master);
+    g.push_back(grad_scale == 1.0 ? ls.grad : ls.grad * grad_scale);
+    m.push_back(ls.exp_avg);
+    v.push_back(ls.exp_avg_sq);
+    ls.state_step.add_(1);  // torch.optim increments the step before the kernel.
+    t.push_back(ls.state_step);
+  }
+  const OptimizerConfig& o = options_.config.optimizer;
+  if (o.type == OptimizerType::kAdamW || o.adam_w_mode) {
+    at::_fused_adamw_(p, g, m, v, {}, t, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  } else {
+    at::_fused_adam_(p, g, m, v, {}, t, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
+                     /*amsgrad=*/false, /*maximize=*/false);
+  }
+  for (LayerState& ls : layers_) {
+    if (dtype_ != at::kFloat) ls.param = ls.master.to(dtype_);
+  }
 }
 
 absl::StatusOr<StepStats> Engine::TrainStep(const std::vector<MicroBatch>& micro_batches) {

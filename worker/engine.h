@@ -1,7 +1,9 @@
 // The ZeRO-3 engine: a GPT model whose parameters are partitioned over the
 // ranks layer by layer, with each rank's parameter and gradient shards in
 // spilld and the optimizer step run by spilld's CPU optimizer
-// (offload_optimizer.device = cpu, offload_param.device = cpu). See
+// (offload_optimizer.device = cpu, offload_param.device = cpu), or, with both
+// devices none, plain ZeRO-3: shards and AdamW state on the compute device,
+// stepped by torch's fused AdamW kernel. See
 // worker/ENGINE.md for the design; this is its first cut (what is missing is
 // listed at the end of ENGINE.md).
 //
@@ -76,8 +78,9 @@ class Engine {
   // session, registers per layer "<job>/rank<r>/<layer>/param" and ".../grad"
   // (fp32, or bf16 with bf16.enabled), writes the initial shard and creates
   // one optimizer group per layer. `collectives` must outlive the Engine.
-  // Unimplemented naming the key for modes this cut lacks (offload devices
-  // other than cpu/cpu, fp16); InvalidArgument for a bad shape or scheduler;
+  // With offload none/none no spilld session is opened and the shards stay
+  // on options.device. Unimplemented naming the keys for modes this cut
+  // lacks (offload devices other than cpu/cpu or none/none, fp16); InvalidArgument for a bad shape or scheduler;
   // FailedPrecondition when spilld already holds this rank's objects of the
   // job (no resume yet);
   // spilld's error (with the object's name) otherwise.
@@ -100,7 +103,8 @@ class Engine {
   // Optimizer steps taken so far.
   int64_t step() const { return step_; }
   const GptModel& model() const { return model_; }
-  client::Session& session() { return *session_; }
+  // spilld's session; null with offload none.
+  client::Session* session() { return session_.get(); }
 
  private:
   struct LayerState;
@@ -119,6 +123,7 @@ class Engine {
   absl::Status ReduceGradient(size_t i, const at::Tensor& full_grad, uint32_t micro,
                               StepStats& stats, double& sum_squares);
   absl::Status Optimize(double sum_squares, StepStats& stats);
+  void LocalStep(double lr, double grad_scale);
   // Waits up to options_.timeout; the error is prefixed with `what`.
   absl::Status Wait(const std::shared_ptr<Work>& work, const char* what);
   absl::Status Wait(const std::shared_ptr<client::Work>& work, const char* what);
@@ -130,6 +135,8 @@ class Engine {
   std::unique_ptr<client::Session> session_;
   std::vector<LayerState> layers_;
   at::ScalarType dtype_;
+  // Offload none/none: shards and optimizer state stay on the device.
+  bool local_;
   int64_t step_ = 0;
 };
 
