@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "worker/config.h"
 #include "worker/data.h"
+#include "worker/engine.h"
 #include "worker/gpt.h"
 #include "worker/scheduler.h"
 #include "worker/testing/spilld_fixture.h"
@@ -268,6 +269,101 @@ TEST_F(EngineTest, UnsupportedOffloadModeFailsAtStartNamingTheKey) {
                           "--deepspeed " + Write("bad.json", config) + " --max_steps 1", &output);
   EXPECT_EQ(rc, 2) << output;
   EXPECT_NE(output.find("offload_optimizer.device=none"), std::string::npos) << output;
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+}
+
+// In-process checks of the Engine's own bad-input handling (one rank, Gloo).
+class EngineApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    RendezvousInfo info;
+    info.master_port = FreePort();
+    auto c = CreateGlooCollectives(info, std::chrono::seconds(30));
+    ASSERT_TRUE(c.ok()) << c.status();
+    collectives_ = std::move(*c);
+    TrainingArgs args;
+    std::string config = kConfig;
+    for (size_t at = 0; (at = config.find("\"cpu\"")) != std::string::npos;) {
+      config.replace(at, 5, "\"none\"");
+    }
+    auto loaded = ParseDeepSpeedConfig(config, args);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    options_.config = loaded->config;
+    options_.shape = kShape;
+    options_.seed = kSeed;
+    options_.session.job_id = "engine-api-test";
+  }
+
+  MicroBatch Batch(int64_t b, int64_t t) {
+    return {at::zeros({b, t}, at::kLong), at::ones({b, t}, at::kLong)};
+  }
+
+  std::unique_ptr<Collectives> collectives_;
+  EngineOptions options_;
+};
+
+TEST_F(EngineApiTest, BadMicroBatchesAreRefusedAndChangeNothing) {
+  auto engine = Engine::Create(options_, collectives_.get());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto before = (*engine)->GatherParameters();
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  auto s = (*engine)->TrainStep({Batch(2, 16)});  // gradient_accumulation_steps is 2.
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("gradient_accumulation_steps=2"), absl::string_view::npos);
+  s = (*engine)->TrainStep({Batch(2, 16), Batch(2, 17)});  // T > seq_len
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("seq_len 16"), absl::string_view::npos) << s.status();
+  MicroBatch floats{at::zeros({2, 16}), at::zeros({2, 16})};
+  s = (*engine)->TrainStep({Batch(2, 16), floats});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+
+  EXPECT_EQ((*engine)->step(), 0);
+  auto after = (*engine)->GatherParameters();
+  ASSERT_TRUE(after.ok());
+  for (size_t i = 0; i < before->size(); ++i) EXPECT_TRUE((*before)[i].equal((*after)[i]));
+
+  s = (*engine)->TrainStep({Batch(2, 16), Batch(2, 16)});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->step, 1);
+  EXPECT_EQ((*engine)->step(), 1);
+  EXPECT_TRUE(std::isfinite(s->loss));
+}
+
+TEST_F(EngineApiTest, UnsupportedModesNameTheKey) {
+  options_.config.fp16.enabled = true;
+  auto e = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(e.status().message().find("fp16.enabled"), absl::string_view::npos);
+  options_.config.fp16.enabled = false;
+  options_.config.zero.offload_param.device = OffloadDevice::kNvme;
+  e = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("offload_param.device=nvme"), absl::string_view::npos);
+  EXPECT_EQ(Engine::Create(options_, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineApiTest, ARankWhoseShardsAreAlreadyInSpilldIsRefused) {
+  auto spilld = testing::SpilldFixture::Start();
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.session.socket_path = (*spilld)->socket_path();
+  {
+    auto first = Engine::Create(options_, collectives_.get());
+    ASSERT_TRUE(first.ok()) << first.status();
+    ASSERT_NE((*first)->session(), nullptr);
+  }
+  auto again = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(again.status().message().find("rank0/embedding"), absl::string_view::npos)
+      << again.status();
+  options_.session.job_id = "another-job";
+  EXPECT_TRUE(Engine::Create(options_, collectives_.get()).ok());
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
 }
 
