@@ -1,8 +1,9 @@
 // spill-train: ZeRO-3 training of a GPT model with parameters and optimizer
 // offloaded to the node's spilld.
 //
-//   torchrun --no-python --nproc-per-node=2 spill-train --deepspeed ds_config.json \
+//   torchrun --no-python --nproc-per-node=2 spill-train --deepspeed ds_config.json
 //       [--data FILE] [--model 125M|tiny|...] [--max_steps N] [HF-style args]
+//   (one command line)
 //
 // Exit status: 0 on success, 2 for a usage or config error, 1 when training
 // failed.
