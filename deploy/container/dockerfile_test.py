@@ -54,11 +54,16 @@ def installed_packages(stage):
     return packages
 
 
+SANITIZER_RUNTIME = re.compile(r"lib(asan|ubsan|tsan|lsan|hwasan)\.so")
+
+
 def needed_packages(binary):
     """{package: [libraries]} for the Debian packages binary loads, and the
     libraries that belong to no package (the project's own)."""
     ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
-    paths = re.findall(r"=> (/\S+)", ldd)
+    # The image builds the release preset; a sanitizer build of the tree under
+    # test (the asan preset) links sanitizer runtimes the image never needs.
+    paths = [p for p in re.findall(r"=> (/\S+)", ldd) if not SANITIZER_RUNTIME.match(os.path.basename(p))]
     # One dpkg -S for every path and its resolved target (dpkg knows the
     # file under the name its package installed).
     queries = sorted(set(paths) | {os.path.realpath(p) for p in paths})
