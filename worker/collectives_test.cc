@@ -15,6 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/collectives.h"
+#include "worker/testing/free_port.h"
 
 extern char** environ;
 
@@ -103,17 +104,7 @@ int ChildMain() {
   return 0;
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+using testing::FreePort;
 
 pid_t SpawnRank(int rank, int world, int port) {
   std::vector<std::string> env_strings;

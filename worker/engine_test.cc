@@ -21,6 +21,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/config.h"
+#include "worker/testing/free_port.h"
 #include "worker/data.h"
 #include "worker/engine.h"
 #include "worker/gpt.h"
@@ -49,17 +50,7 @@ constexpr char kConfig[] = R"({
                         "offload_param": {"device": "cpu"}}
 })";
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+using testing::FreePort;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
