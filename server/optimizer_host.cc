@@ -88,6 +88,15 @@ struct OptimizerHost::Group {
   std::map<uint64_t, StepOutcome> history;  // The last kOutcomeHistory steps.
   bool dropped = false;
 
+  // Elements per streamed piece: sub_group_size, or less when no member is
+  // that large (DeepSpeed's default of 1e9 must not size a 36 GB staging
+  // buffer for small layers); the pieces are the same either way.
+  uint64_t Piece() const {
+    uint64_t largest = 0;
+    for (const Member& m : members) largest = std::max(largest, m.info.num_elements);
+    return std::min(info.sub_group_size, RoundSubGroup(largest));
+  }
+
   GroupInfo Snapshot() const {
     GroupInfo out = info;
     out.members.clear();
@@ -641,7 +650,7 @@ absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
 }
 
 absl::Status OptimizerHost::InitializeNvmeStates(const std::string& job_id, Group& group) {
-  const uint64_t sg = group.info.sub_group_size;
+  const uint64_t sg = group.Piece();
   const int arrays = 1 + optim::StateCount(group.info.hyper);
   std::shared_ptr<float> buffer = TakeBuffer(arrays * sg);
   if (buffer == nullptr) return absl::ResourceExhaustedError("cannot allocate a staging buffer");
@@ -690,7 +699,7 @@ absl::Status OptimizerHost::RunStreamedStep(const std::string& job_id, Group& gr
     registry_->UnpinCompute(job_id, params, 0);
     return gv.status();
   }
-  const uint64_t sg = group.info.sub_group_size;
+  const uint64_t sg = group.Piece();
   const uint64_t floats = 3 * (1 + optim::StateCount(group.info.hyper)) * sg;
   std::shared_ptr<float> buffer = TakeBuffer(floats);
   optim::Hyper hyper = group.info.hyper;

@@ -48,6 +48,12 @@ class Work {
   // backend). Calling it again returns the same result. For NCCL, OK means
   // the collective completed on its stream.
   virtual absl::Status Wait(std::chrono::milliseconds timeout) = 0;
+  // Orders the collective before later work of the calling thread's current
+  // stream without blocking the host where the backend can (NCCL: the
+  // current CUDA stream waits on the collective's event; an error already
+  // known is returned). Backends without device streams block like
+  // Wait(timeout).
+  virtual absl::Status StreamWait(std::chrono::milliseconds timeout) { return Wait(timeout); }
 };
 
 // A Work that is already finished with `status`.
@@ -107,6 +113,10 @@ absl::StatusOr<std::unique_ptr<Collectives>> CreateGlooCollectives(
 // Whether this build has the NCCL implementation (CUDA toolkit with NCCL
 // found at configure time).
 bool NcclAvailable();
+
+// ", gpu N: allocated X GiB (peak Y GiB)" from LibTorch's caching allocator
+// for a CUDA device; empty when built without CUDA or for device < 0.
+std::string DeviceMemorySummary(int device);
 
 // NCCL communicator over all ranks (unique id from rank 0 through the
 // TCPStore), bound to CUDA device `device` and issuing every collective on

@@ -2,11 +2,15 @@
 // a CUDA stream the engine owns, so they order with the engine's own H2D
 // copies and compute. The unique id travels through the TCPStore.
 //
-// A Work records a CUDA event after the call on the stream; IsCompleted
-// queries it, Wait polls it (and the communicator's async error) until the
-// timeout. Tensors come from LibTorch's caching allocator: the caller must
-// keep them alive (or recordStream them) until the Work completed.
+// Each call first makes the communication stream wait for the caller's
+// current CUDA stream (so tensors produced there are complete) and records
+// the tensors' blocks on the communication stream with the caching
+// allocator (so the caller may drop them at once), as c10d's
+// ProcessGroupNCCL does. A Work records a CUDA event after the call;
+// IsCompleted queries it, Wait polls it (and the communicator's async error)
+// until the timeout, StreamWait makes the caller's current stream wait on it.
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -17,6 +21,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 #include "worker/collectives.h"
 #include "worker/collectives_internal.h"
 
@@ -60,6 +66,16 @@ class NcclWork final : public Work {
 
   bool IsCompleted() override { return cudaEventQuery(event_) != cudaErrorNotReady; }
 
+  absl::Status StreamWait(std::chrono::milliseconds timeout) override {
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      return NcclStatus(async, "NCCL communicator failed");
+    }
+    return CudaStatus(cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream().stream(), event_, 0),
+                      "cudaStreamWaitEvent");
+  }
+
   absl::Status Wait(std::chrono::milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
@@ -89,10 +105,13 @@ class NcclCollectives final : public Collectives {
   NcclCollectives(ncclComm_t comm, cudaStream_t stream, bool own_stream, int device, int rank,
                   int world)
       : comm_(comm), stream_(stream), own_stream_(own_stream), device_(device), rank_(rank),
-        world_(world) {}
+        world_(world) {
+    cudaEventCreateWithFlags(&enter_event_, cudaEventDisableTiming);
+  }
   ~NcclCollectives() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
+    cudaEventDestroy(enter_event_);
     ncclCommDestroy(comm_);
     if (own_stream_) cudaStreamDestroy(stream_);
   }
@@ -106,6 +125,7 @@ class NcclCollectives final : public Collectives {
     if (!ok.ok()) return CompletedWork(ok);
     absl::StatusOr<ncclDataType_t> type = NcclType(input.scalar_type());
     if (!type.ok()) return CompletedWork(type.status());
+    if (absl::Status e = Enter({input, output}); !e.ok()) return CompletedWork(e);
     return Finish(NcclStatus(ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(),
                                            *type, comm_, stream_),
                              "ncclAllGather"));
@@ -119,6 +139,7 @@ class NcclCollectives final : public Collectives {
     const bool convert = comm.has_value() && *comm != input.scalar_type();
     absl::StatusOr<ncclDataType_t> type = NcclType(convert ? *comm : input.scalar_type());
     if (!type.ok()) return CompletedWork(type.status());
+    if (absl::Status e = Enter({input, output}); !e.ok()) return CompletedWork(e);
     // Conversions run on the communication stream too; temporaries are
     // allocated there, so the caching allocator reuses them only after it.
     at::Tensor in = input, out = output;
@@ -144,6 +165,7 @@ class NcclCollectives final : public Collectives {
     if (!ok.ok()) return CompletedWork(ok);
     absl::StatusOr<ncclDataType_t> type = NcclType(tensor.scalar_type());
     if (!type.ok()) return CompletedWork(type.status());
+    if (absl::Status e = Enter({tensor}); !e.ok()) return CompletedWork(e);
     return Finish(NcclStatus(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
                                            *type, op == ReduceOp::kAvg ? ncclAvg : ncclSum,
                                            comm_, stream_),
@@ -159,6 +181,7 @@ class NcclCollectives final : public Collectives {
     if (!ok.ok()) return CompletedWork(ok);
     absl::StatusOr<ncclDataType_t> type = NcclType(tensor.scalar_type());
     if (!type.ok()) return CompletedWork(type.status());
+    if (absl::Status e = Enter({tensor}); !e.ok()) return CompletedWork(e);
     return Finish(NcclStatus(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
                                            *type, root, comm_, stream_),
                              "ncclBroadcast"));
@@ -185,6 +208,24 @@ class NcclCollectives final : public Collectives {
     return absl::OkStatus();
   }
 
+  // The communication stream waits for the caller's current stream; the
+  // tensors' blocks are marked in use by the communication stream.
+  absl::Status Enter(std::initializer_list<at::Tensor> tensors) {
+    cudaStream_t current = c10::cuda::getCurrentCUDAStream(device_).stream();
+    if (current != stream_) {
+      SPILL_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(enter_event_, current), "cudaEventRecord"));
+      SPILL_RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(stream_, enter_event_, 0),
+                                "cudaStreamWaitEvent"));
+    }
+    c10::cuda::CUDAStream comm = c10::cuda::getStreamFromExternal(stream_, device_);
+    for (const at::Tensor& t : tensors) {
+      if (t.storage().data_ptr().get() != nullptr) {
+        c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), comm);
+      }
+    }
+    return absl::OkStatus();
+  }
+
   std::shared_ptr<Work> Finish(absl::Status issued) {
     if (!issued.ok()) return CompletedWork(issued);
     cudaEvent_t event;
@@ -197,6 +238,7 @@ class NcclCollectives final : public Collectives {
 
   ncclComm_t comm_;
   cudaStream_t stream_;
+  cudaEvent_t enter_event_ = nullptr;
   bool own_stream_;
   int device_;
   int rank_;
@@ -206,6 +248,15 @@ class NcclCollectives final : public Collectives {
 }  // namespace
 
 bool NcclAvailable() { return true; }
+
+std::string DeviceMemorySummary(int device) {
+  if (device < 0) return "";
+  const c10::CachingDeviceAllocator::DeviceStats stats =
+      c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  const auto& allocated = stats.allocated_bytes[0];  // StatType::AGGREGATE
+  return absl::StrFormat(", gpu %d: allocated %.2f GiB (peak %.2f GiB)", device,
+                         allocated.current / 1073741824.0, allocated.peak / 1073741824.0);
+}
 
 absl::StatusOr<std::unique_ptr<Collectives>> CreateNcclCollectives(
     const RendezvousInfo& info, int device, void* stream, std::chrono::milliseconds timeout) {

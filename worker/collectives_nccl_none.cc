@@ -5,6 +5,8 @@ namespace spill::worker {
 
 bool NcclAvailable() { return false; }
 
+std::string DeviceMemorySummary(int) { return ""; }
+
 absl::StatusOr<std::unique_ptr<Collectives>> CreateNcclCollectives(const RendezvousInfo&, int,
                                                                    void*,
                                                                    std::chrono::milliseconds) {

@@ -1,11 +1,19 @@
 // The ZeRO-3 engine: a GPT model whose parameters are partitioned over the
-// ranks layer by layer, with each rank's parameter and gradient shards in
-// spilld and the optimizer step run by spilld's CPU optimizer
-// (offload_optimizer.device = cpu, offload_param.device = cpu), or, with both
-// devices none, plain ZeRO-3: shards and AdamW state on the compute device,
-// stepped by torch's fused AdamW kernel. See
-// worker/ENGINE.md for the design; this is its first cut (what is missing is
-// listed at the end of ENGINE.md).
+// ranks layer by layer. Each rank keeps 1/world of every layer's flat
+// parameters; a layer's full parameters exist only while it runs (gathered
+// before its forward and again before its backward, freed after each use
+// unless persistent or reused soon), prefetched along the access order the
+// first micro-step recorded. Modes (zero_optimization):
+//   offload_optimizer cpu|nvme, offload_param cpu  — parameter, gradient and
+//     optimizer state in spilld, stepped by spilld's CPU optimizer (states
+//     streamed from spilld's NVMe tier with nvme);
+//   offload_optimizer cpu|nvme, offload_param none — as above, plus a copy of
+//     the parameter shard on the device, refreshed once per step
+//     (ZeRO-Offload);
+//   none/none — plain ZeRO-3: shards and AdamW state on the device, torch's
+//     fused AdamW kernel.
+// Precision fp32, bf16, or fp16 with dynamic loss scaling (an overflow on
+// any rank skips the step on every rank). worker/ENGINE.md has the design.
 //
 //   EngineOptions o;
 //   o.config = loaded->config;  o.shape = shape;  o.session.socket_path = ...;
@@ -21,10 +29,12 @@
 #define SPILL_WORKER_ENGINE_H_
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Stream.h>
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +44,7 @@
 #include "worker/config.h"
 #include "worker/gpt.h"
 #include "worker/gpt_shape.h"
+#include "worker/loss_scaler.h"
 #include "worker/scheduler.h"
 
 namespace spill::worker {
@@ -47,6 +58,9 @@ struct EngineOptions {
   client::SessionOptions session;
   // Where compute runs: kCPU (with Gloo) or a CUDA device (with NCCL).
   at::Device device = at::Device(at::kCPU);
+  // Activation checkpointing per layer (HF's --gradient_checkpointing):
+  // forward keeps only each layer's input; backward recomputes the layer.
+  bool gradient_checkpointing = false;
   // Bound on each wait for spilld or a collective.
   std::chrono::milliseconds timeout{120'000};
 };
@@ -56,34 +70,46 @@ struct MicroBatch {
   at::Tensor targets;  // int64 [B, T]
 };
 
-// What one optimizer step did and where its time went.
+// What one optimizer step did and where its time went (host wall time; on
+// CUDA the compute stream is synchronised at the end of forward and of
+// backward so the split is real).
 struct StepStats {
   int64_t step = 0;
-  double loss = 0;       // Mean over micro-batches and ranks.
+  double loss = 0;       // Mean over micro-batches and ranks (unscaled).
   double lr = 0;
-  double grad_norm = 0;  // Global L2 norm of the accumulated gradient.
+  double grad_norm = 0;  // Global L2 norm of the accumulated, unscaled gradient.
   double clip = 1;       // The clip coefficient applied (1 = none).
+  double loss_scale = 1;  // fp16: the scale this step used.
+  bool skipped = false;   // fp16 overflow: no parameter changed.
   int64_t tokens = 0;    // Tokens over all ranks and micro-batches.
   double forward_s = 0;  // Gathers included.
-  double backward_s = 0;
-  double reduce_s = 0;       // Gradient reduce-scatter and norm all-reduce.
-  double spilld_wait_s = 0;  // Acquire, Release and GradReady round trips.
-  double optimizer_s = 0;    // OptimizerStep until every group answered.
+  double backward_s = 0;  // Re-gathers, recomputation and reduce-scatters included.
+  double reduce_s = 0;       // Waiting for gradients after backward, and the norm all-reduce.
+  double spilld_wait_s = 0;  // Blocked on spilld (acquire, gradient ready, release).
+  double optimizer_s = 0;    // From the end of backward until every group stepped.
+  // Parameter gathers issued (demand + prefetch) and how many were prefetched.
+  int64_t gathers = 0;
+  int64_t prefetched = 0;
+  // Times the recorded access order did not match and was re-recorded.
+  int64_t trace_changes = 0;
+  // Bytes copied host→device and device→host this step.
+  int64_t h2d_bytes = 0;
+  int64_t d2h_bytes = 0;
 };
 
 class Engine {
  public:
   // Builds the model layer by layer (Initialize with options.seed, pad to a
   // multiple of the world size, keep this rank's shard), opens a spilld
-  // session, registers per layer "<job>/rank<r>/<layer>/param" and ".../grad"
-  // (fp32, or bf16 with bf16.enabled), writes the initial shard and creates
-  // one optimizer group per layer. `collectives` must outlive the Engine.
-  // With offload none/none no spilld session is opened and the shards stay
-  // on options.device. Unimplemented naming the keys for modes this cut
-  // lacks (offload devices other than cpu/cpu or none/none, fp16); InvalidArgument for a bad shape or scheduler;
+  // session, registers per layer "rank<r>/<layer>/param" and ".../grad"
+  // (fp32, bf16 or fp16), writes the initial shard and creates one optimizer
+  // group per layer. `collectives` must outlive the Engine. With offload
+  // none/none no spilld session is opened and the shards stay on
+  // options.device. Unimplemented naming the keys for modes the engine
+  // lacks (offload_param nvme, offload_param without offload_optimizer);
+  // InvalidArgument for a bad shape, scheduler or fp16 block;
   // FailedPrecondition when spilld already holds this rank's objects of the
-  // job (no resume yet);
-  // spilld's error (with the object's name) otherwise.
+  // job; spilld's error (with the object's name) otherwise.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
                                                         Collectives* collectives);
   ~Engine();
@@ -100,44 +126,91 @@ class Engine {
   // tensors, gathered from all ranks (collective: every rank must call it).
   absl::StatusOr<std::vector<at::Tensor>> GatherParameters();
 
-  // Optimizer steps taken so far.
+  // Optimizer steps taken so far (skipped fp16 steps included).
   int64_t step() const { return step_; }
   const GptModel& model() const { return model_; }
   // spilld's session; null with offload none.
   client::Session* session() { return session_.get(); }
+  // The recorded access order (layer indices of one micro-step's gathers).
+  const std::vector<int>& trace() const { return trace_; }
 
  private:
   struct LayerState;
+  struct PendingGrad;
+  struct PendingRelease;
   Engine(const EngineOptions& options, Collectives* collectives, GptModel model,
-         LrSchedule schedule);
+         LrSchedule schedule, LossScaler scaler);
   absl::Status Build();
   absl::Status BuildLayer(size_t i);
   // Overwrites the fp32 master spilld made from the 16-bit shard with the
   // exact fp32 initial values.
   absl::Status WriteMaster(uint64_t master_id, const at::Tensor& fp32_shard);
-  absl::StatusOr<at::Tensor> GatherLayer(size_t i, StepStats& stats);
-  // Forward and backward of one micro-batch; returns its loss and sets
-  // sum_squares to this rank's accumulated gradient sum of squares.
-  absl::StatusOr<double> MicroStep(const MicroBatch& mb, uint32_t micro, StepStats& stats,
-                                   double& sum_squares);
-  absl::Status ReduceGradient(size_t i, const at::Tensor& full_grad, uint32_t micro,
-                              StepStats& stats, double& sum_squares);
-  absl::Status Optimize(double sum_squares, StepStats& stats);
+
+  // --- parameter gathers (engine_fetch.cc) ---
+  // Demand gather of layer i at the next position of the access order:
+  // issues it unless live, checks or records the trace, prefetches ahead.
+  absl::Status Require(size_t i, StepStats& stats);
+  // Orders layer i's gather before the compute stream's next work.
+  absl::Status Ready(size_t i);
+  // After a use: frees layer i's gathered parameters unless persistent or
+  // used again within stage3_max_reuse_distance.
+  void Done(size_t i);
+  // Issues acquire → H2D → all-gather of layer i (no wait).
+  absl::Status IssueGather(size_t i, StepStats& stats);
+  absl::StatusOr<at::Tensor> SourceShard(size_t i, StepStats& stats);
+  void Prefetch(size_t pos, StepStats& stats);
+  // Frees every non-persistent gathered layer; ends the micro-step's trace.
+  void EndMicroStep(StepStats& stats);
+  void FreeGathered(size_t i);
+  // Releases pins whose copies finished (all of them with wait_all).
+  absl::Status PollReleases(bool wait_all);
+
+  // --- forward, backward, gradients (engine_backward.cc) ---
+  absl::StatusOr<at::Tensor> MicroStep(const MicroBatch& mb, uint32_t micro, StepStats& stats);
+  absl::StatusOr<at::Tensor> RunLayer(size_t i, const at::Tensor& x, const at::Tensor& targets,
+                                      StepStats& stats);
+  // Layer i's gradient is complete for this micro-step: reduce-scatter it
+  // into the shard and hand it to spilld (or the local accumulator).
+  absl::Status ReduceLayer(size_t i, uint32_t micro, StepStats& stats);
+  absl::Status PollGrads(bool wait_all, StepStats& stats);
+  absl::Status Optimize(StepStats& stats);
   void LocalStep(double lr, double grad_scale);
+  bool OverlapStep() const;
   // Waits up to options_.timeout; the error is prefixed with `what`.
   absl::Status Wait(const std::shared_ptr<Work>& work, const char* what);
   absl::Status Wait(const std::shared_ptr<client::Work>& work, const char* what);
+  void SyncCompute();
 
   EngineOptions options_;
   Collectives* collectives_;
   GptModel model_;
   LrSchedule schedule_;
+  LossScaler scaler_;
   std::unique_ptr<client::Session> session_;
   std::vector<LayerState> layers_;
   at::ScalarType dtype_;
   // Offload none/none: shards and optimizer state stay on the device.
   bool local_;
+  // offload_param none with the optimizer offloaded: a device copy of the
+  // parameter shard, refreshed after each step.
+  bool param_on_device_;
+  std::optional<c10::Stream> copy_stream_;  // CUDA: H2D copies
+  std::optional<c10::Stream> d2h_stream_;   // CUDA: gradient D2H copies
   int64_t step_ = 0;
+  // Access order: trace_ (recorded), pos_ in the current micro-step;
+  // recording_ while it is (re)built into new_trace_.
+  std::vector<int> trace_, new_trace_;
+  std::vector<int> next_use_;        // Position of the next use of trace_[p], -1 if none.
+  std::vector<int64_t> trace_elems_;  // Prefix sums of the gathered elements.
+  size_t pos_ = 0;
+  bool recording_ = true;
+  int64_t live_elems_ = 0, inflight_elems_ = 0;
+  std::vector<PendingRelease> releases_;
+  std::vector<std::shared_ptr<client::Work>> release_works_;  // Release answers to check
+  std::vector<PendingGrad> grads_;
+  std::vector<std::shared_ptr<client::Work>> step_works_;  // OptimizerStep per layer
+  double sum_squares_ = 0;  // This rank's, from the last micro-step's GradReady.
+  at::Tensor loss_sum_;     // Device: sum of micro-step losses.
 };
 
 }  // namespace spill::worker

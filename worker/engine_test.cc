@@ -12,6 +12,7 @@
 #include <torch/optim/adamw.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -46,6 +47,9 @@ constexpr char kConfig[] = R"({
   "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 1e-4, "warmup_max_lr": 2e-3,
                                               "warmup_num_steps": 3, "warmup_type": "linear"}},
   "zero_optimization": {"stage": 3,
+                        "stage3_param_persistence_threshold": 0,
+                        "stage3_max_reuse_distance": 0,
+                        "stage3_prefetch_bucket_size": 10000,
                         "offload_optimizer": {"device": "cpu"},
                         "offload_param": {"device": "cpu"}}
 })";
@@ -103,18 +107,19 @@ class EngineTest : public ::testing::Test {
 
 // One micro-step of the reference. fp32: the loss over both ranks'
 // micro-batches concatenated (what averaging the ranks' gradients computes).
-// bf16: as the engine computes it, each rank's gradient from bf16 copies of
-// the parameters, the two summed and halved in bf16 (the reduce-scatter),
-// added into an fp32 accumulator (spilld's).
-void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t index, bool bf16,
-                        const std::vector<at::Tensor>& master) {
+// bf16/fp16: as the engine computes it, each rank's gradient from 16-bit
+// copies of the parameters (fp16: of the loss times `scale`), the two summed
+// and halved in 16 bits (the reduce-scatter), added into an fp32
+// accumulator (spilld's).
+void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t index,
+                        at::ScalarType dtype, double scale, const std::vector<at::Tensor>& master) {
   std::vector<at::Tensor> tokens, targets;
   for (int r = 0; r < kWorld; ++r) {
     TokenBatch b = *data.Batch(index, r, kMicro, kShape.seq_len, kSeed);
     tokens.push_back(at::tensor(b.tokens, at::kLong).view({kMicro, kShape.seq_len}));
     targets.push_back(at::tensor(b.targets, at::kLong).view({kMicro, kShape.seq_len}));
   }
-  if (!bf16) {
+  if (dtype == at::kFloat) {
     at::Tensor loss = GptModel::Loss(model.Logits(at::cat(tokens), master), at::cat(targets));
     (loss / static_cast<double>(kGas)).backward();
     return;
@@ -122,16 +127,16 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
   std::vector<at::Tensor> reduced(master.size());
   for (int r = 0; r < kWorld; ++r) {
     std::vector<at::Tensor> half;
-    for (const at::Tensor& m : master) half.push_back(m.detach().to(at::kBFloat16).requires_grad_(true));
+    for (const at::Tensor& m : master) half.push_back(m.detach().to(dtype).requires_grad_(true));
     at::Tensor loss = GptModel::Loss(model.Logits(tokens[r], half), targets[r]);
-    (loss / static_cast<double>(kGas)).backward();
+    (loss * (scale / static_cast<double>(kGas))).backward();
     for (size_t i = 0; i < half.size(); ++i) {
       at::Tensor g = half[i].grad().to(at::kFloat);
-      reduced[i] = r == 0 ? g : (reduced[i] + g).to(at::kBFloat16).to(at::kFloat);
+      reduced[i] = r == 0 ? g : (reduced[i] + g).to(dtype).to(at::kFloat);
     }
   }
   for (size_t i = 0; i < master.size(); ++i) {
-    at::Tensor avg = (reduced[i] / kWorld).to(at::kBFloat16).to(at::kFloat);
+    at::Tensor avg = (reduced[i] / kWorld).to(dtype).to(at::kFloat);
     if (master[i].grad().defined()) {
       master[i].mutable_grad() = master[i].grad() + avg;
     } else {
@@ -143,7 +148,10 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
 // The single-process reference: every layer's flat parameters after kSteps
 // (bf16: the bf16 copy of the fp32 master, as the engine's shards hold).
 std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, std::vector<at::Tensor>* initial) {
-  const bool bf16 = c.bf16_enabled;
+  const at::ScalarType dtype =
+      c.fp16.enabled ? at::kHalf : c.bf16_enabled ? at::kBFloat16 : at::kFloat;
+  // fp16: the dynamic scaler's initial scale (no overflow in these steps).
+  const double scale = c.fp16.enabled ? std::ldexp(1.0, static_cast<int>(c.fp16.initial_scale_power)) : 1.0;
   auto model = GptModel::Create(kShape);
   EXPECT_TRUE(model.ok());
   std::vector<at::Tensor> flat;
@@ -163,7 +171,10 @@ std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, std::vector<at::Tens
   for (int64_t step = 1; step <= kSteps; ++step) {
     opt.zero_grad();
     for (int64_t k = 0; k < kGas; ++k) {
-      ReferenceMicroStep(*model, data, (step - 1) * kGas + k, bf16, flat);
+      ReferenceMicroStep(*model, data, (step - 1) * kGas + k, dtype, scale, flat);
+    }
+    if (scale != 1.0) {
+      for (at::Tensor& t : flat) t.mutable_grad() = t.grad() / scale;
     }
     torch::nn::utils::clip_grad_norm_(flat, c.gradient_clipping);
     for (auto& group : opt.param_groups()) group.options().set_lr(schedule->LrAt(step - 1));
@@ -171,7 +182,7 @@ std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, std::vector<at::Tens
   }
   std::vector<at::Tensor> out;
   for (const at::Tensor& t : flat) {
-    out.push_back(bf16 ? t.detach().to(at::kBFloat16).to(at::kFloat) : t.detach().clone());
+    out.push_back(t.detach().to(dtype).to(at::kFloat));
   }
   return out;
 }
@@ -180,21 +191,41 @@ struct Precision {
   const char* name;
   const char* config_extra;  // Added to the config's top level.
   double rtol, atol;
-  bool offload_none = false;  // offload_optimizer/offload_param none: plain ZeRO-3.
+  // zero_optimization.offload_optimizer.device and offload_param.device.
+  const char* optimizer = "cpu";
+  const char* param = "cpu";
+  const char* args = "";  // Extra spill-train flags.
 };
+
+// A directory on a file system with O_DIRECT for spilld's NVMe tier.
+std::string NvmeBaseDir() {
+  const char* env = std::getenv("SPILL_TEST_NVME_DIR");
+  return env != nullptr && *env != 0 ? env : "/var/tmp";
+}
 
 class EngineEquivalenceTest : public EngineTest,
                               public ::testing::WithParamInterface<Precision> {};
 
 TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference) {
   const Precision& p = GetParam();
-  auto spilld = testing::SpilldFixture::Start();
+  std::vector<std::string> flags;
+  std::filesystem::path nvme;
+  if (std::string(p.optimizer) == "nvme") {
+    nvme = std::filesystem::path(NvmeBaseDir()) / ("spill_engine_nvme_" + std::to_string(getpid()));
+    std::filesystem::create_directories(nvme);
+    flags = {"--nvme-dirs=" + nvme.string(), "--nvme-capacity=256MiB"};
+  }
+  auto spilld = testing::SpilldFixture::Start(flags);
   ASSERT_TRUE(spilld.ok()) << spilld.status();
   std::string config = kConfig;
   config.insert(1, p.config_extra);
-  for (size_t at = 0; p.offload_none && (at = config.find("\"cpu\"")) != std::string::npos;) {
-    config.replace(at, 5, "\"none\"");
-  }
+  const std::string opt_key = "\"offload_optimizer\": {\"device\": \"cpu\"}";
+  const std::string param_key = "\"offload_param\": {\"device\": \"cpu\"}";
+  config.replace(config.find(opt_key), opt_key.size(),
+                 std::string("\"offload_optimizer\": {\"device\": \"") + p.optimizer + "\"" +
+                     (nvme.empty() ? "" : ", \"nvme_path\": \"" + nvme.string() + "\"") + "}");
+  config.replace(config.find(param_key), param_key.size(),
+                 std::string("\"offload_param\": {\"device\": \"") + p.param + "\"}");
   const std::string config_path = Write("ds.json", config);
   const std::string params_path = (dir_ / "params.bin").string();
   std::string output;
@@ -202,8 +233,9 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
       kWorld, (*spilld)->socket_path(),
       "--deepspeed " + config_path + " --layers 2 --hidden 32 --heads 4 --vocab 256 --seq_len 16" +
           " --max_steps " + std::to_string(kSteps) + " --seed " + std::to_string(kSeed) +
-          " --job engine-test --save_params " + params_path,
+          " --job engine-test --save_params " + params_path + " " + p.args,
       &output);
+  if (!nvme.empty()) std::filesystem::remove_all(nvme);
   ASSERT_EQ(rc, 0) << output;
   EXPECT_NE(output.find("step 4 loss"), std::string::npos) << output;
 
@@ -239,13 +271,27 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
 // in the master weights, which can flip the rounding of a bf16 parameter by
 // one ulp (2^-8 relative): rtol 1/128 (observed: bitwise equal). Offload
 // none runs torch's fused AdamW kernel on the shards instead of spilld's.
+constexpr char kBf16[] = "\"bf16\": {\"enabled\": true},";
+constexpr char kFp16[] = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 12},";
+
 INSTANTIATE_TEST_SUITE_P(
     Precisions, EngineEquivalenceTest,
-    ::testing::Values(Precision{"fp32", "", 1e-4, 2e-6},
-                      Precision{"bf16", "\"bf16\": {\"enabled\": true},", 1.0 / 128, 1e-6},
-                      Precision{"fp32_offload_none", "", 1e-4, 2e-6, true},
-                      Precision{"bf16_offload_none", "\"bf16\": {\"enabled\": true},", 1.0 / 128,
-                                1e-6, true}),
+    ::testing::Values(
+        Precision{"fp32", "", 1e-4, 2e-6},
+        Precision{"bf16", kBf16, 1.0 / 128, 1e-6},
+        Precision{"fp32_offload_none", "", 1e-4, 2e-6, "none", "none"},
+        Precision{"bf16_offload_none", kBf16, 1.0 / 128, 1e-6, "none", "none"},
+        // ZeRO-Offload: optimizer in spilld, parameter shards kept on the device.
+        Precision{"bf16_param_on_device", kBf16, 1.0 / 128, 1e-6, "cpu", "none"},
+        Precision{"bf16_checkpointing", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu",
+                  "--gradient_checkpointing"},
+        // fp16 with the dynamic scaler at 2^12. Gradients this small reach
+        // fp16's subnormal range, which Gloo's fp16 reduction rounds
+        // differently from the reference's torch ops; Adam normalises those
+        // tiny gradients to updates of up to lr, so a few percent of the
+        // elements differ by up to ~lr/5 (observed 1.8e-4, 98% bitwise equal).
+        Precision{"fp16", kFp16, 1.0 / 512, 3e-4},
+        Precision{"fp32_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "cpu"}),
     [](const ::testing::TestParamInfo<Precision>& info) { return std::string(info.param.name); });
 
 TEST_F(EngineTest, UnsupportedOffloadModeFailsAtStartNamingTheKey) {
@@ -324,17 +370,155 @@ TEST_F(EngineApiTest, BadMicroBatchesAreRefusedAndChangeNothing) {
 }
 
 TEST_F(EngineApiTest, UnsupportedModesNameTheKey) {
-  options_.config.fp16.enabled = true;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;  // optimizer none
   auto e = Engine::Create(options_, collectives_.get());
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(e.status().message().find("fp16.enabled"), absl::string_view::npos);
-  options_.config.fp16.enabled = false;
+  EXPECT_NE(e.status().message().find("offload_optimizer.device=none"), absl::string_view::npos);
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kNvme;
   options_.config.zero.offload_param.device = OffloadDevice::kNvme;
   e = Engine::Create(options_, collectives_.get());
   ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(e.status().message().find("offload_param.device=nvme"), absl::string_view::npos);
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kNone;
+  options_.config.zero.offload_param.device = OffloadDevice::kNone;
+  options_.config.fp16.enabled = true;
+  options_.config.fp16.hysteresis = 0;
+  e = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("hysteresis"), absl::string_view::npos) << e.status();
   EXPECT_EQ(Engine::Create(options_, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Runs `steps` steps on fixed data; returns the final parameters and, in
+// *stats, each step's statistics.
+std::vector<at::Tensor> Train(Engine& engine, int steps, std::vector<StepStats>* stats) {
+  ByteDataset data = *ByteDataset::Open(DefaultDataPath());
+  for (int step = 0; step < steps; ++step) {
+    std::vector<MicroBatch> micro;
+    for (int64_t k = 0; k < kGas; ++k) {
+      TokenBatch b = *data.Batch(step * kGas + k, 0, kMicro, kShape.seq_len, kSeed);
+      micro.push_back({at::tensor(b.tokens, at::kLong).view({kMicro, kShape.seq_len}),
+                       at::tensor(b.targets, at::kLong).view({kMicro, kShape.seq_len})});
+    }
+    auto s = engine.TrainStep(micro);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return {};
+    if (stats != nullptr) stats->push_back(*s);
+  }
+  auto params = engine.GatherParameters();
+  EXPECT_TRUE(params.ok()) << params.status();
+  return params.ok() ? *params : std::vector<at::Tensor>{};
+}
+
+struct GatherCase {
+  int64_t persistence, reuse, prefetch;
+  int64_t gathers_per_micro;
+};
+
+// The access order is recorded by the first micro-step and drives the
+// prefetch of the next; what stays gathered follows the persistence
+// threshold and the reuse distance; none of it changes the numbers.
+TEST_F(EngineApiTest, AccessOrderPrefetchAndReuseLeaveTheResultUnchanged) {
+  // embedding, block.0, block.1, head (tied to the embedding).
+  const std::vector<int> order = {0, 1, 2, 3, 0, 3, 0, 2, 1, 0};
+  const std::vector<GatherCase> cases = {
+      {0, 0, 0, 10},                       // everything freed after each use, no prefetch
+      {0, 0, 1'000'000'000, 10},           // same gathers, issued ahead
+      {0, 1'000'000'000, 0, 4},            // kept while reused soon: each layer once
+      {1'000'000'000, 0, 1'000'000'000, 4},  // all persistent (for the step)
+  };
+  std::vector<at::Tensor> first;
+  for (const GatherCase& c : cases) {
+    options_.config.zero.stage3_param_persistence_threshold = c.persistence;
+    options_.config.zero.stage3_max_reuse_distance = c.reuse;
+    options_.config.zero.stage3_prefetch_bucket_size = c.prefetch;
+    auto engine = Engine::Create(options_, collectives_.get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::vector<StepStats> stats;
+    std::vector<at::Tensor> params = Train(**engine, 2, &stats);
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ((*engine)->trace(), order);
+    for (const StepStats& s : stats) EXPECT_EQ(s.trace_changes, 0);
+    if (c.persistence == 0) {
+      // The recording micro-step knows no reuse yet: it gathers at every use.
+      EXPECT_EQ(stats[0].gathers, 10 + c.gathers_per_micro * (kGas - 1)) << c.reuse;
+      EXPECT_EQ(stats[1].gathers, c.gathers_per_micro * kGas) << c.reuse;
+    }
+    if (c.persistence > 0) EXPECT_EQ(stats[1].gathers, c.gathers_per_micro);
+    // Step 1's second micro-step and step 2 follow the recorded order.
+    if (c.prefetch > 0 && c.reuse == 0 && c.persistence == 0) {
+      EXPECT_GT(stats[0].prefetched, 0);
+      EXPECT_GT(stats[1].prefetched, stats[0].prefetched);
+    }
+    if (c.prefetch == 0) EXPECT_EQ(stats[1].prefetched, 0);
+    if (first.empty()) {
+      first = params;
+      continue;
+    }
+    ASSERT_EQ(params.size(), first.size());
+    for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(params[i].equal(first[i])) << i;
+  }
+}
+
+TEST_F(EngineApiTest, GradientCheckpointingRecomputesTheSameGradients) {
+  auto plain = Engine::Create(options_, collectives_.get());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  std::vector<at::Tensor> want = Train(**plain, 2, nullptr);
+  options_.gradient_checkpointing = true;
+  auto ckpt = Engine::Create(options_, collectives_.get());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<at::Tensor> got = Train(**ckpt, 2, nullptr);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(at::allclose(got[i], want[i], 0, 1e-6)) << i;
+  }
+}
+
+// fp16 with a scale so large that the gradients overflow: every rank skips
+// the step (nothing changes), the scaler backs off after `hysteresis`
+// overflows, and training goes on once the scale fits.
+void ExpectOverflowSkipsSteps(Engine& engine, const std::vector<at::Tensor>& initial) {
+  std::vector<StepStats> stats;
+  std::vector<at::Tensor> after = Train(engine, 3, &stats);
+  ASSERT_EQ(stats.size(), 3u);
+  for (const StepStats& s : stats) EXPECT_TRUE(s.skipped) << s.step;
+  EXPECT_EQ(stats[0].loss_scale, std::ldexp(1.0, 40));
+  EXPECT_EQ(stats[1].loss_scale, std::ldexp(1.0, 40));  // hysteresis 2 absorbed one overflow
+  EXPECT_EQ(stats[2].loss_scale, std::ldexp(1.0, 39));
+  EXPECT_EQ(engine.step(), 3);
+  ASSERT_EQ(after.size(), initial.size());
+  for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(after[i].equal(initial[i])) << i;
+}
+
+TEST_F(EngineApiTest, Fp16OverflowSkipsTheStepAndBacksOff) {
+  options_.config.fp16.enabled = true;
+  options_.config.fp16.initial_scale_power = 40;
+  auto engine = Engine::Create(options_, collectives_.get());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto initial = (*engine)->GatherParameters();
+  ASSERT_TRUE(initial.ok()) << initial.status();
+  ExpectOverflowSkipsSteps(**engine, *initial);
+}
+
+TEST_F(EngineApiTest, Fp16OverflowSkipsTheStepInSpilldToo) {
+  auto spilld = testing::SpilldFixture::Start();
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.fp16.enabled = true;
+  options_.config.fp16.initial_scale_power = 40;
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.session.socket_path = (*spilld)->socket_path();
+  {
+    auto engine = Engine::Create(options_, collectives_.get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    auto initial = (*engine)->GatherParameters();
+    ASSERT_TRUE(initial.ok()) << initial.status();
+    ExpectOverflowSkipsSteps(**engine, *initial);
+  }
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
 }
 
 TEST_F(EngineApiTest, ARankWhoseShardsAreAlreadyInSpilldIsRefused) {

@@ -41,6 +41,7 @@ constexpr char kUsage[] =
     "  --spill-socket PATH      spilld's socket (default $SPILL_SOCKET)\n"
     "  --job NAME               spilld job id (default spill-train)\n"
     "  --save_params FILE       rank 0 writes the final parameters (raw fp32, layer order)\n"
+    "  --gradient_checkpointing recompute each layer in backward (keep only its input)\n"
     "  HF arguments: --learning_rate --per_device_train_batch_size\n"
     "    --gradient_accumulation_steps --max_grad_norm --warmup_steps --weight_decay\n"
     "    --adam_beta1 --adam_beta2 --adam_epsilon --bf16 --fp16\n";
@@ -51,6 +52,7 @@ struct Flags {
   std::map<std::string, int64_t> shape;
   int64_t max_steps = 10;
   uint64_t seed = 1234;
+  bool gradient_checkpointing = false;
   TrainingArgs args;
 };
 
@@ -108,6 +110,10 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
       (a == "bf16" ? f.args.bf16 : f.args.fp16) = true;
       continue;
     }
+    if (a == "gradient_checkpointing") {
+      f.gradient_checkpointing = true;
+      continue;
+    }
     std::string value;
     const size_t eq = a.find('=');
     if (eq != std::string::npos) {
@@ -158,13 +164,28 @@ absl::Status SaveParams(const std::string& path, const std::vector<at::Tensor>& 
   return absl::OkStatus();
 }
 
-void LogStep(const StepStats& s, double seconds) {
+// ", spilld: N objects, X GiB resident" for the whole job.
+std::string SpilldLine(client::Session* session) {
+  if (session == nullptr) return "";
+  absl::StatusOr<std::vector<client::ObjectInfo>> objects = session->List();
+  if (!objects.ok()) return absl::StrCat(", spilld: ", objects.status().message());
+  uint64_t resident = 0;
+  for (const client::ObjectInfo& o : *objects) resident += o.resident() ? o.byte_size() : 0;
+  return absl::StrFormat(", spilld: %d objects, %.2f GiB resident", objects->size(),
+                         resident / 1073741824.0);
+}
+
+void LogStep(const StepStats& s, double seconds, double flops_per_token, const std::string& tail) {
+  const double tokens_per_s = s.tokens / seconds;
   std::cout << absl::StrFormat(
-                   "step %d loss %.4f lr %.3e grad_norm %.4f clip %.3f tokens/s %.1f | "
-                   "forward %.3fs backward %.3fs reduce %.3fs spilld %.3fs optimizer %.3fs",
-                   s.step, s.loss, s.lr, s.grad_norm, s.clip, s.tokens / seconds, s.forward_s,
-                   s.backward_s, s.reduce_s, s.spilld_wait_s, s.optimizer_s)
-            << std::endl;
+                   "step %d loss %.4f lr %.3e loss_scale %g%s grad_norm %.4f clip %.3f "
+                   "tokens/s %.1f TFLOP/s %.2f | forward %.3fs backward %.3fs reduce %.3fs "
+                   "spilld %.3fs optimizer %.3fs | gathers %d prefetched %d h2d %.1fMB d2h %.1fMB",
+                   s.step, s.loss, s.lr, s.loss_scale, s.skipped ? " (skipped: overflow)" : "",
+                   s.grad_norm, s.clip, tokens_per_s, 3 * flops_per_token * tokens_per_s / 1e12,
+                   s.forward_s, s.backward_s, s.reduce_s, s.spilld_wait_s, s.optimizer_s, s.gathers,
+                   s.prefetched, s.h2d_bytes / 1e6, s.d2h_bytes / 1e6)
+            << tail << std::endl;
 }
 
 absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& shape,
@@ -182,6 +203,7 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
   o.session.job_id = f.job;
   o.session.socket_path = f.socket.empty() ? client::DefaultSocketPath() : f.socket;
   if (f.device == "cuda") o.device = at::Device(at::kCUDA, info.local_rank);
+  o.gradient_checkpointing = f.gradient_checkpointing;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(o, coll->get());
   if (!engine.ok()) return engine.status();
   const int64_t gas = config.gradient_accumulation_steps;
@@ -202,7 +224,9 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
     if (!s.ok()) return s.status();
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (info.rank == 0 && (step % config.steps_per_print == 0 || step == 1 || step == f.max_steps)) {
-      LogStep(*s, sec);
+      LogStep(*s, sec, (*engine)->model().ForwardFlopsPerToken(shape.seq_len),
+              DeviceMemorySummary(o.device.is_cuda() ? o.device.index() : -1) +
+                  SpilldLine((*engine)->session()));
     }
   }
   absl::StatusOr<std::vector<at::Tensor>> params = (*engine)->GatherParameters();

@@ -1,0 +1,214 @@
+// One micro-step: forward layer by layer over gathered parameters, then
+// backward layer by layer in reverse (re-gathering what forward freed,
+// recomputing the layer with activation checkpointing), each layer's
+// gradient reduce-scattered as soon as its last use is done and handed to
+// spilld (D2H on its own stream, GradReady, and the layer's optimizer step
+// when it may overlap the rest of backward).
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/StreamGuard.h>
+
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/engine.h"
+#include "worker/engine_internal.h"
+
+namespace spill::worker {
+namespace {
+
+std::optional<at::ScalarType> ToScalarType(CommDType d) {
+  switch (d) {
+    case CommDType::kFp32: return at::kFloat;
+    case CommDType::kFp16: return at::kHalf;
+    case CommDType::kBf16: return at::kBFloat16;
+    case CommDType::kDefault: break;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+// Gathers layer i (and, for the tied head, the embedding), runs it on x and
+// returns its output; for the head, the micro-step's scaled loss, with the
+// unscaled loss in *loss.
+absl::StatusOr<at::Tensor> Engine::RunLayer(size_t i, const at::Tensor& x,
+                                            const at::Tensor& targets, StepStats& stats) {
+  const size_t n = layers_.size();
+  const bool head = i + 1 == n;
+  SPILL_RETURN_IF_ERROR(Require(i, stats));
+  if (head) SPILL_RETURN_IF_ERROR(Require(0, stats));
+  SPILL_RETURN_IF_ERROR(Ready(i));
+  if (head) SPILL_RETURN_IF_ERROR(Ready(0));
+  const Layer& layer = *model_.layers()[i];
+  std::vector<at::Tensor> params = layer.Unflatten(layers_[i].full.narrow(0, 0, layers_[i].numel));
+  at::Tensor tied;
+  if (head) {
+    tied = model_.layers()[0]->Unflatten(
+        layers_[0].full.narrow(0, 0, layers_[0].numel))[GptModel::kTiedParam];
+  }
+  at::Tensor out = layer.Forward(x, params, tied);
+  if (head) out = GptModel::Loss(out, targets);
+  return out;
+}
+
+absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micro,
+                                             StepStats& stats) {
+  const size_t n = layers_.size();
+  const bool ckpt = options_.gradient_checkpointing;
+  const double root_scale =
+      scaler_.scale() / static_cast<double>(options_.config.gradient_accumulation_steps);
+  at::Tensor tokens = mb.tokens.to(options_.device), targets = mb.targets.to(options_.device);
+  std::vector<at::Tensor> inputs(n), outputs(n);
+  at::Tensor loss;
+  EngineClock::time_point t0 = EngineClock::now();
+  {
+    std::optional<at::NoGradGuard> no_grad;
+    if (ckpt) no_grad.emplace();
+    at::Tensor x = tokens;
+    for (size_t i = 0; i < n; ++i) {
+      // Each layer gets a leaf input, so backward runs layer by layer.
+      inputs[i] = i == 0 ? tokens : ckpt ? x.detach() : x.detach().requires_grad_(true);
+      SPILL_ASSIGN_OR_RETURN(at::Tensor out, RunLayer(i, inputs[i], targets, stats));
+      Done(i);
+      if (i + 1 == n) {
+        Done(0);
+        loss = out.detach();
+        out = out * root_scale;
+      }
+      if (!ckpt) outputs[i] = out;
+      x = out;
+    }
+  }
+  SyncCompute();
+  stats.forward_s += SecondsSince(t0);
+  t0 = EngineClock::now();
+  at::Tensor grad;
+  for (size_t i = n; i-- > 0;) {
+    const bool head = i + 1 == n;
+    at::Tensor out;
+    if (ckpt) {
+      if (i > 0) inputs[i] = inputs[i].detach().requires_grad_(true);
+      SPILL_ASSIGN_OR_RETURN(out, RunLayer(i, inputs[i], targets, stats));
+      if (head) out = out * root_scale;
+    } else {
+      SPILL_RETURN_IF_ERROR(Require(i, stats));
+      if (head) SPILL_RETURN_IF_ERROR(Require(0, stats));
+      SPILL_RETURN_IF_ERROR(Ready(i));
+      if (head) SPILL_RETURN_IF_ERROR(Ready(0));
+      out = std::move(outputs[i]);
+    }
+    if (grad.defined()) {
+      out.backward(grad);
+    } else {
+      out.backward();
+    }
+    out = at::Tensor();
+    grad = i > 0 ? inputs[i].grad() : at::Tensor();
+    inputs[i] = at::Tensor();
+    Done(i);
+    if (head) Done(0);
+    // Layer i's gradient is complete (the embedding's includes the tied
+    // head's, which reached it first).
+    SPILL_RETURN_IF_ERROR(ReduceLayer(i, micro, stats));
+    SPILL_RETURN_IF_ERROR(PollGrads(/*wait_all=*/false, stats));
+  }
+  EndMicroStep(stats);
+  SyncCompute();
+  stats.backward_s += SecondsSince(t0);
+  t0 = EngineClock::now();
+  SPILL_RETURN_IF_ERROR(PollGrads(/*wait_all=*/true, stats));
+  if (!local_) SPILL_RETURN_IF_ERROR(PollReleases(/*wait_all=*/true));
+  stats.reduce_s += SecondsSince(t0);
+  return loss.to(at::kFloat);
+}
+
+absl::Status Engine::ReduceLayer(size_t i, uint32_t micro, StepStats& stats) {
+  LayerState& ls = layers_[i];
+  at::Tensor g = ls.full.grad();
+  if (!g.defined()) g = at::zeros_like(ls.full.detach());
+  ls.full.mutable_grad() = at::Tensor();
+  at::Tensor shard = at::empty({ls.shard}, g.options());
+  std::shared_ptr<Work> rs = collectives_->ReduceScatter(
+      shard, g, ReduceOp::kAvg, ToScalarType(options_.config.communication_data_type));
+  if (local_) {
+    SPILL_RETURN_IF_ERROR(PrefixStatus(rs->StreamWait(options_.timeout), "reduce-scatter gradients"));
+    at::Tensor g32 = shard.to(at::kFloat);
+    ls.grad = micro == 0 ? g32 : ls.grad.add_(g32);
+    return absl::OkStatus();
+  }
+  PendingGrad p;
+  p.layer = i;
+  p.micro = micro;
+  // Pin the gradient object now; the copy needs its address.
+  ls.grad_acquire = session_->Acquire(ls.grad_object.object_id, /*for_write=*/true);
+  EngineClock::time_point t0 = EngineClock::now();
+  absl::StatusOr<client::ObjectInfo> pinned = ls.grad_acquire->Get(options_.timeout);
+  stats.spilld_wait_s += SecondsSince(t0);
+  if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire gradient shard");
+  SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, session_->Bytes(*pinned));
+  at::Tensor dst = at::from_blob(bytes.data(), {ls.shard}, at::TensorOptions().dtype(dtype_));
+  if (options_.device.is_cuda()) {
+    c10::StreamGuard guard(*d2h_stream_);
+    SPILL_RETURN_IF_ERROR(PrefixStatus(rs->StreamWait(options_.timeout), "reduce-scatter gradients"));
+    dst.copy_(shard, /*non_blocking=*/true);
+    p.copied.emplace(options_.device.type());
+    p.copied->record(*d2h_stream_);
+    p.shard = shard;  // The copy reads it on the D2H stream.
+  } else {
+    SPILL_RETURN_IF_ERROR(Wait(rs, "reduce-scatter gradients"));
+    dst.copy_(shard);
+  }
+  stats.d2h_bytes += static_cast<int64_t>(bytes.size());
+  grads_.push_back(std::move(p));
+  return absl::OkStatus();
+}
+
+// Advances every pending gradient: copied → GradReady sent; answered →
+// sum of squares kept, pin released, and on the last micro-step (when the
+// step may overlap backward) the layer's optimizer step sent.
+absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
+  const uint32_t last_micro =
+      static_cast<uint32_t>(options_.config.gradient_accumulation_steps - 1);
+  const uint64_t step = static_cast<uint64_t>(step_ + 1);
+  size_t kept = 0;
+  absl::Status first;
+  for (size_t k = 0; k < grads_.size(); ++k) {
+    PendingGrad& p = grads_[k];
+    LayerState& ls = layers_[p.layer];
+    if (p.ready == nullptr) {
+      if (p.copied && !wait_all && !p.copied->query()) {
+        if (kept != k) grads_[kept] = std::move(p);
+        ++kept;
+        continue;
+      }
+      if (p.copied) p.copied->synchronize();
+      p.shard = at::Tensor();
+      p.ready = session_->GradReady(ls.group_id, ls.grad_object.object_id, step, p.micro);
+    }
+    if (!wait_all && !p.ready->IsCompleted()) {
+      if (kept != k) grads_[kept] = std::move(p);
+      ++kept;
+      continue;
+    }
+    EngineClock::time_point t0 = EngineClock::now();
+    absl::Status s = Wait(p.ready, "gradient ready");
+    absl::Status rel = Wait(session_->Release(ls.grad_object.object_id), "release gradient shard");
+    stats.spilld_wait_s += SecondsSince(t0);
+    if (s.ok()) s = rel;
+    if (s.ok() && p.micro == last_micro) {
+      sum_squares_ += p.ready->sum_squares();
+      if (OverlapStep()) {
+        if (step_works_.empty()) step_works_.resize(layers_.size());
+        step_works_[p.layer] = session_->OptimizerStep(ls.group_id, step,
+                                                       static_cast<float>(stats.lr), 1.0f, false);
+      }
+    }
+    if (first.ok()) first = s;
+  }
+  grads_.resize(kept);
+  return first;
+}
+
+}  // namespace spill::worker

@@ -1,0 +1,82 @@
+// Engine internals shared by engine.cc, engine_fetch.cc and
+// engine_backward.cc. Not a public header.
+#ifndef SPILL_WORKER_ENGINE_INTERNAL_H_
+#define SPILL_WORKER_ENGINE_INTERNAL_H_
+
+#include <ATen/ATen.h>
+#include <c10/core/Event.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "spill/client.h"
+#include "worker/collectives.h"
+#include "worker/engine.h"
+
+namespace spill::worker {
+
+using EngineClock = std::chrono::steady_clock;
+
+inline double SecondsSince(EngineClock::time_point t0) {
+  return std::chrono::duration<double>(EngineClock::now() - t0).count();
+}
+
+struct Engine::LayerState {
+  int64_t numel = 0;
+  int64_t shard = 0;  // Elements per rank; padded = shard * world.
+  bool persistent = false;  // numel < stage3_param_persistence_threshold
+  client::ObjectInfo param_object;
+  client::ObjectInfo grad_object;
+  uint64_t group_id = 0;
+  client::GroupMember member;  // spilld's master and state objects
+  // Offload none: the shard and its optimizer state on the compute device.
+  at::Tensor master, exp_avg, exp_avg_sq, state_step;  // fp32
+  at::Tensor param;  // master in the compute dtype (the same tensor in fp32)
+  at::Tensor grad;   // fp32 accumulator over micro-steps
+  // offload_param none with an offloaded optimizer: the device copy of the
+  // parameter shard and the step it reflects.
+  at::Tensor device_shard;
+  int64_t device_shard_step = -1;
+  // The gathered parameters: a leaf tensor (requires_grad) of shard * world
+  // elements whose storage is allocated for a gather and released after the
+  // last use, so the autograd graph's saved views stay valid across the
+  // re-gather before backward.
+  at::Tensor full;
+  bool live = false;        // Storage allocated and a gather issued.
+  bool prefetched = false;  // Issued by Prefetch and not yet required.
+  std::shared_ptr<Work> gather;
+  int last_pos = -1;  // Trace position of the latest Require.
+  // The gradient object's pin for the pending D2H copy.
+  std::shared_ptr<client::Work> grad_acquire;
+};
+
+// A pinned shard whose H2D copy must finish before spilld may unpin it.
+struct Engine::PendingRelease {
+  uint64_t object_id = 0;
+  std::optional<c10::Event> copied;  // CUDA; none: already copied
+};
+
+// A reduced gradient shard on its way to spilld: D2H copy → GradReady →
+// release (→ OptimizerStep when it may overlap backward).
+struct Engine::PendingGrad {
+  size_t layer = 0;
+  uint32_t micro = 0;
+  at::Tensor shard;                  // device; kept until the copy finished
+  std::optional<c10::Event> copied;  // CUDA D2H done
+  std::shared_ptr<client::Work> ready;  // GradReady, once sent
+};
+
+// Releases the storage of `t` (every view of it keeps its metadata) and
+// allocates it again with the storage's own allocator (on CUDA: the current
+// stream's caching-allocator pool).
+void ReleaseStorage(const at::Tensor& t);
+void AllocateStorage(const at::Tensor& t);
+
+absl::Status PrefixStatus(const absl::Status& s, const std::string& what);
+
+}  // namespace spill::worker
+
+#endif  // SPILL_WORKER_ENGINE_INTERNAL_H_
