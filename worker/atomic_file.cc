@@ -47,10 +47,11 @@ absl::Status MakeDirs(const std::string& path) {
     absl::Status s = MakeDirs(parent);
     if (!s.ok()) return s;
   }
-  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+  if (::mkdir(path.c_str(), 0755) != 0) {
+    if (errno == EEXIST) return absl::OkStatus();  // Created concurrently.
     return absl::ErrnoToStatus(errno, absl::StrCat("mkdir ", path));
   }
-  return absl::OkStatus();
+  return FsyncDir(parent);  // The new entry survives a crash.
 }
 
 absl::Status FsyncDir(const std::string& dir) {

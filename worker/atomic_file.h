@@ -19,9 +19,9 @@
 
 namespace spill::worker {
 
-// Creates `path` and its missing parents (mode 0755). OK when it already is
-// a directory; FailedPrecondition when it or a parent is not one; errno
-// statuses otherwise.
+// Creates `path` and its missing parents (mode 0755), fsyncing the parent
+// of each directory it creates. OK when it already is a directory;
+// FailedPrecondition when it or a parent is not one; errno statuses otherwise.
 absl::Status MakeDirs(const std::string& path);
 
 // fsyncs the directory `dir`. errno status naming `dir` on failure.

@@ -9,9 +9,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "storage/crc32c.h"
 #include "worker/atomic_file.h"
 #include "worker/checkpoint_internal.h"
 #include "worker/safetensors.h"
@@ -138,17 +140,18 @@ absl::StatusOr<std::vector<const CkptArray*>> OrderArrays(const CkptMeta& meta,
             absl::StrCat("checkpoint arrays: '", layer.name, "/", state, "' is missing"));
       }
       if (static_cast<int64_t>(it->second->data.size()) != shard) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "checkpoint arrays: '", layer.name, "/", state, "' has ", it->second->data.size(),
-            " elements, the shard of ", layer.numel, " over ", meta.world_size, " ranks is ", shard));
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint arrays: '", layer.name, "/", state, "' has ",
+                         it->second->data.size(), " elements, the shard of ", layer.numel, " over ",
+                         meta.world_size, " ranks is ", shard));
       }
       ordered.push_back(it->second);
       by_name.erase(it);
     }
   }
   if (!by_name.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint arrays: '", by_name.begin()->first, "' is not a layer/state of the meta"));
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint arrays: '", by_name.begin()->first,
+                                                   "' is not a layer/state of the meta"));
   }
   return ordered;
 }
@@ -181,6 +184,14 @@ std::string TensorName(const std::string& layer, const std::string& state) {
   return absl::StrCat(layer, "/", state);
 }
 
+std::string CrcKey(const std::string& tensor_name) { return absl::StrCat("crc32c:", tensor_name); }
+
+bool TensorCrc(const SafetensorsFile& file, const std::string& tensor_name, uint32_t* crc) {
+  const auto it = file.metadata().find(CrcKey(tensor_name));
+  if (it == file.metadata().end() || it->second.size() != 8) return false;
+  return absl::SimpleHexAtoi(it->second, crc);
+}
+
 std::string CheckRankFile(const SafetensorsFile& file, int rank, const CkptMeta& meta) {
   const std::map<std::string, std::string> want = ShardMetadata(rank, meta);
   for (const auto& [key, value] : want) {
@@ -198,6 +209,8 @@ std::string CheckRankFile(const SafetensorsFile& file, int rank, const CkptMeta&
       if (t->dtype != StDType::kF32 || t->shape != std::vector<int64_t>{shard}) {
         return absl::StrCat("tensor '", name, "' is not F32 [", shard, "]");
       }
+      uint32_t crc = 0;
+      if (!TensorCrc(file, name, &crc)) return absl::StrCat("tensor '", name, "' has no checksum");
       ++expected;
     }
   }
@@ -254,13 +267,15 @@ absl::Status WriteRankShard(const std::string& dir, const std::string& tag, int 
   SPILL_RETURN_IF_ERROR(CheckNotPublished(dir, tag));
   SPILL_RETURN_IF_ERROR(MakeDirs(TagDir(dir, tag)));
   std::vector<StTensorSpec> specs;
+  std::map<std::string, std::string> metadata = ShardMetadata(rank, meta);
   for (const CkptArray* a : ordered) {
-    specs.push_back({TensorName(a->layer, a->state), StDType::kF32,
-                     {static_cast<int64_t>(a->data.size())}});
+    const std::string name = TensorName(a->layer, a->state);
+    const uint32_t crc = storage::Crc32c(a->data.data(), a->data.size() * sizeof(float));
+    metadata[internal::CrcKey(name)] = absl::StrFormat("%08x", crc);
+    specs.push_back({name, StDType::kF32, {static_cast<int64_t>(a->data.size())}});
   }
   const std::string path = absl::StrCat(TagDir(dir, tag), "/", RankFileName(rank, meta.world_size));
-  SPILL_ASSIGN_OR_RETURN(auto writer,
-                         SafetensorsWriter::Create(path, std::move(specs), ShardMetadata(rank, meta)));
+  SPILL_ASSIGN_OR_RETURN(auto writer, SafetensorsWriter::Create(path, std::move(specs), metadata));
   for (const CkptArray* a : ordered) {
     SPILL_RETURN_IF_ERROR(writer->AppendFloats(a->data, StDType::kF32));
   }
@@ -277,18 +292,18 @@ absl::Status PublishCheckpoint(const std::string& dir, const std::string& tag,
   for (int r = 0; r < meta.world_size; ++r) {
     const std::string path = absl::StrCat(tag_dir, "/", RankFileName(r, meta.world_size));
     absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
-    std::string why = file.ok() ? internal::CheckRankFile(*file, r, meta)
-                                : std::string(file.status().message());
+    std::string why =
+        file.ok() ? internal::CheckRankFile(*file, r, meta) : std::string(file.status().message());
     if (!why.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "checkpoint ", tag_dir, " not published: rank file ", path, ": ", why));
+      return absl::FailedPreconditionError(
+          absl::StrCat("checkpoint ", tag_dir, " not published: rank file ", path, ": ", why));
     }
   }
+  SPILL_RETURN_IF_ERROR(WriteFileAtomic(absl::StrCat(tag_dir, "/", internal::kMetaFile),
+                                        EncodeMeta(meta, engine_state)));
   SPILL_RETURN_IF_ERROR(
-      WriteFileAtomic(absl::StrCat(tag_dir, "/", internal::kMetaFile), EncodeMeta(meta, engine_state)));
-  SPILL_RETURN_IF_ERROR(WriteFileAtomic(
-      absl::StrCat(tag_dir, "/", internal::kCompleteFile),
-      absl::StrCat("step ", meta.step, " world_size ", meta.world_size, "\n")));
+      WriteFileAtomic(absl::StrCat(tag_dir, "/", internal::kCompleteFile),
+                      absl::StrCat("step ", meta.step, " world_size ", meta.world_size, "\n")));
   return WriteFileAtomic(absl::StrCat(dir, "/", internal::kLatestFile), tag + "\n");
 }
 

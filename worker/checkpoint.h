@@ -19,8 +19,8 @@
 //   collectives->Barrier();
 //   if (rank == 0) SPILL_RETURN_IF_ERROR(PublishCheckpoint(dir, tag, meta));
 // Resuming into any world size:
-//   SPILL_ASSIGN_OR_RETURN(CheckpointReader ckpt, CheckpointReader::Open(dir, ""));
-//   for (layer, state) SPILL_RETURN_IF_ERROR(
+//   SPILL_ASSIGN_OR_RETURN(CheckpointReader ckpt, CheckpointReader::Open(dir,
+//   "")); for (layer, state) SPILL_RETURN_IF_ERROR(
 //       ckpt.ReadShardInto(layer.name, state, rank, world, slot_span));
 //
 // Every file is written under a temp name, fsynced, renamed and its directory
@@ -156,8 +156,7 @@ class CheckpointReader {
 // One-shot CheckpointReader::Open(dir, tag, meta).ReadShard(...).
 absl::StatusOr<std::vector<float>> ReadShard(const std::string& dir, const std::string& tag,
                                              const CkptMeta& meta, const std::string& layer,
-                                             const std::string& state, int new_rank,
-                                             int new_world);
+                                             const std::string& state, int new_rank, int new_world);
 
 // DeepSpeed's zero_to_fp32: every parameter of the "master" state (by
 // CkptParam name and shape, padding dropped) as one safetensors file in

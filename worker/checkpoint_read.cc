@@ -4,7 +4,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "storage/crc32c.h"
 #include "worker/checkpoint.h"
 #include "worker/checkpoint_internal.h"
 #include "worker/safetensors.h"
@@ -17,9 +19,12 @@ using internal::TensorName;
 
 StDType ToStDType(CkptDType dtype) {
   switch (dtype) {
-    case CkptDType::kBf16: return StDType::kBF16;
-    case CkptDType::kFp16: return StDType::kF16;
-    case CkptDType::kFp32: break;
+    case CkptDType::kBf16:
+      return StDType::kBF16;
+    case CkptDType::kFp16:
+      return StDType::kF16;
+    case CkptDType::kFp32:
+      break;
   }
   return StDType::kF32;
 }
@@ -41,7 +46,8 @@ absl::Status WriteParamFile(const std::string& out_path, const std::vector<CkptL
   for (const CkptLayer& layer : layers) {
     for (const CkptParam& p : layer.params) specs.push_back({p.name, st, p.shape});
   }
-  SPILL_ASSIGN_OR_RETURN(auto writer, SafetensorsWriter::Create(out_path, std::move(specs), metadata));
+  SPILL_ASSIGN_OR_RETURN(auto writer,
+                         SafetensorsWriter::Create(out_path, std::move(specs), metadata));
   for (size_t i = 0; i < layers.size(); ++i) {
     SPILL_ASSIGN_OR_RETURN(absl::Span<const float> flat, fetch(i));
     for (const CkptParam& p : layers[i].params) {
@@ -50,6 +56,34 @@ absl::Status WriteParamFile(const std::string& out_path, const std::vector<CkptL
     }
   }
   return writer->Commit();
+}
+
+// Reads elements [first, first + count) of tensor `name` of a rank file into
+// `out`. When they are all of the tensor's `real` (non-padding) elements, the
+// padding is read too and the tensor's CRC32C checked: DataLoss naming file
+// and tensor on a mismatch.
+absl::Status ReadPiece(const SafetensorsFile& file, const std::string& name, int64_t first,
+                       int64_t count, int64_t real, float* out) {
+  const StTensorInfo& t = *file.Find(name);  // CheckRankFile saw every tensor.
+  const uint64_t bytes = static_cast<uint64_t>(count) * sizeof(float);
+  SPILL_RETURN_IF_ERROR(
+      file.ReadBytes(t, static_cast<uint64_t>(first) * sizeof(float), out, bytes));
+  if (first != 0 || count != real) return absl::OkStatus();
+  uint32_t crc = storage::Crc32c(out, bytes);
+  if (t.bytes() > bytes) {
+    std::vector<char> padding(t.bytes() - bytes);
+    SPILL_RETURN_IF_ERROR(file.ReadBytes(t, bytes, padding.data(), padding.size()));
+    crc = storage::Crc32c(padding.data(), padding.size(), crc);
+  }
+  uint32_t want = 0;
+  internal::TensorCrc(file, name, &want);  // Present: CheckRankFile checked.
+  if (crc != want) {
+    return absl::DataLossError(
+        absl::StrFormat("checkpoint rank file %s is corrupt: tensor '%s' has "
+                        "CRC32C %08x, its header says %08x",
+                        file.path(), name, crc, want));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -100,7 +134,8 @@ absl::StatusOr<std::vector<float>> CheckpointReader::ReadShard(const std::string
   const auto it = std::find_if(meta_.layers.begin(), meta_.layers.end(),
                                [&](const CkptLayer& l) { return l.name == layer; });
   const int64_t numel = it == meta_.layers.end() ? 0 : it->numel;
-  std::vector<float> out(static_cast<size_t>(std::max<int64_t>(0, ShardElements(numel, new_world))));
+  std::vector<float> out(
+      static_cast<size_t>(std::max<int64_t>(0, ShardElements(numel, new_world))));
   SPILL_RETURN_IF_ERROR(ReadShardInto(layer, state, new_rank, new_world, absl::MakeSpan(out)));
   return out;
 }
@@ -133,11 +168,9 @@ absl::Status CheckpointReader::ReadShardInto(const std::string& layer, const std
   for (int64_t pos = lo; pos < hi;) {
     const int64_t r = pos / old_shard, base = r * old_shard;
     const int64_t end = std::min(hi, base + old_shard);
-    const SafetensorsFile& file = *ranks_[static_cast<size_t>(r)];
-    SPILL_RETURN_IF_ERROR(file.ReadBytes(*file.Find(name),
-                                         static_cast<uint64_t>(pos - base) * sizeof(float),
-                                         out.data() + (pos - lo),
-                                         static_cast<size_t>(end - pos) * sizeof(float)));
+    SPILL_RETURN_IF_ERROR(ReadPiece(*ranks_[static_cast<size_t>(r)], name, pos - base, end - pos,
+                                    std::min(numel, base + old_shard) - base,
+                                    out.data() + (pos - lo)));
     pos = end;
   }
   return absl::OkStatus();
@@ -156,17 +189,17 @@ absl::Status ConsolidateCheckpoint(const std::string& dir, const std::string& ta
   SPILL_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(dir, tag));
   const CkptMeta& meta = reader.meta();
   if (std::find(meta.states.begin(), meta.states.end(), "master") == meta.states.end()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", TagDir(dir, reader.tag()), " has no \"master\" state to consolidate"));
+    return absl::FailedPreconditionError(absl::StrCat("checkpoint ", TagDir(dir, reader.tag()),
+                                                      " has no \"master\" state to consolidate"));
   }
   std::vector<float> flat;
   auto fetch = [&](size_t i) -> absl::StatusOr<absl::Span<const float>> {
     SPILL_ASSIGN_OR_RETURN(flat, reader.ReadShard(meta.layers[i].name, "master", 0, 1));
     return absl::Span<const float>(flat);
   };
-  return WriteParamFile(out_path, meta.layers, dtype,
-                        {{"format", "pt"}, {"step", absl::StrCat(meta.step)}, {"tag", reader.tag()}},
-                        fetch);
+  return WriteParamFile(
+      out_path, meta.layers, dtype,
+      {{"format", "pt"}, {"step", absl::StrCat(meta.step)}, {"tag", reader.tag()}}, fetch);
 }
 
 absl::Status WriteConsolidatedWeights(const std::string& out_path,
@@ -179,14 +212,14 @@ absl::Status WriteConsolidatedWeights(const std::string& out_path,
   check.layers = layers;
   SPILL_RETURN_IF_ERROR(ValidateCkptMeta(check));
   if (full_layers.size() != layers.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "consolidated weights: ", full_layers.size(), " layer arrays for ", layers.size(), " layers"));
+    return absl::InvalidArgumentError(absl::StrCat("consolidated weights: ", full_layers.size(),
+                                                   " layer arrays for ", layers.size(), " layers"));
   }
   for (size_t i = 0; i < layers.size(); ++i) {
     if (static_cast<int64_t>(full_layers[i].size()) < layers[i].numel) {
-      return absl::InvalidArgumentError(absl::StrCat("consolidated weights: layer '",
-                                                     layers[i].name, "' has ", full_layers[i].size(),
-                                                     " elements, needs ", layers[i].numel));
+      return absl::InvalidArgumentError(
+          absl::StrCat("consolidated weights: layer '", layers[i].name, "' has ",
+                       full_layers[i].size(), " elements, needs ", layers[i].numel));
     }
   }
   auto fetch = [&](size_t i) -> absl::StatusOr<absl::Span<const float>> { return full_layers[i]; };

@@ -1,6 +1,8 @@
 #include "worker/checkpoint.h"
 
 #include <stdlib.h>
+
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -95,11 +97,13 @@ TEST_F(CheckpointTest, IncompleteCheckpointIsRefused) {
   auto tag = ResolveCheckpointTag(dir_, "half");
   EXPECT_EQ(tag.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_HAS(tag.status(), "checkpoint " + dir_ + "/half was not completed");
-  EXPECT_EQ(ReadCheckpointMeta(dir_, "half").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ReadCheckpointMeta(dir_, "half").status().code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(CheckpointReader::Open(dir_, "half").status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(ConsolidateCheckpoint(dir_, "half", root_ + "/out.safetensors", CkptDType::kFp32).code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      ConsolidateCheckpoint(dir_, "half", root_ + "/out.safetensors", CkptDType::kFp32).code(),
+      absl::StatusCode::kFailedPrecondition);
   EXPECT_FALSE(fs::exists(root_ + "/out.safetensors"));
   // No latest at all, or a latest naming nothing.
   auto none = ResolveCheckpointTag(dir_, "");
@@ -237,7 +241,8 @@ TEST_F(CheckpointTest, DamagedRankFilesAreDataLossNamingTheFile) {
   const std::string good = ReadAll(r1);
   auto expect_loss = [&](const std::string& what) {
     const auto reader = CheckpointReader::Open(dir_, "t");
-    EXPECT_EQ(reader.status().code(), absl::StatusCode::kDataLoss) << what << ": " << reader.status();
+    EXPECT_EQ(reader.status().code(), absl::StatusCode::kDataLoss)
+        << what << ": " << reader.status();
     EXPECT_HAS(reader.status(), r1);
     std::ofstream(r1, std::ios::binary) << good;
   };
@@ -261,6 +266,47 @@ TEST_F(CheckpointTest, DamagedRankFilesAreDataLossNamingTheFile) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_HAS(s, r1);
   EXPECT_HAS(s, "'block.0/master'");
+}
+
+// Flips one bit of element `element` of tensor `name` in the rank file.
+void FlipBit(const std::string& path, const std::string& name, int64_t element) {
+  auto f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status();
+  const uint64_t begin = f->Find(name)->begin;
+  std::string bytes = ReadAll(path);
+  uint64_t header = 0;
+  std::memcpy(&header, bytes.data(), 8);
+  bytes[8 + header + begin + static_cast<uint64_t>(element) * 4] ^= 0x10;
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+TEST_F(CheckpointTest, CorruptDataFailsTheChecksum) {
+  CkptMeta meta = TestMeta(2, 6);
+  Save("t", meta);
+  const std::string r0 = TagFile("t", "rank_0_of_2.safetensors");
+  const std::string r1 = TagFile("t", "rank_1_of_2.safetensors");
+  FlipBit(r0, "block.0/exp_avg", 17);
+  auto reader = CheckpointReader::Open(dir_, "t");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  absl::Status s = reader->ReadShard("block.0", "exp_avg", 0, 2).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_HAS(s, r0);
+  EXPECT_HAS(s, "tensor 'block.0/exp_avg' has CRC32C");
+  // Other tensors still read; a re-sharding read of part of the tensor is not
+  // checked (only whole-tensor reads are).
+  EXPECT_TRUE(reader->ReadShard("block.0", "master", 0, 2).ok());
+  EXPECT_TRUE(reader->ReadShard("block.0", "exp_avg", 1, 3).ok());
+  // A flipped bit in the padding of the last rank is caught too.
+  FlipBit(r1, "embedding/master",
+          18);  // 37 over 2: rank 1 holds 18 + 1 padding
+  s = reader->ReadShard("embedding", "master", 1, 2).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_HAS(s, r1);
+  // Consolidation reads whole tensors: refused, nothing written.
+  const std::string out = root_ + "/out.safetensors";
+  s = ConsolidateCheckpoint(dir_, "t", out, CkptDType::kFp32);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(CheckpointTest, CorruptMetaIsDataLoss) {

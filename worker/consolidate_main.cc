@@ -2,7 +2,8 @@
 // Reads a published ZeRO-3 checkpoint of any world size and writes every
 // parameter's master weights, padding dropped, as one safetensors file.
 //
-//   spill-consolidate --checkpoint=DIR [--tag=TAG] --output=FILE [--dtype=fp32|bf16|fp16]
+//   spill-consolidate --checkpoint=DIR [--tag=TAG] --output=FILE
+//   [--dtype=fp32|bf16|fp16]
 //
 // Without --tag the checkpoint named by DIR/latest is read. Exit status: 0 on
 // success, 1 when the checkpoint cannot be read or the output written, 2 for
@@ -19,11 +20,14 @@ namespace {
 using spill::worker::CkptDType;
 
 constexpr char kUsage[] =
-    "usage: spill-consolidate --checkpoint=DIR [--tag=TAG] --output=FILE [--dtype=fp32|bf16|fp16]\n"
+    "usage: spill-consolidate --checkpoint=DIR [--tag=TAG] --output=FILE "
+    "[--dtype=fp32|bf16|fp16]\n"
     "  --checkpoint=DIR   the checkpoint directory spill-train saved to\n"
-    "  --tag=TAG          the checkpoint to read (default: the one DIR/latest names)\n"
+    "  --tag=TAG          the checkpoint to read (default: the one DIR/latest "
+    "names)\n"
     "  --output=FILE      the safetensors file to write\n"
-    "  --dtype=TYPE       fp32 (default), bf16 or fp16 (round to nearest even)\n";
+    "  --dtype=TYPE       fp32 (default), bf16 or fp16 (round to nearest "
+    "even)\n";
 
 int Usage(const std::string& error) {
   std::cerr << "spill-consolidate: " << error << "\n" << kUsage;
@@ -64,10 +68,14 @@ int main(int argc, char** argv) {
   if (!have_dir) return Usage("--checkpoint=DIR is required");
   if (!have_output) return Usage("--output=FILE is required");
   CkptDType dtype;
-  if (dtype_name == "fp32") dtype = CkptDType::kFp32;
-  else if (dtype_name == "bf16") dtype = CkptDType::kBf16;
-  else if (dtype_name == "fp16") dtype = CkptDType::kFp16;
-  else return Usage(absl::StrCat("--dtype '", dtype_name, "' is not one of fp32, bf16, fp16"));
+  if (dtype_name == "fp32")
+    dtype = CkptDType::kFp32;
+  else if (dtype_name == "bf16")
+    dtype = CkptDType::kBf16;
+  else if (dtype_name == "fp16")
+    dtype = CkptDType::kFp16;
+  else
+    return Usage(absl::StrCat("--dtype '", dtype_name, "' is not one of fp32, bf16, fp16"));
 
   absl::StatusOr<spill::worker::CkptMeta> meta = spill::worker::ReadCheckpointMeta(dir, tag);
   absl::Status status = meta.status();

@@ -52,9 +52,12 @@ float Decode(const SafetensorsFile& f, const StTensorInfo& t, int64_t i) {
 
 float Convert(float v, CkptDType dtype) {
   switch (dtype) {
-    case CkptDType::kBf16: return Bf16ToFp32(Fp32ToBf16(v));
-    case CkptDType::kFp16: return Fp16ToFp32(Fp32ToFp16(v));
-    case CkptDType::kFp32: break;
+    case CkptDType::kBf16:
+      return Bf16ToFp32(Fp32ToBf16(v));
+    case CkptDType::kFp16:
+      return Fp16ToFp32(Fp32ToFp16(v));
+    case CkptDType::kFp32:
+      break;
   }
   return v;
 }
@@ -152,8 +155,8 @@ TEST_F(CheckpointTest, CliConsolidates) {
   CkptMeta meta = TestMeta(2, 11);
   Save("step11", meta);
   const std::string out = root_ + "/cli.safetensors";
-  CommandResult run = RunCommand(absl::StrCat(SPILL_CONSOLIDATE_BIN, " --checkpoint=", dir_, " --output=", out,
-                                    " --dtype=fp16"));
+  CommandResult run = RunCommand(absl::StrCat(SPILL_CONSOLIDATE_BIN, " --checkpoint=", dir_,
+                                              " --output=", out, " --dtype=fp16"));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("wrote 5 tensors (139 parameters, fp16) of step 11 (world size 2)"),
             std::string::npos)
@@ -190,19 +193,43 @@ TEST_F(CheckpointTest, ReferenceLibraryReadsConsolidatedFiles) {
     for (const CkptParam& p : meta.layers[l].params) {
       int64_t n = 1;
       for (int64_t d : p.shape) n *= d;
-      expected[p.name] = {{"shape", p.shape},
-                          {"values", std::vector<float>(full.begin() + p.offset,
-                                                        full.begin() + p.offset + n)}};
+      expected[p.name] = {
+          {"shape", p.shape},
+          {"values", std::vector<float>(full.begin() + p.offset, full.begin() + p.offset + n)}};
     }
   }
   { std::ofstream(root_ + "/expected.json") << expected.dump(); }
-  for (const auto& [name, dtype] : {std::pair{"fp32", CkptDType::kFp32}, {"fp16", CkptDType::kFp16}}) {
+  for (const auto& [name, dtype] :
+       {std::pair{"fp32", CkptDType::kFp32}, {"fp16", CkptDType::kFp16}}) {
     const std::string out = absl::StrCat(root_, "/", name, ".safetensors");
     ASSERT_TRUE(ConsolidateCheckpoint(dir_, "t", out, dtype).ok());
-    const CommandResult run = RunCommand(absl::StrCat("python3 ", SPILL_CHECK_SAFETENSORS_PY, " ", out, " ",
-                                            root_, "/expected.json ", name));
+    const CommandResult run = RunCommand(absl::StrCat("python3 ", SPILL_CHECK_SAFETENSORS_PY, " ",
+                                                      out, " ", root_, "/expected.json ", name));
     EXPECT_EQ(run.exit_code, 0) << run.output;
   }
+  // The check can fail: the fp32 file is not fp16.
+  const CommandResult wrong =
+      RunCommand(absl::StrCat("python3 ", SPILL_CHECK_SAFETENSORS_PY, " ", root_,
+                              "/fp32.safetensors ", root_, "/expected.json fp16"));
+  EXPECT_NE(wrong.exit_code, 0) << wrong.output;
+  // And our reader reads what the reference library writes.
+  const std::string theirs = root_ + "/theirs.safetensors";
+  const CommandResult save =
+      RunCommand(absl::StrCat("python3 -c \"import sys, numpy as np; from safetensors.numpy import "
+                              "save_file; "
+                              "save_file({'a': np.arange(6, dtype=np.float32).reshape(2, 3), "
+                              "'b': np.array([1.5, -2], dtype=np.float16)}, sys.argv[1], "
+                              "metadata={'k': 'v'})\" ",
+                              theirs));
+  ASSERT_EQ(save.exit_code, 0) << save.output;
+  auto f = SafetensorsFile::Open(theirs);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->metadata().at("k"), "v");
+  ASSERT_NE(f->Find("a"), nullptr);
+  EXPECT_EQ(f->Find("a")->shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(Decode(*f, *f->Find("a"), 5), 5.0f);
+  ASSERT_NE(f->Find("b"), nullptr);
+  EXPECT_EQ(Decode(*f, *f->Find("b"), 1), -2.0f);
 }
 
 }  // namespace

@@ -28,10 +28,14 @@ constexpr char kMetadataKey[] = "__metadata__";
 uint32_t FloatBits(float f) { return std::bit_cast<uint32_t>(f); }
 
 bool ParseDType(const std::string& name, StDType* out) {
-  if (name == "F32") *out = StDType::kF32;
-  else if (name == "F16") *out = StDType::kF16;
-  else if (name == "BF16") *out = StDType::kBF16;
-  else return false;
+  if (name == "F32")
+    *out = StDType::kF32;
+  else if (name == "F16")
+    *out = StDType::kF16;
+  else if (name == "BF16")
+    *out = StDType::kBF16;
+  else
+    return false;
   return true;
 }
 
@@ -110,9 +114,12 @@ std::string ParseEntry(const std::string& name, const json& v, StTensorInfo* t) 
 
 const char* StDTypeName(StDType dtype) {
   switch (dtype) {
-    case StDType::kF32: return "F32";
-    case StDType::kF16: return "F16";
-    case StDType::kBF16: return "BF16";
+    case StDType::kF32:
+      return "F32";
+    case StDType::kF16:
+      return "F16";
+    case StDType::kBF16:
+      return "BF16";
   }
   return "?";
 }
@@ -131,7 +138,7 @@ uint16_t Fp32ToFp16(float value) {
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t a = x & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return sign | 0x7E00u | ((a >> 13) & 0x3FFu);  // quiet NaN
-  if (a >= 0x477FF000u) return sign | 0x7C00u;  // >= 65520 rounds to inf
+  if (a >= 0x477FF000u) return sign | 0x7C00u;                        // >= 65520 rounds to inf
   if (a < 0x38800000u) {  // below 2^-14: an fp16 subnormal or zero
     const int e = static_cast<int>(a >> 23);
     if (e < 102) return sign;  // below 2^-25
@@ -166,9 +173,8 @@ std::string EncodeSafetensorsHeader(const std::vector<StTensorInfo>& tensors,
                                     const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   for (const StTensorInfo& t : tensors) {
-    header[t.name] = {{"dtype", StDTypeName(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {t.begin, t.end}}};
+    header[t.name] = {
+        {"dtype", StDTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }
   if (!metadata.empty()) header[kMetadataKey] = metadata;
   std::string text = header.dump();
@@ -216,9 +222,9 @@ SafetensorsWriter::~SafetensorsWriter() {
 absl::Status SafetensorsWriter::Append(const void* data, size_t bytes) {
   if (committed_) return absl::FailedPreconditionError(absl::StrCat(path_, " already committed"));
   if (written_ + bytes > data_bytes_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "safetensors ", path_, ": appending ", bytes, " bytes after ", written_,
-        " passes the declared ", data_bytes_));
+    return absl::FailedPreconditionError(absl::StrCat("safetensors ", path_, ": appending ", bytes,
+                                                      " bytes after ", written_,
+                                                      " passes the declared ", data_bytes_));
   }
   SPILL_RETURN_IF_ERROR(WriteAll(fd_.get(), static_cast<const char*>(data), bytes, tmp_));
   written_ += bytes;
@@ -242,8 +248,8 @@ absl::Status SafetensorsWriter::AppendFloats(absl::Span<const float> values, StD
 absl::Status SafetensorsWriter::Commit() {
   if (committed_) return absl::FailedPreconditionError(absl::StrCat(path_, " already committed"));
   if (written_ != data_bytes_) {
-    return absl::FailedPreconditionError(absl::StrCat("safetensors ", path_, ": ", written_,
-                                                      " of ", data_bytes_, " data bytes written"));
+    return absl::FailedPreconditionError(absl::StrCat("safetensors ", path_, ": ", written_, " of ",
+                                                      data_bytes_, " data bytes written"));
   }
   if (::fsync(fd_.get()) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("fsync ", tmp_));
   if (::close(fd_.Release()) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("close ", tmp_));
@@ -260,7 +266,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
     return absl::ErrnoToStatus(errno, absl::StrCat("open ", path));
   }
   struct stat st;
-  if (::fstat(f.fd_.get(), &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  if (::fstat(f.fd_.get(), &st) != 0)
+    return absl::ErrnoToStatus(errno, absl::StrCat("stat ", path));
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   auto loss = [&](const std::string& what) {
     return absl::DataLossError(absl::StrCat("safetensors file ", path, " is corrupt: ", what));
@@ -270,46 +277,55 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   size_t got = 0;
   SPILL_RETURN_IF_ERROR(PreadFull(f.fd_.get(), &n, 8, 0, &got, path));
   if (got != 8) return loss("file shrank while reading the header length");
-  if (n > kMaxHeaderBytes || n > size - 8) {
+  if (n > size - 8) {
     return loss(absl::StrCat("header length ", n, " is beyond the file's ", size, " bytes"));
+  }
+  if (n > kMaxHeaderBytes) {
+    return loss(absl::StrCat("header length ", n, " is over the limit of ", kMaxHeaderBytes));
   }
   std::string text(n, '\0');
   SPILL_RETURN_IF_ERROR(PreadFull(f.fd_.get(), text.data(), n, 8, &got, path));
   if (got != n) return loss("file shrank while reading the header");
-  const json header = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (header.is_discarded() || !header.is_object()) return loss("header is not a JSON object");
   f.data_start_ = 8 + n;
+  const std::string error = f.ParseHeader(text, size - f.data_start_);
+  if (!error.empty()) return loss(error);
+  for (size_t i = 0; i < f.tensors_.size(); ++i) f.index_[f.tensors_[i].name] = i;
+  return f;
+}
+
+std::string SafetensorsFile::ParseHeader(const std::string& text, uint64_t data_bytes) {
+  const json header = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded() || !header.is_object()) return "header is not a JSON object";
   for (const auto& [name, value] : header.items()) {
     if (name == kMetadataKey) {
-      if (!value.is_object()) return loss("__metadata__ is not an object");
+      if (!value.is_object()) return "__metadata__ is not an object";
       for (const auto& [k, v] : value.items()) {
-        if (!v.is_string()) return loss(absl::StrCat("__metadata__ value of '", k, "' is not a string"));
-        f.metadata_[k] = v.get<std::string>();
+        if (!v.is_string()) return absl::StrCat("__metadata__ value of '", k, "' is not a string");
+        metadata_[k] = v.get<std::string>();
       }
       continue;
     }
     StTensorInfo t;
     const std::string error = ParseEntry(name, value, &t);
-    if (!error.empty()) return loss(absl::StrCat("tensor '", name, "' ", error));
-    f.tensors_.push_back(std::move(t));
+    if (!error.empty()) return absl::StrCat("tensor '", name, "' ", error);
+    tensors_.push_back(std::move(t));
   }
-  std::sort(f.tensors_.begin(), f.tensors_.end(), [](const StTensorInfo& a, const StTensorInfo& b) {
+  std::sort(tensors_.begin(), tensors_.end(), [](const StTensorInfo& a, const StTensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   uint64_t expected = 0;
-  for (const StTensorInfo& t : f.tensors_) {
+  for (const StTensorInfo& t : tensors_) {
     if (t.begin != expected) {
-      return loss(absl::StrCat("tensor '", t.name, "' starts at ", t.begin, ", expected ",
-                               expected, " (offsets overlap or leave a hole)"));
+      return absl::StrCat("tensor '", t.name, "' starts at ", t.begin, ", expected ", expected,
+                          " (offsets overlap or leave a hole)");
     }
     expected = t.end;
   }
-  if (expected != size - f.data_start_) {
-    return loss(absl::StrCat("tensors end at data byte ", expected, " but the data section has ",
-                             size - f.data_start_, " bytes (truncated or trailing bytes)"));
+  if (expected != data_bytes) {
+    return absl::StrCat("tensors end at data byte ", expected, " but the data section has ",
+                        data_bytes, " bytes (truncated or trailing bytes)");
   }
-  for (size_t i = 0; i < f.tensors_.size(); ++i) f.index_[f.tensors_[i].name] = i;
-  return f;
+  return "";
 }
 
 const StTensorInfo* SafetensorsFile::Find(const std::string& name) const {
@@ -321,11 +337,12 @@ absl::Status SafetensorsFile::ReadBytes(const StTensorInfo& tensor, uint64_t off
                                         size_t n) const {
   if (offset > tensor.bytes() || n > tensor.bytes() - offset) {
     return absl::OutOfRangeError(absl::StrCat("read of ", n, " bytes at ", offset, " of tensor '",
-                                              tensor.name, "' (", tensor.bytes(),
-                                              " bytes) in ", path_));
+                                              tensor.name, "' (", tensor.bytes(), " bytes) in ",
+                                              path_));
   }
   size_t got = 0;
-  SPILL_RETURN_IF_ERROR(PreadFull(fd_.get(), out, n, data_start_ + tensor.begin + offset, &got, path_));
+  SPILL_RETURN_IF_ERROR(
+      PreadFull(fd_.get(), out, n, data_start_ + tensor.begin + offset, &got, path_));
   if (got != n) {
     return absl::DataLossError(absl::StrCat("safetensors file ", path_, " is truncated: tensor '",
                                             tensor.name, "' ends past the end of the file"));

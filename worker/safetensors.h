@@ -7,9 +7,9 @@
 // padded with spaces to a multiple of 8, then the data section; offsets are
 // relative to the data section's start.
 //
-//   SPILL_ASSIGN_OR_RETURN(auto w, SafetensorsWriter::Create(path, specs, meta));
-//   SPILL_RETURN_IF_ERROR(w->AppendFloats(values, StDType::kBF16));  // in spec order
-//   SPILL_RETURN_IF_ERROR(w->Commit());
+//   SPILL_ASSIGN_OR_RETURN(auto w, SafetensorsWriter::Create(path, specs,
+//   meta)); SPILL_RETURN_IF_ERROR(w->AppendFloats(values, StDType::kBF16));  //
+//   in spec order SPILL_RETURN_IF_ERROR(w->Commit());
 //
 //   SPILL_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(path));
 //   const StTensorInfo* t = f.Find("block.0/master");
@@ -133,6 +133,10 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  // Fills tensors_ and metadata_ from the header JSON; why it is invalid, or
+  // empty.
+  std::string ParseHeader(const std::string& text, uint64_t data_bytes);
+
   std::string path_;
   UniqueFd fd_;
   uint64_t data_start_ = 0;

@@ -60,11 +60,13 @@ TEST(ConversionTest, Bf16KnownAnswers) {
   EXPECT_EQ(Fp32ToBf16(1.0f + 3 * 0x1p-8f), 0x3F82);
   EXPECT_EQ(Fp32ToBf16(F(0x3F808001)), 0x3F81);  // just above the tie
   EXPECT_EQ(Fp32ToBf16(F(0x3F807FFF)), 0x3F80);  // just below
-  EXPECT_EQ(Fp32ToBf16(std::numeric_limits<float>::max()), 0x7F80);  // rounds to inf
+  EXPECT_EQ(Fp32ToBf16(std::numeric_limits<float>::max()),
+            0x7F80);  // rounds to inf
   EXPECT_EQ(Fp32ToBf16(std::numeric_limits<float>::infinity()), 0x7F80);
   EXPECT_EQ(Fp32ToBf16(-std::numeric_limits<float>::infinity()), 0xFF80);
   EXPECT_EQ(Fp32ToBf16(std::numeric_limits<float>::quiet_NaN()), 0x7FC0);
-  EXPECT_EQ(Fp32ToBf16(F(0x7F800001)), 0x7FC0);  // NaN payload only in the low bits
+  EXPECT_EQ(Fp32ToBf16(F(0x7F800001)),
+            0x7FC0);  // NaN payload only in the low bits
   EXPECT_EQ(Fp32ToBf16(F(0xFF800001)), 0xFFC0);
   EXPECT_EQ(Fp32ToBf16(F(0x00000001)), 0x0000);  // fp32 subnormal
   EXPECT_EQ(Fp32ToBf16(F(0x00018000)), 0x0002);  // subnormal tie to even
@@ -82,12 +84,13 @@ TEST(ConversionTest, Fp16KnownAnswers) {
   EXPECT_EQ(Fp32ToFp16(-1e6f), 0xFC00);
   EXPECT_EQ(Fp32ToFp16(1.0f + 0x1p-11f), 0x3C00);      // tie to even (down)
   EXPECT_EQ(Fp32ToFp16(1.0f + 3 * 0x1p-11f), 0x3C02);  // tie to even (up)
-  EXPECT_EQ(Fp32ToFp16(0x1p-14f), 0x0400);              // smallest normal
-  EXPECT_EQ(Fp32ToFp16(0x1p-24f), 0x0001);              // smallest subnormal
-  EXPECT_EQ(Fp32ToFp16(0x1p-25f), 0x0000);              // tie to even (zero)
-  EXPECT_EQ(Fp32ToFp16(F(0x33000001)), 0x0001);         // just above 2^-25
-  EXPECT_EQ(Fp32ToFp16(3 * 0x1p-25f), 0x0002);          // tie to even (up)
-  EXPECT_EQ(Fp32ToFp16(0x1p-14f - 0x1p-25f), 0x0400);   // rounds up into the normals
+  EXPECT_EQ(Fp32ToFp16(0x1p-14f), 0x0400);             // smallest normal
+  EXPECT_EQ(Fp32ToFp16(0x1p-24f), 0x0001);             // smallest subnormal
+  EXPECT_EQ(Fp32ToFp16(0x1p-25f), 0x0000);             // tie to even (zero)
+  EXPECT_EQ(Fp32ToFp16(F(0x33000001)), 0x0001);        // just above 2^-25
+  EXPECT_EQ(Fp32ToFp16(3 * 0x1p-25f), 0x0002);         // tie to even (up)
+  EXPECT_EQ(Fp32ToFp16(0x1p-14f - 0x1p-25f),
+            0x0400);  // rounds up into the normals
   EXPECT_EQ(Fp32ToFp16(1e-10f), 0x0000);
   EXPECT_EQ(Fp32ToFp16(std::numeric_limits<float>::infinity()), 0x7C00);
   EXPECT_EQ(Fp32ToFp16(-std::numeric_limits<float>::infinity()), 0xFC00);
@@ -132,7 +135,8 @@ TEST(ConversionTest, SweepMatchesReference) {
     const float a = std::fabs(f);
     // bf16: truncation is the candidate below; one above may be inf.
     const uint16_t bl = static_cast<uint16_t>(std::bit_cast<uint32_t>(a) >> 16);
-    // 0x7F80 stands for 2^128 here: IEEE rounds as if the exponent were unbounded.
+    // 0x7F80 stands for 2^128 here: IEEE rounds as if the exponent were
+    // unbounded.
     auto decode = [](uint16_t b) {
       return b == 0x7F80 ? std::ldexp(1.0, 128) : static_cast<double>(Bf16ToFp32(b));
     };
@@ -196,10 +200,14 @@ TEST_F(SafetensorsTest, WritesAndReadsBack) {
 TEST_F(SafetensorsTest, WriterRefusesBadUseAndLeavesOldFile) {
   const std::string path = Path("keep.safetensors");
   { std::ofstream(path) << "old"; }
-  EXPECT_EQ(SafetensorsWriter::Create(path, {{"a", StDType::kF32, {1}}, {"a", StDType::kF32, {1}}}, {})
-                .status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(SafetensorsWriter::Create(path, {{"__metadata__", StDType::kF32, {1}}}, {})
-                .status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      SafetensorsWriter::Create(path, {{"a", StDType::kF32, {1}}, {"a", StDType::kF32, {1}}}, {})
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      SafetensorsWriter::Create(path, {{"__metadata__", StDType::kF32, {1}}}, {}).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(SafetensorsWriter::Create(path, {{"a", StDType::kF32, {-1}}}, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
   {
@@ -213,7 +221,8 @@ TEST_F(SafetensorsTest, WriterRefusesBadUseAndLeavesOldFile) {
     EXPECT_NE(s.message().find("4 of 8 data bytes"), std::string::npos) << s;
   }
   EXPECT_EQ(ReadAll(path), "old");
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);  // no temp left
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}),
+            1);  // no temp left
 }
 
 struct BadCase {
@@ -238,12 +247,10 @@ TEST_F(SafetensorsTest, ReaderRejectsMalformedFiles) {
        std::string(12, 0), 0, "leave a hole"},
       {"out_of_range", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", f8, 0,
        "truncated"},
-      {"trailing", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", f8, 0,
-       "trailing"},
+      {"trailing", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", f8, 0, "trailing"},
       {"dtype", R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", f8, 0,
        "expected one of F32"},
-      {"product", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", f8, 0,
-       "needs 12"},
+      {"product", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", f8, 0, "needs 12"},
       {"neg_shape", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", f8, 0,
        "bad shape"},
       {"reversed", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", f8, 0,
@@ -256,7 +263,8 @@ TEST_F(SafetensorsTest, ReaderRejectsMalformedFiles) {
     const auto f = SafetensorsFile::Open(path);
     ASSERT_EQ(f.status().code(), absl::StatusCode::kDataLoss) << c.name << ": " << f.status();
     EXPECT_NE(f.status().message().find(path), std::string::npos) << c.name << ": " << f.status();
-    EXPECT_NE(f.status().message().find(c.expect), std::string::npos) << c.name << ": " << f.status();
+    EXPECT_NE(f.status().message().find(c.expect), std::string::npos)
+        << c.name << ": " << f.status();
   }
   { std::ofstream(Path("short")) << "abc"; }
   EXPECT_EQ(SafetensorsFile::Open(Path("short")).status().code(), absl::StatusCode::kDataLoss);

@@ -17,7 +17,7 @@
 #include "worker/checkpoint.h"
 
 // EXPECT that status `s` has `text` in its message.
-#define EXPECT_HAS(s, text)                                                           \
+#define EXPECT_HAS(s, text) \
   EXPECT_NE(std::string((s).message()).find(text), std::string::npos) << (s)
 
 namespace spill::worker::testing_util {
@@ -56,7 +56,8 @@ inline float Value(size_t layer, size_t state, int64_t i, int64_t step) {
 
 inline std::vector<float> Full(const CkptMeta& meta, size_t layer, size_t state) {
   std::vector<float> v(static_cast<size_t>(meta.layers[layer].numel));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = Value(layer, state, static_cast<int64_t>(i), meta.step);
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = Value(layer, state, static_cast<int64_t>(i), meta.step);
   return v;
 }
 
@@ -67,12 +68,14 @@ inline std::vector<float> Shard(const std::vector<float>& full, int rank, int wo
   std::vector<float> out(static_cast<size_t>(shard), -777.0f);
   for (int64_t k = 0; k < shard; ++k) {
     const int64_t i = rank * shard + k;
-    if (i < static_cast<int64_t>(full.size())) out[static_cast<size_t>(k)] = full[static_cast<size_t>(i)];
+    if (i < static_cast<int64_t>(full.size()))
+      out[static_cast<size_t>(k)] = full[static_cast<size_t>(i)];
   }
   return out;
 }
 
-// Rank r's shard of `full` for `world` ranks as a reader returns it (zero padding).
+// Rank r's shard of `full` for `world` ranks as a reader returns it (zero
+// padding).
 inline std::vector<float> Resplit(const std::vector<float>& full, int rank, int world) {
   std::vector<float> out = Shard(full, rank, world);
   const int64_t shard = static_cast<int64_t>(out.size());
@@ -127,8 +130,9 @@ class CheckpointTest : public ::testing::Test {
           const std::vector<float> want = Resplit(full, r, new_world);
           ASSERT_EQ(got->size(), want.size());
           for (size_t k = 0; k < want.size(); ++k) {
-            ASSERT_EQ((*got)[k], want[k]) << meta.layers[l].name << "/" << meta.states[s]
-                                          << " rank " << r << " of " << new_world << " element " << k;
+            ASSERT_EQ((*got)[k], want[k])
+                << meta.layers[l].name << "/" << meta.states[s] << " rank " << r << " of "
+                << new_world << " element " << k;
           }
         }
       }
