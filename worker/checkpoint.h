@@ -23,6 +23,10 @@
 //   "")); for (layer, state) SPILL_RETURN_IF_ERROR(
 //       ckpt.ReadShardInto(layer.name, state, rank, world, slot_span));
 //
+// <dir> must be one file system shared by every rank (rank 0 checks all rank
+// files before publishing), as for DeepSpeed's checkpoints. A published tag
+// is never rewritten: saving to it again is AlreadyExists.
+//
 // Every file is written under a temp name, fsynced, renamed and its directory
 // fsynced. Functions are thread-compatible; a CheckpointReader's const
 // methods may run concurrently.
