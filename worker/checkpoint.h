@@ -144,7 +144,9 @@ class CheckpointReader {
   // from the old ranks' files by reading only the byte ranges needed.
   // NotFound for an unknown layer or state; InvalidArgument for a bad
   // new_rank/new_world or (Into) an `out` of another size; DataLoss naming
-  // file and tensor when a file turns out shorter than its header.
+  // file and tensor when a file turns out shorter than its header, or when a
+  // read that covers a whole old tensor (same world size, or consolidation)
+  // fails its CRC32C. Partial reads of a tensor are not checksummed.
   absl::StatusOr<std::vector<float>> ReadShard(const std::string& layer, const std::string& state,
                                                int new_rank, int new_world) const;
   absl::Status ReadShardInto(const std::string& layer, const std::string& state, int new_rank,
