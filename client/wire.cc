@@ -95,6 +95,8 @@ void ToProto(const GroupSpec& spec, v1::CreateGroupRequest* out) {
   out->set_gradient_accumulation_steps(spec.gradient_accumulation_steps);
   out->set_states_on_nvme(spec.states_on_nvme);
   out->set_sub_group_size(spec.sub_group_size);
+  out->set_resume_step(spec.resume_step);
+  out->set_resume_applied_steps(spec.resume_applied_steps);
   for (const GroupMemberSpec& m : spec.members) {
     v1::GroupMemberSpec* pm = out->add_members();
     pm->set_param_object_id(m.param_object_id);

@@ -187,6 +187,11 @@ absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::FindGroup(
 }
 
 absl::Status OptimizerHost::ValidateSpec(const GroupSpec& spec) const {
+  if (spec.resume_applied_steps > spec.resume_step) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer group '", spec.name, "': resume_applied_steps (", spec.resume_applied_steps,
+        ") exceeds resume_step (", spec.resume_step, ")"));
+  }
   if (spec.name.empty()) return absl::InvalidArgumentError("optimizer group name is empty");
   if (spec.name.size() > options_.max_name_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("optimizer group name is ", spec.name.size(),
@@ -314,6 +319,8 @@ absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::Build(
   group->info.gradient_accumulation_steps = spec.gradient_accumulation_steps;
   group->info.states_on_nvme = spec.states_on_nvme;
   group->info.sub_group_size = spec.states_on_nvme ? RoundSubGroup(spec.sub_group_size) : 0;
+  group->info.last_step = spec.resume_step;
+  group->info.applied_steps = spec.resume_applied_steps;
   for (size_t i = 0; i < spec.members.size(); ++i) {
     const ObjectRecord& param = views[2 * i].record;
     const ObjectRecord& grad = views[2 * i + 1].record;

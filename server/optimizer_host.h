@@ -74,6 +74,9 @@ struct GroupSpec {
   // (rounded up to a multiple of 1024) during each step.
   bool states_on_nvme = false;
   uint64_t sub_group_size = uint64_t{1} << 24;
+  // Resuming from a checkpoint: last_step and applied_steps start here.
+  uint64_t resume_step = 0;
+  uint64_t resume_applied_steps = 0;
 };
 
 struct GroupMemberInfo {

@@ -220,6 +220,55 @@ TEST_F(OptimizerHostTest, StepMatchesTheKernelOnCopiesAndIsAppliedOnce) {
   EXPECT_EQ(host_->Stats().steps_repeated, 1u);
 }
 
+// A worker resuming from a checkpoint: the group continues at its step and
+// Adam's bias correction counts the steps applied before.
+TEST_F(OptimizerHostTest, AResumedGroupContinuesItsStepCount) {
+  GroupMemberSpec a = Pair("a", 777);
+  GroupSpec bad = Spec({a});
+  bad.resume_step = 7;
+  bad.resume_applied_steps = 8;
+  const size_t objects = ObjectCount();
+  auto refused = host_->CreateGroup(session_.session_id, session_.token, bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("resume_applied_steps (8) exceeds resume_step (7)"),
+            absl::string_view::npos)
+      << refused.status();
+  EXPECT_EQ(ObjectCount(), objects);
+
+  GroupSpec spec = Spec({a});
+  spec.resume_step = 7;
+  spec.resume_applied_steps = 5;  // two fp16 steps were skipped
+  GroupInfo g = Create(spec);
+  EXPECT_EQ(g.last_step, 7u);
+  EXPECT_EQ(g.applied_steps, 5u);
+  const GroupMemberInfo& m = g.members[0];
+  std::vector<uint8_t> param = Bytes(m.param_object_id), grad = Bytes(m.grad_object_id),
+                       master = Bytes(m.master_object_id), s0 = Bytes(m.state_object_ids[0]),
+                       s1 = Bytes(m.state_object_ids[1]);
+  auto old = host_->Step(session_.session_id, g.group_id, 3, 1e-3f, 1.0f, false);
+  ASSERT_FALSE(old.ok());
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(host_->GradReady(session_.session_id, g.group_id, m.grad_object_id, 8, 0).ok());
+  auto outcome = host_->Step(session_.session_id, g.group_id, 8, 1e-3f, 1.0f, false);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_TRUE(outcome->applied);
+  EXPECT_EQ(outcome->applied_steps, 6u);
+  optim::Executor exec(1);
+  optim::ShardView view;
+  view.grad_dtype = DType::kBFloat16;
+  view.grad = grad.data();
+  view.master = reinterpret_cast<float*>(master.data());
+  view.state[0] = reinterpret_cast<float*>(s0.data());
+  view.state[1] = reinterpret_cast<float*>(s1.data());
+  view.param_dtype = DType::kBFloat16;
+  view.param = param.data();
+  view.n = m.num_elements;
+  ASSERT_TRUE(optim::Step(Spec({}).hyper, {6, 1.0f}, view, exec).ok());
+  EXPECT_EQ(Bytes(m.param_object_id), param);
+  EXPECT_EQ(Bytes(m.master_object_id), master);
+}
+
 TEST_F(OptimizerHostTest, AccumulatesMicroStepsInFp32) {
   GroupMemberSpec m = Pair("a", 64, kBF16, kF32);
   GroupInfo g = Create(Spec({m}, /*gas=*/2));

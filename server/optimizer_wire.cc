@@ -38,6 +38,8 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const spill::v1::CreateGroupRequest
   spec.gradient_accumulation_steps = request.gradient_accumulation_steps();
   spec.states_on_nvme = request.states_on_nvme();
   if (request.sub_group_size() != 0) spec.sub_group_size = request.sub_group_size();
+  spec.resume_step = request.resume_step();
+  spec.resume_applied_steps = request.resume_applied_steps();
   for (const auto& m : request.members()) {
     spec.members.push_back({m.param_object_id(), m.grad_object_id()});
   }

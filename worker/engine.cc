@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/checkpoint.h"
 #include "worker/engine_internal.h"
 
 namespace spill::worker {
@@ -146,8 +147,10 @@ absl::Status Engine::Build() {
     d2h_stream_ = impl.getStreamFromGlobalPool(options_.device, /*isHighPriority=*/false);
   }
   layers_.resize(model_.layers().size());
+  if (!options_.resume_dir.empty()) SPILL_RETURN_IF_ERROR(OpenResume());
   if (local_) {
     for (size_t i = 0; i < layers_.size(); ++i) SPILL_RETURN_IF_ERROR(BuildLayer(i));
+    resume_.reset();
     return absl::OkStatus();
   }
   client::SessionOptions so = options_.session;
@@ -167,6 +170,7 @@ absl::Status Engine::Build() {
     }
   }
   for (size_t i = 0; i < layers_.size(); ++i) SPILL_RETURN_IF_ERROR(BuildLayer(i));
+  resume_.reset();
   return absl::OkStatus();
 }
 
@@ -181,18 +185,15 @@ absl::Status Engine::BuildLayer(size_t i) {
   ls.full = at::empty({ls.shard * world}, at::TensorOptions().dtype(dtype_).device(options_.device));
   ReleaseStorage(ls.full);
   ls.full.requires_grad_(true);
-  // One layer at a time in fp32 on the CPU: the full model never exists here.
-  at::Tensor flat = at::zeros({ls.shard * world}, at::kFloat);
-  SPILL_RETURN_IF_ERROR(layer.Initialize(flat.narrow(0, 0, ls.numel), options_.seed));
-  at::Tensor mine32 = flat.narrow(0, rank * ls.shard, ls.shard);
+  SPILL_ASSIGN_OR_RETURN(at::Tensor mine32, InitialMaster(i));
   if (local_) {
     at::Tensor f32 = mine32.to(options_.device, at::kFloat, false, /*copy=*/true);
     ls.master = f32;
     ls.exp_avg = at::zeros_like(f32);
     ls.exp_avg_sq = at::zeros_like(f32);
-    ls.state_step = at::zeros({1}, f32.options());
+    ls.state_step = at::full({1}, static_cast<double>(applied_steps_), f32.options());
     ls.param = dtype_ == at::kFloat ? f32 : f32.to(dtype_);
-    return absl::OkStatus();
+    return RestoreStates(i);
   }
   at::Tensor mine = mine32.to(dtype_);
   const std::string base = absl::StrCat("rank", rank, "/", layer.name());
@@ -211,6 +212,8 @@ absl::Status Engine::BuildLayer(size_t i) {
   spec.gradient_accumulation_steps =
       static_cast<uint32_t>(options_.config.gradient_accumulation_steps);
   spec.members.push_back({ls.param_object.object_id, ls.grad_object.object_id});
+  spec.resume_step = static_cast<uint64_t>(step_);
+  spec.resume_applied_steps = static_cast<uint64_t>(applied_steps_);
   if (zero.offload_optimizer.device == OffloadDevice::kNvme) {
     spec.states_on_nvme = true;
     spec.sub_group_size = static_cast<uint64_t>(zero.sub_group_size);
@@ -225,28 +228,32 @@ absl::Status Engine::BuildLayer(size_t i) {
   ls.member = group->members[0];
   // spilld copied the master from the 16-bit shard; DeepSpeed's master is
   // the fp32 initialisation itself.
-  if (dtype_ != at::kFloat) SPILL_RETURN_IF_ERROR(WriteMaster(ls.member.master_object_id, mine32));
+  if (dtype_ != at::kFloat || resume_ != nullptr) {
+    SPILL_RETURN_IF_ERROR(WriteObject(ls.member.master_object_id, mine32, "write fp32 master"));
+  }
   if (param_on_device_) {
     ls.device_shard = mine.to(options_.device);
-    ls.device_shard_step = 0;
+    ls.device_shard_step = step_;
   }
-  return absl::OkStatus();
+  return RestoreStates(i);
 }
 
-absl::Status Engine::WriteMaster(uint64_t master_id, const at::Tensor& fp32_shard) {
+absl::Status Engine::WriteObject(uint64_t object_id, const at::Tensor& values, const char* what) {
   client::Session& s = *session_;
-  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(master_id)->Get(options_.timeout));
-  absl::StatusOr<absl::Span<float>> master = s.Data<float>(pinned);
-  absl::Status st = master.status();
-  if (st.ok() && static_cast<int64_t>(master->size()) != fp32_shard.numel()) {
-    st = absl::InternalError(absl::StrCat("master object ", master_id, " has ", master->size(),
-                                          " elements, expected ", fp32_shard.numel()));
+  absl::StatusOr<ObjectInfo> pinned = s.Acquire(object_id, /*for_write=*/true)->Get(options_.timeout);
+  if (!pinned.ok()) return PrefixStatus(pinned.status(), what);
+  absl::StatusOr<absl::Span<uint8_t>> bytes = s.Bytes(*pinned);
+  at::Tensor cpu = values.contiguous().to(at::kCPU);
+  absl::Status st = bytes.status();
+  if (st.ok() && bytes->size() != static_cast<size_t>(cpu.numel()) * cpu.element_size()) {
+    st = absl::InternalError(absl::StrCat(what, ": object ", object_id, " has ", bytes->size(),
+                                          " bytes, expected ", cpu.numel() * cpu.element_size()));
   }
   if (st.ok()) {
-    std::memcpy(master->data(), fp32_shard.contiguous().data_ptr(), master->size() * sizeof(float));
-    st = Wait(s.WriteBack(master_id, 0), "write back fp32 master");
+    std::memcpy(bytes->data(), cpu.data_ptr(), bytes->size());
+    st = Wait(s.WriteBack(object_id, static_cast<uint64_t>(step_)), what);
   }
-  absl::Status rel = Wait(s.Release(master_id), "release fp32 master");
+  absl::Status rel = Wait(s.Release(object_id), what);
   SPILL_RETURN_IF_ERROR(st);
   return rel;
 }
@@ -317,6 +324,7 @@ absl::Status Engine::Optimize(StepStats& stats) {
     }
     step_works_.clear();
   }
+  if (first.ok() && !overflow) ++applied_steps_;
   if (options_.config.fp16.enabled) scaler_.Update(overflow);
   // Persistent layers stayed gathered through the step; their values changed.
   for (size_t i = 0; i < layers_.size(); ++i) FreeGathered(i);

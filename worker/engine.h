@@ -49,6 +49,8 @@
 
 namespace spill::worker {
 
+class CheckpointReader;
+
 struct EngineOptions {
   DeepSpeedConfig config;
   GptShape shape;
@@ -63,6 +65,10 @@ struct EngineOptions {
   bool gradient_checkpointing = false;
   // Bound on each wait for spilld or a collective.
   std::chrono::milliseconds timeout{120'000};
+  // Resume from the checkpoint <resume_dir>/<resume_tag> (tag empty: the
+  // one <resume_dir>/latest names), saved by any world size.
+  std::string resume_dir;
+  std::string resume_tag;
 };
 
 struct MicroBatch {
@@ -126,6 +132,18 @@ class Engine {
   // tensors, gathered from all ranks (collective: every rank must call it).
   absl::StatusOr<std::vector<at::Tensor>> GatherParameters();
 
+  // Saves this rank's fp32 master weights and optimizer states and the
+  // engine's state (step, loss scaler) as the checkpoint <dir>/<tag> (tag
+  // empty: "global_step<N>"), published (COMPLETE marker, then <dir>/latest)
+  // only after every rank wrote and synced its file; with
+  // stage3_gather_16bit_weights_on_model_save rank 0 also writes the whole
+  // model in the training dtype as <dir>/<tag>/model.safetensors. Collective:
+  // every rank calls it between steps; <dir> must be shared by the ranks.
+  // Returns the tag. Unimplemented with offload_optimizer.device=nvme (the
+  // states live in spilld's NVMe tier); AlreadyExists for a published tag;
+  // the first failing rank's error otherwise (nothing published).
+  absl::StatusOr<std::string> SaveCheckpoint(const std::string& dir, const std::string& tag = "");
+
   // Optimizer steps taken so far (skipped fp16 steps included).
   int64_t step() const { return step_; }
   const GptModel& model() const { return model_; }
@@ -142,9 +160,24 @@ class Engine {
          LrSchedule schedule, LossScaler scaler);
   absl::Status Build();
   absl::Status BuildLayer(size_t i);
-  // Overwrites the fp32 master spilld made from the 16-bit shard with the
-  // exact fp32 initial values.
-  absl::Status WriteMaster(uint64_t master_id, const at::Tensor& fp32_shard);
+  // --- checkpoints (engine_checkpoint.cc) ---
+  // Opens options_.resume_dir, checks it matches the model, restores step,
+  // applied steps and the loss scaler.
+  absl::Status OpenResume();
+  // This rank's fp32 master shard of layer i: the initialisation, or the
+  // checkpoint's when resuming.
+  absl::StatusOr<at::Tensor> InitialMaster(size_t i);
+  // Resuming: writes the checkpoint's optimizer states of layer i into
+  // spilld's state objects (or the local tensors).
+  absl::Status RestoreStates(size_t i);
+  // Overwrites a spilld object (same byte size) with `values`, e.g. the
+  // fp32 master spilld made from the 16-bit shard with the exact fp32
+  // initial values (DeepSpeed's master is the fp32 initialisation).
+  absl::Status WriteObject(uint64_t object_id, const at::Tensor& values, const char* what);
+  // Every rank's outcome: `mine` when it failed, Aborted naming how many
+  // other ranks failed, OK when none did (collective).
+  absl::Status AgreeAll(const absl::Status& mine, const char* what);
+  std::string layer_name(size_t i) const;
 
   // --- parameter gathers (engine_fetch.cc) ---
   // Demand gather of layer i at the next position of the access order:
@@ -197,6 +230,8 @@ class Engine {
   std::optional<c10::Stream> copy_stream_;  // CUDA: H2D copies
   std::optional<c10::Stream> d2h_stream_;   // CUDA: gradient D2H copies
   int64_t step_ = 0;
+  int64_t applied_steps_ = 0;  // Steps not skipped (Adam's bias correction).
+  std::unique_ptr<CheckpointReader> resume_;  // While building from a checkpoint.
   // Access order: trace_ (recorded), pos_ in the current micro-step;
   // recording_ while it is (re)built into new_trace_.
   std::vector<int> trace_, new_trace_;

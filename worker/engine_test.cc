@@ -396,7 +396,7 @@ TEST_F(EngineApiTest, UnsupportedModesNameTheKey) {
 // *stats, each step's statistics.
 std::vector<at::Tensor> Train(Engine& engine, int steps, std::vector<StepStats>* stats) {
   ByteDataset data = *ByteDataset::Open(DefaultDataPath());
-  for (int step = 0; step < steps; ++step) {
+  for (int step = static_cast<int>(engine.step()); step < steps; ++step) {
     std::vector<MicroBatch> micro;
     for (int64_t k = 0; k < kGas; ++k) {
       TokenBatch b = *data.Batch(step * kGas + k, 0, kMicro, kShape.seq_len, kSeed);
@@ -521,6 +521,71 @@ TEST_F(EngineApiTest, Fp16OverflowSkipsTheStepInSpilldToo) {
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
 }
 
+// Save after 2 steps, go on to 4; a new engine resumed from the checkpoint
+// (and a new spilld job) reaches the same parameters bit for bit.
+void ExpectResumeIsExact(EngineOptions options, Collectives* collectives,
+                         const std::filesystem::path& dir) {
+  std::vector<at::Tensor> want;
+  {
+    auto engine = Engine::Create(options, collectives);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    Train(**engine, 2, nullptr);
+    auto tag = (*engine)->SaveCheckpoint(dir.string());
+    ASSERT_TRUE(tag.ok()) << tag.status();
+    EXPECT_EQ(*tag, "global_step2");
+    EXPECT_TRUE(std::filesystem::exists(dir / "global_step2" / "COMPLETE"));
+    auto again = (*engine)->SaveCheckpoint(dir.string());
+    EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << again.status();
+    want = Train(**engine, 4, nullptr);
+  }
+  options.resume_dir = dir.string();
+  options.session.job_id += "-resumed";
+  auto resumed = Engine::Create(options, collectives);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->step(), 2);
+  std::vector<at::Tensor> got = Train(**resumed, 4, nullptr);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(got[i].equal(want[i])) << i;
+}
+
+TEST_F(EngineApiTest, ResumeFromACheckpointIsExact) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("spill_engine_ckpt_" + std::to_string(getpid()));
+  options_.config.bf16_enabled = true;
+  ExpectResumeIsExact(options_, collectives_.get(), dir / "local");
+  auto spilld = testing::SpilldFixture::Start();
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.session.socket_path = (*spilld)->socket_path();
+  ExpectResumeIsExact(options_, collectives_.get(), dir / "spilld");
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(EngineApiTest, ResumeRefusesAMissingOrForeignCheckpoint) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("spill_engine_badckpt_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  options_.resume_dir = dir.string();
+  auto e = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kNotFound) << e.status();
+  options_.resume_dir.clear();
+  {
+    auto engine = Engine::Create(options_, collectives_.get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    ASSERT_TRUE((*engine)->SaveCheckpoint(dir.string()).ok());
+  }
+  options_.resume_dir = dir.string();
+  options_.shape.hidden = 64;  // Another model.
+  e = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("'embedding'"), absl::string_view::npos) << e.status();
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(EngineApiTest, ARankWhoseShardsAreAlreadyInSpilldIsRefused) {
   auto spilld = testing::SpilldFixture::Start();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
@@ -539,6 +604,43 @@ TEST_F(EngineApiTest, ARankWhoseShardsAreAlreadyInSpilldIsRefused) {
       << again.status();
   options_.session.job_id = "another-job";
   EXPECT_TRUE(Engine::Create(options_, collectives_.get()).ok());
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+}
+
+// A checkpoint saved by 2 ranks loads into 1: the parameters it holds are
+// the 2-rank run's, bit for bit, and training goes on from there.
+TEST_F(EngineTest, ACheckpointLoadsIntoAnotherWorldSize) {
+  auto spilld = testing::SpilldFixture::Start();
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  std::string config = kConfig;
+  config.insert(1, "\"bf16\": {\"enabled\": true},");
+  const std::string config_path = Write("ds.json", config);
+  const std::string shape = " --layers 2 --hidden 32 --heads 4 --vocab 256 --seq_len 16 --seed 7";
+  const std::string ckpt = (dir_ / "ckpt").string();
+  std::string output;
+  int rc = RunRanks(2, (*spilld)->socket_path(),
+                    "--deepspeed " + config_path + shape + " --max_steps 2 --job two" +
+                        " --output_dir " + ckpt + " --save_params " + (dir_ / "two.bin").string(),
+                    &output);
+  ASSERT_EQ(rc, 0) << output;
+  EXPECT_NE(output.find("saved " + ckpt + "/global_step2"), std::string::npos) << output;
+  // train_batch_size follows the world size: the 1-rank run needs its own.
+  std::string output1;
+  rc = RunRanks(1, (*spilld)->socket_path(),
+                "--deepspeed " + config_path + shape + " --max_steps 2 --job one" +
+                    " --resume_from_checkpoint " + ckpt + " --save_params " +
+                    (dir_ / "one.bin").string(),
+                &output1);
+  ASSERT_EQ(rc, 0) << output1;
+  EXPECT_NE(output1.find("resumed from " + ckpt + " at step 2"), std::string::npos) << output1;
+  EXPECT_EQ(ReadFile((dir_ / "one.bin").string()), ReadFile((dir_ / "two.bin").string()));
+  std::string output2;
+  rc = RunRanks(1, (*spilld)->socket_path(),
+                "--deepspeed " + config_path + shape + " --max_steps 3 --job one-more" +
+                    " --resume_from_checkpoint " + ckpt,
+                &output2);
+  EXPECT_EQ(rc, 0) << output2;
+  EXPECT_NE(output2.find("step 3 loss"), std::string::npos) << output2;
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
 }
 

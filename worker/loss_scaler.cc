@@ -47,4 +47,19 @@ void LossScaler::Update(bool overflow) {
   ++iter_;
 }
 
+absl::Status LossScaler::Restore(const State& s) {
+  if (!std::isfinite(s.scale) || s.scale <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("loss scale must be finite and > 0, got ", s.scale));
+  }
+  if (s.cur_hysteresis < 1 || s.cur_hysteresis > hysteresis_) {
+    return absl::InvalidArgumentError(absl::StrCat("loss scaler hysteresis ", s.cur_hysteresis,
+                                                   " is outside [1, ", hysteresis_, "]"));
+  }
+  scale_ = s.scale;
+  cur_hysteresis_ = s.cur_hysteresis;
+  iter_ = s.iter;
+  last_overflow_iter_ = s.last_overflow_iter;
+  return absl::OkStatus();
+}
+
 }  // namespace spill::worker

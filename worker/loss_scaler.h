@@ -31,6 +31,18 @@ class LossScaler {
   // Records one step's outcome (overflow: the step was skipped).
   void Update(bool overflow);
 
+  // Everything Update depends on, for checkpoints.
+  struct State {
+    double scale = 1;
+    int64_t cur_hysteresis = 0;
+    int64_t iter = 0;
+    int64_t last_overflow_iter = -1;
+  };
+  State state() const { return {scale_, cur_hysteresis_, iter_, last_overflow_iter_}; }
+  // InvalidArgument (nothing changed) for a scale that is not finite and
+  // positive or a hysteresis outside [1, hysteresis].
+  absl::Status Restore(const State& s);
+
  private:
   LossScaler() = default;
   bool dynamic_ = false;

@@ -42,13 +42,17 @@ constexpr char kUsage[] =
     "  --job NAME               spilld job id (default spill-train)\n"
     "  --save_params FILE       rank 0 writes the final parameters (raw fp32, layer order)\n"
     "  --gradient_checkpointing recompute each layer in backward (keep only its input)\n"
+    "  --output_dir DIR         checkpoints go to DIR/global_step<N> (shared by all ranks)\n"
+    "  --save_steps N           save every N steps (and after the last; default: last only)\n"
+    "  --resume_from_checkpoint DIR   resume from DIR/latest (any world size)\n"
     "  HF arguments: --learning_rate --per_device_train_batch_size\n"
     "    --gradient_accumulation_steps --max_grad_norm --warmup_steps --weight_decay\n"
     "    --adam_beta1 --adam_beta2 --adam_epsilon --bf16 --fp16\n";
 
 struct Flags {
   std::string deepspeed, data, model = "tiny", device = "cpu", socket, job = "spill-train";
-  std::string save_params;
+  std::string save_params, output_dir, resume;
+  int64_t save_steps = 0;
   std::map<std::string, int64_t> shape;
   int64_t max_steps = 10;
   uint64_t seed = 1234;
@@ -69,6 +73,12 @@ absl::Status ParseValue(const std::string& key, const std::string& v, Flags& f) 
   else if (key == "spill-socket") f.socket = v;
   else if (key == "job") f.job = v;
   else if (key == "save_params") f.save_params = v;
+  else if (key == "output_dir") f.output_dir = v;
+  else if (key == "resume_from_checkpoint") f.resume = v;
+  else if (key == "save_steps") {
+    if (!integer() || n < 0) return bad();
+    f.save_steps = n;
+  }
   else if (key == "layers" || key == "hidden" || key == "heads" || key == "vocab" || key == "seq_len") {
     if (!integer()) return bad();
     f.shape[key] = n;
@@ -204,11 +214,24 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
   o.session.socket_path = f.socket.empty() ? client::DefaultSocketPath() : f.socket;
   if (f.device == "cuda") o.device = at::Device(at::kCUDA, info.local_rank);
   o.gradient_checkpointing = f.gradient_checkpointing;
+  o.resume_dir = f.resume;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(o, coll->get());
   if (!engine.ok()) return engine.status();
   const int64_t gas = config.gradient_accumulation_steps;
   const int64_t batch = config.train_micro_batch_size_per_gpu;
-  for (int64_t step = 1; step <= f.max_steps; ++step) {
+  if (info.rank == 0 && !f.resume.empty()) {
+    std::cout << "spill-train: resumed from " << f.resume << " at step " << (*engine)->step()
+              << std::endl;
+  }
+  int64_t saved = -1;
+  auto save = [&]() -> absl::Status {
+    absl::StatusOr<std::string> tag = (*engine)->SaveCheckpoint(f.output_dir);
+    if (!tag.ok()) return tag.status();
+    saved = (*engine)->step();
+    if (info.rank == 0) std::cout << "spill-train: saved " << f.output_dir << "/" << *tag << std::endl;
+    return absl::OkStatus();
+  };
+  for (int64_t step = (*engine)->step() + 1; step <= f.max_steps; ++step) {
     std::vector<MicroBatch> micro;
     for (int64_t k = 0; k < gas; ++k) {
       absl::StatusOr<TokenBatch> b =
@@ -228,6 +251,14 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
               DeviceMemorySummary(o.device.is_cuda() ? o.device.index() : -1) +
                   SpilldLine((*engine)->session()));
     }
+    if (!f.output_dir.empty() && f.save_steps > 0 && step % f.save_steps == 0) {
+      absl::Status st = save();
+      if (!st.ok()) return st;
+    }
+  }
+  if (!f.output_dir.empty() && saved != (*engine)->step()) {
+    absl::Status st = save();
+    if (!st.ok()) return st;
   }
   absl::StatusOr<std::vector<at::Tensor>> params = (*engine)->GatherParameters();
   if (!params.ok()) return params.status();

@@ -66,6 +66,12 @@ struct GroupSpec {
   // tier. 0 means spilld's default.
   bool states_on_nvme = false;
   uint64_t sub_group_size = 0;
+  // Resuming from a checkpoint: the next step is resume_step + 1, and
+  // resume_applied_steps steps were applied to the states the worker then
+  // writes into the master and state objects (bias correction counts them).
+  // InvalidArgument when resume_applied_steps > resume_step.
+  uint64_t resume_step = 0;
+  uint64_t resume_applied_steps = 0;
 };
 
 struct GroupMember {

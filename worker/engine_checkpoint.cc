@@ -1,0 +1,228 @@
+// Checkpoints of the engine: each rank's fp32 master weights and optimizer
+// states (from spilld's objects or the local tensors) through
+// worker/checkpoint.h, published only once every rank wrote; resuming reads
+// them back re-sharded for this world size.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "worker/checkpoint.h"
+#include "worker/engine.h"
+#include "worker/engine_internal.h"
+
+namespace spill::worker {
+namespace {
+
+const std::vector<std::string>& StateNames() {
+  static const std::vector<std::string> names = {"master", "exp_avg", "exp_avg_sq"};
+  return names;
+}
+
+const char* DTypeName(at::ScalarType t) {
+  return t == at::kHalf ? "fp16" : t == at::kBFloat16 ? "bf16" : "fp32";
+}
+
+}  // namespace
+
+absl::Status Engine::AgreeAll(const absl::Status& mine, const char* what) {
+  at::Tensor failed = at::full({1}, mine.ok() ? 0.0 : 1.0,
+                               at::TensorOptions().dtype(at::kFloat).device(options_.device));
+  SPILL_RETURN_IF_ERROR(Wait(collectives_->AllReduce(failed, ReduceOp::kSum), what));
+  if (!mine.ok()) return mine;
+  const int others = static_cast<int>(failed.item<float>());
+  if (others > 0) {
+    return absl::AbortedError(absl::StrCat(what, ": ", others, " rank(s) failed"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Engine::SaveCheckpoint(const std::string& dir, const std::string& tag_in) {
+  if (options_.config.zero.offload_optimizer.device == OffloadDevice::kNvme) {
+    return absl::UnimplementedError(
+        "checkpoints with zero_optimization.offload_optimizer.device=nvme: the optimizer states "
+        "live in spilld's NVMe tier, which does not export them yet");
+  }
+  const std::string tag = tag_in.empty() ? absl::StrCat("global_step", step_) : tag_in;
+  const int rank = collectives_->rank();
+  CkptMeta meta;
+  meta.world_size = collectives_->world_size();
+  meta.step = step_;
+  meta.states = StateNames();
+  for (const auto& layer : model_.layers()) {
+    CkptLayer l{layer->name(), layer->numel(), {}};
+    for (const ParamSpec& p : layer->params()) l.params.push_back({p.name, p.shape, p.offset});
+    meta.layers.push_back(std::move(l));
+  }
+  const LossScaler::State sc = scaler_.state();
+  meta.engine_state_json =
+      nlohmann::json{{"step", step_},
+                     {"applied_steps", applied_steps_},
+                     {"dtype", DTypeName(dtype_)},
+                     {"seed", options_.seed},
+                     {"scaler",
+                      {{"scale", sc.scale},
+                       {"cur_hysteresis", sc.cur_hysteresis},
+                       {"iter", sc.iter},
+                       {"last_overflow_iter", sc.last_overflow_iter}}}}
+          .dump();
+  // Every array of this rank in fp32 on the CPU (one rank's shard of the
+  // optimizer state: 12 bytes per parameter / world).
+  std::vector<at::Tensor> keep;
+  std::vector<CkptArray> arrays;
+  absl::Status st;
+  for (size_t i = 0; i < layers_.size() && st.ok(); ++i) {
+    LayerState& ls = layers_[i];
+    std::vector<at::Tensor> values;
+    if (local_) {
+      values = {ls.master, ls.exp_avg, ls.exp_avg_sq};
+    } else {
+      std::vector<uint64_t> ids = {ls.member.master_object_id};
+      ids.insert(ids.end(), ls.member.state_object_ids.begin(), ls.member.state_object_ids.end());
+      for (uint64_t id : ids) {
+        absl::StatusOr<client::ObjectInfo> pinned = session_->Acquire(id)->Get(options_.timeout);
+        if (!pinned.ok()) {
+          st = PrefixStatus(pinned.status(), "checkpoint: acquire optimizer state");
+          break;
+        }
+        absl::StatusOr<absl::Span<float>> data = session_->Data<float>(*pinned);
+        if (data.ok()) {
+          values.push_back(at::from_blob(data->data(), {static_cast<int64_t>(data->size())},
+                                         at::kFloat).clone());
+        }
+        absl::Status rel = Wait(session_->Release(id), "checkpoint: release optimizer state");
+        if (st.ok()) st = data.ok() ? rel : data.status();
+      }
+    }
+    for (size_t k = 0; k < values.size() && k < StateNames().size(); ++k) {
+      keep.push_back(values[k].to(at::kCPU, at::kFloat).contiguous());
+      arrays.push_back({layer_name(i), StateNames()[k],
+                        absl::Span<const float>(keep.back().data_ptr<float>(),
+                                                static_cast<size_t>(keep.back().numel()))});
+    }
+  }
+  if (st.ok()) st = WriteRankShard(dir, tag, rank, meta, arrays);
+  SPILL_RETURN_IF_ERROR(AgreeAll(st, "checkpoint: write rank files"));
+  keep.clear();
+  arrays.clear();
+  absl::Status published;
+  if (options_.config.zero.stage3_gather_16bit_weights_on_model_save) {
+    SPILL_ASSIGN_OR_RETURN(std::vector<at::Tensor> full, GatherParameters());
+    if (rank == 0) {
+      std::vector<absl::Span<const float>> spans;
+      for (const at::Tensor& t : full) {
+        spans.emplace_back(t.data_ptr<float>(), static_cast<size_t>(t.numel()));
+      }
+      const CkptDType dt = dtype_ == at::kHalf       ? CkptDType::kFp16
+                           : dtype_ == at::kBFloat16 ? CkptDType::kBf16
+                                                     : CkptDType::kFp32;
+      published = WriteConsolidatedWeights(dir + "/" + tag + "/model.safetensors", meta.layers,
+                                           spans, dt);
+    }
+  }
+  if (rank == 0 && published.ok()) published = PublishCheckpoint(dir, tag, meta);
+  SPILL_RETURN_IF_ERROR(AgreeAll(published, "checkpoint: publish"));
+  return tag;
+}
+
+absl::Status Engine::OpenResume() {
+  SPILL_ASSIGN_OR_RETURN(CheckpointReader reader,
+                         CheckpointReader::Open(options_.resume_dir, options_.resume_tag));
+  const CkptMeta& meta = reader.meta();
+  const std::string where = absl::StrCat("checkpoint ", options_.resume_dir, "/", reader.tag());
+  if (meta.layers.size() != layers_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, " has ", meta.layers.size(),
+                                                   " layers; the model has ", layers_.size()));
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& layer = *model_.layers()[i];
+    if (meta.layers[i].name != layer.name() || meta.layers[i].numel != layer.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": layer ", i, " is '", meta.layers[i].name, "' with ", meta.layers[i].numel,
+          " parameters; the model's is '", layer.name(), "' with ", layer.numel(),
+          " (a different model shape)"));
+    }
+  }
+  for (const std::string& s : StateNames()) {
+    if (std::find(meta.states.begin(), meta.states.end(), s) == meta.states.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " lacks the optimizer state '", s, "'"));
+    }
+  }
+  nlohmann::json state = nlohmann::json::parse(meta.engine_state_json, nullptr, false);
+  if (state.is_discarded() || !state.is_object() || !state.contains("step") ||
+      !state.contains("applied_steps") || !state.contains("scaler")) {
+    return absl::DataLossError(absl::StrCat(where, ": the engine state is not valid JSON with "
+                                                   "step, applied_steps and scaler"));
+  }
+  try {
+    LossScaler::State sc;
+    sc.scale = state["scaler"].at("scale").get<double>();
+    sc.cur_hysteresis = state["scaler"].at("cur_hysteresis").get<int64_t>();
+    sc.iter = state["scaler"].at("iter").get<int64_t>();
+    sc.last_overflow_iter = state["scaler"].at("last_overflow_iter").get<int64_t>();
+    step_ = state.at("step").get<int64_t>();
+    applied_steps_ = state.at("applied_steps").get<int64_t>();
+    if (options_.config.fp16.enabled) {
+      SPILL_RETURN_IF_ERROR(PrefixStatus(scaler_.Restore(sc), where));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(where, ": engine state: ", e.what()));
+  }
+  if (step_ < 0 || applied_steps_ < 0 || applied_steps_ > step_) {
+    return absl::DataLossError(absl::StrCat(where, ": engine state has step ", step_,
+                                            " and applied_steps ", applied_steps_));
+  }
+  if (!local_ && options_.config.zero.offload_optimizer.device == OffloadDevice::kNvme) {
+    return absl::UnimplementedError(
+        "resuming with zero_optimization.offload_optimizer.device=nvme: spilld's NVMe-resident "
+        "optimizer states cannot be written from a checkpoint yet; resume with device=cpu");
+  }
+  resume_ = std::make_unique<CheckpointReader>(std::move(reader));
+  return absl::OkStatus();
+}
+
+std::string Engine::layer_name(size_t i) const { return model_.layers()[i]->name(); }
+
+absl::StatusOr<at::Tensor> Engine::InitialMaster(size_t i) {
+  const LayerState& ls = layers_[i];
+  const int world = collectives_->world_size(), rank = collectives_->rank();
+  if (resume_ != nullptr) {
+    at::Tensor t = at::empty({ls.shard}, at::kFloat);
+    SPILL_RETURN_IF_ERROR(resume_->ReadShardInto(
+        layer_name(i), "master", rank, world,
+        absl::Span<float>(t.data_ptr<float>(), static_cast<size_t>(ls.shard))));
+    return t;
+  }
+  // One layer at a time in fp32 on the CPU: the full model never exists here.
+  at::Tensor flat = at::zeros({ls.shard * world}, at::kFloat);
+  SPILL_RETURN_IF_ERROR(model_.layers()[i]->Initialize(flat.narrow(0, 0, ls.numel), options_.seed));
+  return flat.narrow(0, rank * ls.shard, ls.shard);
+}
+
+absl::Status Engine::RestoreStates(size_t i) {
+  if (resume_ == nullptr) return absl::OkStatus();
+  LayerState& ls = layers_[i];
+  for (size_t k = 1; k < StateNames().size(); ++k) {
+    at::Tensor t = at::empty({ls.shard}, at::kFloat);
+    SPILL_RETURN_IF_ERROR(resume_->ReadShardInto(
+        layer_name(i), StateNames()[k], collectives_->rank(), collectives_->world_size(),
+        absl::Span<float>(t.data_ptr<float>(), static_cast<size_t>(ls.shard))));
+    if (local_) {
+      (k == 1 ? ls.exp_avg : ls.exp_avg_sq).copy_(t);
+      continue;
+    }
+    if (k - 1 >= ls.member.state_object_ids.size()) {
+      return absl::InternalError(absl::StrCat("optimizer group of ", layer_name(i), " has ",
+                                              ls.member.state_object_ids.size(), " states"));
+    }
+    SPILL_RETURN_IF_ERROR(
+        WriteObject(ls.member.state_object_ids[k - 1], t, "restore optimizer state"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace spill::worker
