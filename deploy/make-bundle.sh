@@ -461,7 +461,9 @@ main() {
   spill_ensure_deps python3
   if [ $do_build -eq 1 ]; then
     spill_step "configure and build preset release (-j$SPILL_JOBS)"
-    spill_build_preset release || spill_die "build failed"
+    # Without LibTorch (SPILL_PYTHON is for the worker build): the release
+    # tree's programs do not link it.
+    (unset SPILL_PYTHON && spill_build_preset release) || spill_die "build failed"
   fi
   if [ $with_worker -eq 1 ]; then build_worker; fi
   [ -f "$build/CMakeCache.txt" ] || spill_die "no build in $build (run without --no-build)"
