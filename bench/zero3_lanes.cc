@@ -224,7 +224,11 @@ absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int t
   bytes = std::max<uint64_t>(bytes / kBlock, 1) * kBlock;
   const std::string path = dir + "/zero3_train_lane.tmp";
   const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
-  if (fd < 0) return absl::ErrnoToStatus(errno, "open " + path + " with O_DIRECT");
+  if (fd < 0) {
+    const int err = errno;
+    unlink(path.c_str());  // Some file systems create it before refusing O_DIRECT.
+    return absl::ErrnoToStatus(err, "open " + path + " with O_DIRECT");
+  }
   void* buffers = nullptr;
   if (posix_memalign(&buffers, 4096, kBlock * threads) != 0) {
     close(fd);

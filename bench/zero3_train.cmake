@@ -20,6 +20,14 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
   endif()
   add_dependencies(zero3_train spilld)
   if(SPILL_BUILD_TESTS)
+    add_executable(zero3_lanes_test ${spill_bench_dir}/zero3_lanes_test.cc ${spill_bench_dir}/zero3_lanes.cc)
+    set_target_properties(zero3_lanes_test PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
+    spill_link_torch_first(zero3_lanes_test)
+    target_link_libraries(zero3_lanes_test PRIVATE spill_worker_torch spill::optim GTest::gtest_main)
+    target_include_directories(zero3_lanes_test PRIVATE ${PROJECT_SOURCE_DIR})
+    target_compile_definitions(zero3_lanes_test PRIVATE SPILL_ZERO3_CUDA=0)
+    gtest_discover_tests(zero3_lanes_test PROPERTIES LABELS unit TIMEOUT 120 DISCOVERY_TIMEOUT 60)
+
     # A tiny GPT on the CPU with Gloo and a real spilld: the output must be
     # valid JSON lines with every metric (performance is not asserted).
     add_test(NAME zero3_train_cpu_json COMMAND sh -c

@@ -27,7 +27,8 @@
 #                      job, an example built with find_package(Spill))
 #   --check-only=PATH  only check an existing bundle (.tar.gz or directory)
 #   --with-worker      also carry the LibTorch programs: spill-train, the worker
-#                      tests (worker_*_test) and the zero3_train benchmark, built
+#                      tests (worker_*_test) and the zero3_train benchmark (and
+#                      its zero3_lanes_test), built
 #                      in release against the torch of $SPILL_PYTHON (default
 #                      python3) in build/release-worker. LibTorch, CUDA and NCCL
 #                      are not carried: env.sh takes them from the node's torch
@@ -56,7 +57,7 @@ with_worker=0
 worker_build=$SPILL_ROOT/build/release-worker
 torch_python=${SPILL_PYTHON:-python3}
 
-usage() { sed -n '2,38s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,41s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 for arg in "$@"; do
   case $arg in
@@ -155,7 +156,7 @@ copy_programs() {
 # --- the worker programs (--with-worker) ----------------------------------
 
 # Built in $worker_build; worker_nccl_test only where NCCL was found.
-worker_programs=(spill-train zero3_train worker_engine_test worker_collectives_test
+worker_programs=(spill-train zero3_train zero3_lanes_test worker_engine_test worker_collectives_test
   worker_torch_spilld_test worker_gpt_test)
 worker_optional=(worker_nccl_test)
 torch_dirs=  # ':'-list of the build machine's torch library directories
