@@ -447,7 +447,8 @@ check_bundle() {
     bash -c '. "$1/env.sh" && echo "    LD_LIBRARY_PATH=$LD_LIBRARY_PATH" && exec spill-selftest' \
     _ "$dir/prefix" || spill_die "the bundle's self-test failed"
   # shellcheck disable=SC2016  # Expanded by the inner shell.
-  env -i PATH=/usr/bin:/bin sh -c '. "$1/env.sh" && spillctl --help >/dev/null' _ "$dir/prefix" ||
+  env -i PATH=/usr/bin:/bin SPILL_TORCH_PYTHON="$(command -v "$torch_python" || echo python3)" \
+    sh -c '. "$1/env.sh" && spillctl --help >/dev/null' _ "$dir/prefix" ||
     spill_die "the installed env.sh does not work from sh"
   spill_info "the installed env.sh also works from sh"
   printf '\nBUNDLE CHECK OK: %s\n' "$path"
