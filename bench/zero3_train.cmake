@@ -31,9 +31,9 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
     # A tiny GPT on the CPU with Gloo and a real spilld: the output must be
     # valid JSON lines with every metric (performance is not asserted).
     add_test(NAME zero3_train_cpu_json COMMAND sh -c
-      "\"$0\" --device=cpu --layers=2 --hidden=64 --heads=4 --vocab=256 --seq=32 --steps=2 --warmup=1 --micro-batch=2 --optim-threads=2 >\"$1\" && python3 \"$2\" \"$1\""
+      "\"$0\" --device=cpu --layers=2 --hidden=64 --heads=4 --vocab=256 --seq=32 --steps=2 --warmup=1 --micro-batch=2 --optim-threads=2 >\"$1\" && \"$3\" \"$2\" \"$1\""
       $<TARGET_FILE:zero3_train> ${PROJECT_BINARY_DIR}/bench/zero3_train_cpu.jsonl
-      ${spill_bench_dir}/check_zero3_json.py)
+      ${spill_bench_dir}/check_zero3_json.py ${SPILL_PYTHON3})
     set_tests_properties(zero3_train_cpu_json PROPERTIES LABELS slow TIMEOUT 600)
     # Bad input: exit 2 naming the flag; a model larger than the host: exit 3
     # with a does_not_fit line (checked before anything is allocated).
