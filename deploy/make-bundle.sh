@@ -194,7 +194,7 @@ build_worker() {
   worker_programs=("${present[@]}")
   if [ $do_build -eq 1 ]; then
     spill_step "build the worker programs in $worker_build (-j$SPILL_JOBS)"
-    cmake --build "$worker_build" -j"$SPILL_JOBS" --target "${worker_programs[@]}" ||
+    cmake --build "$worker_build" -j"$SPILL_JOBS" --target "${worker_programs[@]}" spill-estimate ||
       spill_die "building the worker programs failed"
   fi
 }
@@ -219,6 +219,13 @@ copy_worker_programs() {
     [ ! -e "$stage/bin/$name" ] || spill_die "two programs named $name"
     cp "$file" "$stage/bin/$name"
   done
+  # spill-estimate needs no LibTorch: the release tree's, else this one's.
+  if [ ! -e "$stage/bin/spill-estimate" ]; then
+    file=$(find "$worker_build" -name CMakeFiles -prune -o -type f -name spill-estimate -perm -u+x -print |
+      head -n 1)
+    [ -n "$file" ] || spill_die "spill-estimate was built neither in $build nor in $worker_build"
+    cp "$file" "$stage/bin/spill-estimate"
+  fi
   mkdir -p "$stage/share/spill/data"
   cp "$SPILL_ROOT/worker/data/corpus.txt" "$stage/share/spill/data/"
   cp "$templates/torch-libdirs.py" "$stage/share/spill/"
