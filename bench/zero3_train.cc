@@ -377,9 +377,14 @@ int Bench(Run& run) {
     }
   }
   absl::Status b = (*coll)->Barrier(std::chrono::minutes(10));
-  if (*spilld && (*spilld)->Stop() != 0) {
-    std::cerr << "zero3_train: spilld exited with an error:\n" << (*spilld)->output();
-    rc = kFailed;
+  if (*spilld) {
+    if ((*spilld)->Stop() != 0) {
+      std::cerr << "zero3_train: spilld exited with an error:\n" << (*spilld)->output();
+      rc = kFailed;
+    }
+    const std::string sock = SocketPath(run);
+    unlink(sock.c_str());
+    rmdir(sock.substr(0, sock.rfind('/')).c_str());
   }
   return b.ok() ? rc : kFailed;
 }
