@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Spill's tests and benchmarks on a GPU node from an offline bundle
-# (deploy/make-bundle.sh --with-fio), writing JSON lines and logs to OUTDIR.
+# (deploy/make-bundle.sh --with-fio [--with-worker]), writing JSON lines and
+# logs to OUTDIR.
 #
 #   bench/gpu-node-run.sh BUNDLE.tar.gz OUTDIR [WHEELS_DIR] [MACHINE_NAME]
 #
@@ -12,8 +13,17 @@
 #      bundle's spilld;
 #   3. optim_fused_adamw (vs triad), optim_vs_baselines.py (vs torch fused
 #      AdamW and DeepSpeed's CPU Adam, same process and threads), h2d_shm,
-#      nvme_vs_fio on the node's disk.
-#   $SPILL_NODE_STEPS (default "selftest tests optim python h2d nvme") picks steps.
+#      nvme_vs_fio on the node's disk;
+#   worker (bundles made --with-worker): worker_nccl_test and
+#      worker_engine_test on the node's GPUs;
+#   train (--with-worker; not in the default list: about 15 minutes):
+#      zero3_train, GPT 1.3B and 6.7B with parameters and optimizer offloaded
+#      to spilld (cpu/cpu, bf16) on 1 GPU and, with 2+ GPUs, on 2 through
+#      python3 -m torch.distributed.run; each run bounded by
+#      $SPILL_TRAIN_TIMEOUT seconds (default 540). $SPILL_TRAIN_RUNS picks
+#      runs (default "1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B").
+#   $SPILL_NODE_STEPS (default "selftest tests optim python h2d nvme") picks
+#   steps, e.g. SPILL_NODE_STEPS="selftest worker train".
 set -uo pipefail
 steps=" ${SPILL_NODE_STEPS:-selftest tests optim python h2d nvme} "
 want() { [[ $steps == *" $1 "* ]]; }
@@ -98,5 +108,56 @@ if want nvme && [ -x "$root/bin/optim_nvme_step" ]; then
   log "optim_nvme_step"
   "$root/bin/optim_nvme_step" --dir=/var/tmp/spill-nvme-bench --params=$((256 << 20)) \
     --sub-group=$((16 << 20)) --threads="$threads" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+fi
+
+# A worker test program on the GPUs; PASS/FAIL into run.log.
+run_worker_test() {
+  local name=$1
+  if [ ! -x "$root/bin/$name" ]; then
+    echo "SKIP $name: not in the bundle (make it with --with-worker)" | tee -a "$out/run.log"
+    return
+  fi
+  if timeout 600 "$root/bin/$name" >"$out/worker-$name.log" 2>&1; then
+    echo "PASS $name $(grep -E '^\[  (PASSED|SKIPPED) ' "$out/worker-$name.log" | tr '\n' ' ')"
+  else
+    echo "FAIL $name: see worker-$name.log; its end:"
+    tail -n 25 "$out/worker-$name.log"
+  fi | tee -a "$out/run.log"
+}
+if want worker; then
+  log "worker tests on $(nvidia-smi -L 2>/dev/null | wc -l) GPU(s)"
+  run_worker_test worker_nccl_test
+  run_worker_test worker_engine_test
+fi
+
+# One zero3_train run: NAME GPUS ARGS...; JSON lines into bench.jsonl.
+train_run() {
+  local name=$1 gpus=$2 launcher=()
+  shift 2
+  [[ " ${SPILL_TRAIN_RUNS:-1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B} " == *" $name "* ]] || return 0
+  if [ "$gpus" -gt "$ngpus" ]; then
+    echo "SKIP zero3_train $name: $ngpus GPU(s) here" | tee -a "$out/run.log"
+    return 0
+  fi
+  if [ "$gpus" -gt 1 ]; then
+    launcher=(python3 -m torch.distributed.run --nproc-per-node="$gpus" --no-python)
+  fi
+  log "zero3_train $name: $*"
+  timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" "$root/bin/zero3_train" "$@" \
+    2>>"$out/train-$name.log" | tee -a "$out/bench.jsonl"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "zero3_train $name: exit $rc (124: timed out); see train-$name.log";
+                       tail -n 15 "$out/train-$name.log"; } | tee -a "$out/run.log"
+}
+if want train; then
+  ngpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+  if [ ! -x "$root/bin/zero3_train" ]; then
+    echo "SKIP train: zero3_train is not in the bundle (make it with --with-worker)" | tee -a "$out/run.log"
+  else
+    train_run 1gpu-1.3B 1 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
+    train_run 1gpu-6.7B 1 --preset=6.7B --bf16 --micro-batch=2 --steps=3 --warmup=1
+    train_run 2gpu-1.3B 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
+    train_run 2gpu-6.7B 2 --preset=6.7B --bf16 --micro-batch=2 --steps=3 --warmup=1
+  fi
 fi
 rm -rf /var/tmp/spill-nvme-bench "$work"

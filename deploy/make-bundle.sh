@@ -26,7 +26,19 @@
 #                      nothing but its env.sh (libraries, spilld --help, a demo
 #                      job, an example built with find_package(Spill))
 #   --check-only=PATH  only check an existing bundle (.tar.gz or directory)
-# Environment: SPILL_JOBS (nproc) build jobs.
+#   --with-worker      also carry the LibTorch programs: spill-train, the worker
+#                      tests (worker_*_test) and the zero3_train benchmark (and
+#                      its zero3_lanes_test), built
+#                      in release against the torch of $SPILL_PYTHON (default
+#                      python3) in build/release-worker. LibTorch, CUDA and NCCL
+#                      are not carried: env.sh takes them from the node's torch
+#                      (share/spill/torch-libs.txt lists which).
+#   --worker-build-dir=DIR  implies --with-worker: build the worker programs
+#                      in DIR instead (an existing build tree is built
+#                      incrementally, only the worker targets; with
+#                      --no-build, used as it is)
+# Environment: SPILL_JOBS (nproc) build jobs; SPILL_PYTHON (python3) the
+# Python whose torch the worker programs are built against.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
@@ -41,8 +53,11 @@ do_build=1
 check=0
 check_only=
 max_bytes=$((64 << 20))  # What the GPU nodes' transfer tool carries.
+with_worker=0
+worker_build=$SPILL_ROOT/build/release-worker
+torch_python=${SPILL_PYTHON:-python3}
 
-usage() { sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,41s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 for arg in "$@"; do
   case $arg in
@@ -53,6 +68,8 @@ for arg in "$@"; do
     --no-build) do_build=0 ;;
     --check) check=1 ;;
     --check-only=*) check_only=${arg#--check-only=} ;;
+    --with-worker) with_worker=1 ;;
+    --worker-build-dir=*) with_worker=1; worker_build=$(realpath -m "${arg#--worker-build-dir=}") ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -81,9 +98,10 @@ is_node_lib() {  # is_node_lib SONAME PATH
   return 1
 }
 
-# Writes "PROGRAM<TAB>LABELS" for every program that ctest runs.
+# Writes "PROGRAM<TAB>LABELS" for every program that ctest runs in build
+# tree $1 (default: $build).
 list_tests() {
-  (cd "$build" && ctest --show-only=json-v1) | python3 -c '
+  (cd "${1:-$build}" && ctest --show-only=json-v1) | python3 -c '
 import json, os, sys
 labels = {}
 for test in json.load(sys.stdin).get("tests", []):
@@ -99,15 +117,20 @@ for path, names in sorted(labels.items()):
 '
 }
 
-# Copies every program the build made into bin/. A test is a program that
-# ctest runs or whose name says test, other than spilld, spillctl and
-# spill_demo (which tests run too); --no-tests leaves tests out.
+# A program linked against LibTorch (only --with-worker carries those).
+links_torch() { readelf -dW "$1" 2>/dev/null | grep -qE 'NEEDED.*\[lib(torch|c10)'; }
+
+# Copies every program the build made into bin/, except LibTorch programs
+# (see copy_worker_programs). A test is a program that ctest runs or whose
+# name says test, other than spilld, spillctl and spill_demo (which tests run
+# too); --no-tests leaves tests out.
 copy_programs() {
-  local stage=$1 file name labels skipped=0
+  local stage=$1 file name labels skipped=0 torch=0
   list_tests >"$scratch/tests.tsv"
   : >"$stage/share/spill/tests.tsv"
   while IFS= read -r -d '' file; do
     is_program "$file" || continue
+    if links_torch "$file"; then torch=$((torch + 1)); continue; fi
     name=$(basename "$file")
     labels=$(awk -F'\t' -v p="$(realpath "$file")" \
       '$1 == p { print ($2 == "" ? "-" : $2); exit }' "$scratch/tests.tsv")
@@ -127,7 +150,98 @@ copy_programs() {
   done
   spill_info "programs: $(cd "$stage/bin" && echo *)"
   [ $skipped -eq 0 ] || spill_info "left out $skipped test programs (--no-tests)"
-  if [ $with_tests -eq 0 ]; then rm "$stage/share/spill/tests.tsv"; fi
+  [ $torch -eq 0 ] || spill_info "left out $torch LibTorch programs of $build (--with-worker builds them)"
+}
+
+# --- the worker programs (--with-worker) ----------------------------------
+
+# Built in $worker_build; worker_nccl_test only where NCCL was found.
+worker_programs=(spill-train zero3_train zero3_lanes_test worker_engine_test worker_collectives_test
+  worker_torch_spilld_test worker_gpt_test)
+worker_optional=(worker_nccl_test)
+torch_dirs=  # ':'-list of the build machine's torch library directories
+
+# Configures $worker_build when it has no build yet, then builds (with
+# --no-build: only checks) the worker targets there; sets worker_programs to
+# those this tree has.
+build_worker() {
+  local cache=$worker_build/CMakeCache.txt type targets name present=()
+  "$torch_python" -c 'import torch' 2>/dev/null ||
+    spill_die "--with-worker: $torch_python cannot import torch (set SPILL_PYTHON to a Python with torch)"
+  torch_dirs=$("$torch_python" "$templates/torch-libdirs.py") ||
+    spill_die "--with-worker: cannot find the library directories of $torch_python's torch"
+  if [ $do_build -eq 1 ] && [ ! -f "$cache" ]; then
+    spill_step "configure $worker_build (release, LibTorch of $torch_python)"
+    cmake -S "$SPILL_ROOT" -B "$worker_build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_EXPORT_COMPILE_COMMANDS=ON -DSPILL_PYTHON="$(command -v "$torch_python")" >/dev/null ||
+      spill_die "configuring $worker_build failed"
+  fi
+  [ -f "$cache" ] || spill_die "no build in $worker_build (run without --no-build)"
+  type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$cache")
+  case $type in Release | RelWithDebInfo) ;;
+    *) spill_die "$worker_build is a '$type' build; the bundle carries release programs" ;; esac
+  targets=$(cmake --build "$worker_build" -- -t targets all 2>/dev/null | sed -n 's/^\([^:/]*\): .*/\1/p')
+  for name in "${worker_programs[@]}" "${worker_optional[@]}"; do
+    if grep -qxF "$name" <<<"$targets"; then
+      present+=("$name")
+    elif [[ " ${worker_programs[*]} " == *" $name "* ]]; then
+      spill_die "$worker_build has no target $name: LibTorch was not found when it was" \
+        "configured (see its 'spill:' CMake messages; SPILL_PYTHON=$torch_python)"
+    else
+      spill_info "$worker_build has no $name (built only with NCCL); left out"
+    fi
+  done
+  worker_programs=("${present[@]}")
+  if [ $do_build -eq 1 ]; then
+    spill_step "build the worker programs in $worker_build (-j$SPILL_JOBS)"
+    cmake --build "$worker_build" -j"$SPILL_JOBS" --target "${worker_programs[@]}" spill-estimate ||
+      spill_die "building the worker programs failed"
+  fi
+}
+
+# Copies the worker programs into bin/ (tests into tests.tsv with their
+# ctest labels), the default training text and the torch finder env.sh runs.
+copy_worker_programs() {
+  local stage=$1 name file labels
+  list_tests "$worker_build" >"$scratch/worker-tests.tsv"
+  for name in "${worker_programs[@]}"; do
+    file=$(find "$worker_build" -name CMakeFiles -prune -o -type f -name "$name" -perm -u+x -print |
+      head -n 1)
+    [ -n "$file" ] || spill_die "$name was not built in $worker_build"
+    links_torch "$file" || spill_die "$file does not link LibTorch"
+    if [[ $name == *test* ]]; then
+      [ $with_tests -eq 1 ] || continue
+      labels=$(awk -F'\t' -v p="$(realpath "$file")" \
+        '$1 == p { print ($2 == "" ? "-" : $2); exit }' "$scratch/worker-tests.tsv")
+      printf '%s\t%s\n' "$name" "${labels:-"- (not run by ctest directly)"}" \
+        >>"$stage/share/spill/tests.tsv"
+    fi
+    [ ! -e "$stage/bin/$name" ] || spill_die "two programs named $name"
+    cp "$file" "$stage/bin/$name"
+  done
+  # spill-estimate needs no LibTorch: the release tree's, else this one's.
+  if [ ! -e "$stage/bin/spill-estimate" ]; then
+    file=$(find "$worker_build" -name CMakeFiles -prune -o -type f -name spill-estimate -perm -u+x -print |
+      head -n 1)
+    [ -n "$file" ] || spill_die "spill-estimate was built neither in $build nor in $worker_build"
+    cp "$file" "$stage/bin/spill-estimate"
+  fi
+  mkdir -p "$stage/share/spill/data"
+  cp "$SPILL_ROOT/worker/data/corpus.txt" "$stage/share/spill/data/"
+  cp "$templates/torch-libdirs.py" "$stage/share/spill/"
+  spill_info "worker programs from $worker_build: ${worker_programs[*]}"
+}
+
+# Whether a resolved library lies in one of $torch_dirs.
+in_torch_dirs() {
+  local real dir rest=$torch_dirs
+  real=$(realpath "$1")
+  while [ -n "$rest" ]; do
+    dir=${rest%%:*}
+    case $rest in *:*) rest=${rest#*:} ;; *) rest= ;; esac
+    [[ $real != "$(realpath "$dir")/"* ]] || return 0
+  done
+  return 1
 }
 
 # Copies the shared libraries the build made (libspill_client.so and its
@@ -189,7 +303,7 @@ deb_package_of() {
 
 # Copies into lib/ each library that a program or library of ours needs and
 # node-libs.txt does not leave to the node (ldd gives the whole closure).
-declare -A bundled_from=() node_from=()
+declare -A bundled_from=() node_from=() torch_from=()
 copy_deps() {
   local stage=$1 file name arrow path rest
   for file in "$stage"/bin/* "$stage"/lib/*; do
@@ -198,15 +312,25 @@ copy_deps() {
       [ "$arrow" = "=>" ] || continue
       [ "$path" != not ] || spill_die "$(basename "$file") needs $name, which is not found here"
       [[ $path != "$stage/lib/"* ]] || continue
-      if is_node_lib "$name" "$path"; then
+      if [ -n "$torch_dirs" ] && in_torch_dirs "$path"; then
+        torch_from[$name]=$path
+      elif is_node_lib "$name" "$path"; then
         node_from[$name]=$path
       elif [ ! -e "$stage/lib/$name" ]; then
         cp -L "$path" "$stage/lib/$name"
         bundled_from[$name]=$path
       fi
-    done < <(LD_LIBRARY_PATH="$stage/lib" ldd "$file")
+    done < <(LD_LIBRARY_PATH="$stage/lib${torch_dirs:+:$torch_dirs}" ldd "$file")
   done
   spill_info "bundled ${#bundled_from[@]} libraries; from the node: $(printf '%s\n' "${!node_from[@]}" | sort | tr '\n' ' ')"
+  if [ ${#torch_from[@]} -ne 0 ]; then
+    spill_info "from the node's torch: $(printf '%s\n' "${!torch_from[@]}" | sort | tr '\n' ' ')"
+    {
+      echo "# Libraries the worker programs take from the node's torch package (torch/lib"
+      echo "# and nvidia/*/lib), found through env.sh's SPILL_TORCH_LIBS; one soname a line."
+      printf '%s\n' "${!torch_from[@]}" | sort
+    } >"$stage/share/spill/torch-libs.txt"
+  fi
 }
 
 # include/: the client's public headers and the abseil headers they include.
@@ -283,6 +407,14 @@ write_build_info() {
     echo
     echo "taken from the node (share/spill/node-libs.txt):"
     printf '  %s\n' "${!node_from[@]}" | sort
+    if [ $with_worker -eq 1 ]; then
+      echo
+      echo "worker programs (${worker_programs[*]}): built in $worker_build"
+      echo "  ($(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$worker_build/CMakeCache.txt")) against torch" \
+        "$("$torch_python" -c 'import torch; print(torch.__version__)' 2>/dev/null) of $torch_python;"
+      echo "  taken from the node's torch (share/spill/torch-libs.txt):"
+      printf '  %s\n' "${!torch_from[@]}" | sort
+    fi
   } >"$stage/BUILD-INFO.txt"
 }
 
@@ -318,10 +450,12 @@ check_bundle() {
   spill_step "check: spill-selftest under env -i, with only env.sh's PATH and LD_LIBRARY_PATH"
   # shellcheck disable=SC2016  # Expanded by the inner shell.
   env -i HOME="$HOME" PATH=/usr/bin:/bin LANG=C.UTF-8 TMPDIR="$dir" \
+    SPILL_TORCH_PYTHON="$(command -v "$torch_python" || echo python3)" \
     bash -c '. "$1/env.sh" && echo "    LD_LIBRARY_PATH=$LD_LIBRARY_PATH" && exec spill-selftest' \
     _ "$dir/prefix" || spill_die "the bundle's self-test failed"
   # shellcheck disable=SC2016  # Expanded by the inner shell.
-  env -i PATH=/usr/bin:/bin sh -c '. "$1/env.sh" && spillctl --help >/dev/null' _ "$dir/prefix" ||
+  env -i PATH=/usr/bin:/bin SPILL_TORCH_PYTHON="$(command -v "$torch_python" || echo python3)" \
+    sh -c '. "$1/env.sh" && spillctl --help >/dev/null' _ "$dir/prefix" ||
     spill_die "the installed env.sh does not work from sh"
   spill_info "the installed env.sh also works from sh"
   printf '\nBUNDLE CHECK OK: %s\n' "$path"
@@ -336,8 +470,11 @@ main() {
   spill_ensure_deps python3
   if [ $do_build -eq 1 ]; then
     spill_step "configure and build preset release (-j$SPILL_JOBS)"
-    spill_build_preset release || spill_die "build failed"
+    # Without LibTorch (SPILL_PYTHON is for the worker build): the release
+    # tree's programs do not link it.
+    (unset SPILL_PYTHON && spill_build_preset release) || spill_die "build failed"
   fi
+  if [ $with_worker -eq 1 ]; then build_worker; fi
   [ -f "$build/CMakeCache.txt" ] || spill_die "no build in $build (run without --no-build)"
 
   local version name stage cudart cuda nvcc with_cuda=OFF
@@ -347,6 +484,8 @@ main() {
   spill_step "assemble $name"
   mkdir -p "$stage"/{bin,lib,include,share/spill,share/doc/spill/licenses}
   copy_programs "$stage"
+  if [ $with_worker -eq 1 ]; then copy_worker_programs "$stage"; fi
+  if [ $with_tests -eq 0 ]; then rm "$stage/share/spill/tests.tsv"; fi
   copy_own_libs "$stage"
   finish_own_files "$stage"
   copy_bench_tools "$stage"

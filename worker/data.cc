@@ -1,6 +1,7 @@
 #include "worker/data.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -23,7 +24,10 @@ uint64_t Mix(uint64_t x) {
 
 }  // namespace
 
-std::string DefaultDataPath() { return SPILL_DEFAULT_DATA; }
+std::string DefaultDataPath() {
+  const char* env = std::getenv("SPILL_TRAIN_DATA");  // Set by the bundle's env.sh.
+  return env != nullptr && *env != '\0' ? env : SPILL_DEFAULT_DATA;
+}
 
 absl::StatusOr<ByteDataset> ByteDataset::Open(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -16,7 +16,10 @@
 
 namespace spill::worker {
 
-// Text the repository provides, used when --data is not given.
+// Text the repository provides, used when --data is not given:
+// $SPILL_TRAIN_DATA when set and non-empty (the offline bundle's env.sh
+// points it at its share/spill/data/corpus.txt), else the source tree's
+// worker/data/corpus.txt.
 std::string DefaultDataPath();
 
 struct TokenBatch {

@@ -1,5 +1,8 @@
 #include "worker/data.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -21,6 +24,22 @@ TEST(ByteDatasetTest, DefaultDataLoadsAndBatchesAreShiftedByOne) {
     }
   }
   for (int64_t v : b->tokens) EXPECT_TRUE(v >= 0 && v < 256);
+}
+
+TEST(ByteDatasetTest, DefaultDataFollowsSpillTrainData) {
+  const char* outer = std::getenv("SPILL_TRAIN_DATA");
+  const std::string saved = outer != nullptr ? outer : "";
+  unsetenv("SPILL_TRAIN_DATA");
+  const std::string built_in = DefaultDataPath();
+  ASSERT_EQ(setenv("SPILL_TRAIN_DATA", "/nonexistent/corpus.txt", 1), 0);
+  EXPECT_EQ(DefaultDataPath(), "/nonexistent/corpus.txt");
+  auto missing = ByteDataset::Open(DefaultDataPath());
+  EXPECT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()), ::testing::HasSubstr("/nonexistent/corpus.txt"));
+  ASSERT_EQ(setenv("SPILL_TRAIN_DATA", "", 1), 0);  // Empty: the built-in path.
+  EXPECT_EQ(DefaultDataPath(), built_in);
+  if (saved.empty()) unsetenv("SPILL_TRAIN_DATA");
+  else setenv("SPILL_TRAIN_DATA", saved.c_str(), 1);
 }
 
 TEST(ByteDatasetTest, DeterministicAndRankDependent) {

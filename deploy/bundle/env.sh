@@ -4,7 +4,9 @@
 # protobuf, abseil, ... as built on Debian 12: the node needs only glibc,
 # libstdc++, zlib and the NVIDIA driver), the bundle on CMAKE_PREFIX_PATH for
 # find_package(Spill CONFIG), and sets SPILL_SPILLD and SPILL_TEST_CLIENT for
-# the bundled benchmarks and tests. Sourcing it twice adds nothing twice.
+# the bundled benchmarks and tests (and, with the worker programs, the node's
+# torch libraries, SPILL_TRAIN and SPILL_TRAIN_DATA). Sourcing it twice adds
+# nothing twice.
 
 # install.sh writes the install prefix here; bash and zsh find it themselves.
 SPILL_HOME_DEFAULT=
@@ -58,6 +60,37 @@ if [ -n "$_spill_cudart" ] && ! /sbin/ldconfig -p 2>/dev/null | grep -qF "$_spil
     fi
   done
   unset _spill_cuda
+fi
+# The worker programs (spill-train, the worker tests, zero3_train; bundles
+# made with --with-worker) link LibTorch, CUDA and NCCL, which the bundle does
+# not carry: they come from the node's torch package (python3's, or
+# $SPILL_TORCH_PYTHON's): torch/lib and the wheel's nvidia/*/lib, after
+# everything else. SPILL_TORCH_LIBS names those directories.
+if [ -s "$SPILL_HOME/share/spill/torch-libs.txt" ]; then
+  SPILL_TORCH_LIBS=$("${SPILL_TORCH_PYTHON:-python3}" \
+    "$SPILL_HOME/share/spill/torch-libdirs.py" 2>/dev/null) || SPILL_TORCH_LIBS=
+  export SPILL_TORCH_LIBS
+  if [ -z "$SPILL_TORCH_LIBS" ]; then
+    echo "env.sh: ${SPILL_TORCH_PYTHON:-python3} has no torch package: the worker programs" \
+      "(spill-train, zero3_train, worker_*_test) will not start; set SPILL_TORCH_PYTHON" >&2
+  fi
+  _spill_rest=$SPILL_TORCH_LIBS
+  while [ -n "$_spill_rest" ]; do
+    _spill_dir=${_spill_rest%%:*}
+    case $_spill_rest in *:*) _spill_rest=${_spill_rest#*:} ;; *) _spill_rest= ;; esac
+    _spill_add LD_LIBRARY_PATH "$_spill_dir" back
+  done
+  unset _spill_rest _spill_dir
+fi
+# What the worker tests start: spill-train, and the training text it reads
+# by default.
+if [ -x "$SPILL_HOME/bin/spill-train" ]; then
+  SPILL_TRAIN=$SPILL_HOME/bin/spill-train
+  export SPILL_TRAIN
+fi
+if [ -f "$SPILL_HOME/share/spill/data/corpus.txt" ]; then
+  SPILL_TRAIN_DATA=$SPILL_HOME/share/spill/data/corpus.txt
+  export SPILL_TRAIN_DATA
 fi
 unset -f _spill_add
 unset SPILL_HOME_DEFAULT _spill_cudart

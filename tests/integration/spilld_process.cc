@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/units.h"
 #include "proto/grpc_status.h"
 
 extern char** environ;
@@ -119,8 +120,14 @@ absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
   p->pid_ = spawned->pid;
   p->out_fd_ = spawned->stdout_fd;
   // Wait until the socket accepts connections; a gRPC channel created
-  // earlier would sit in its reconnect backoff.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  // earlier would sit in its reconnect backoff. spilld populates and locks
+  // its pinned pool first: 20 s plus one per 2 GiB of it.
+  uint64_t pinned = 0;
+  for (const auto& f : flags) {
+    if (f.rfind("--pinned-bytes=", 0) == 0) pinned = ParseSize(f.substr(15)).value_or(0);
+  }
+  const auto wait = std::chrono::seconds(20 + pinned / (2ull << 30));
+  auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     int status = 0;
     if (::waitpid(p->pid_, &status, WNOHANG) == p->pid_) {
@@ -131,7 +138,8 @@ absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
     }
     if (CanConnect(p->socket_path_)) break;
     if (std::chrono::steady_clock::now() > deadline) {
-      return absl::DeadlineExceededError("spilld did not listen within 20 s");
+      return absl::DeadlineExceededError(
+          absl::StrCat("spilld did not listen within ", wait.count(), " s"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));  // Polling a process start.
   }

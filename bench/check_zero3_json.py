@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Checks zero3_train's output: every line a JSON object with the fields of
+bench/bench_json.h, and every metric zero3_train prints present once.
+
+  check_zero3_json.py OUTPUT.jsonl
+"""
+import json
+import math
+import sys
+
+METRICS = ["tokens_per_s", "tflops", "step_s", "forward_s", "backward_s", "reduce_s",
+           "spilld_wait_s", "optimizer_s", "lane_gpu_compute_s", "lane_pcie_s",
+           "lane_cpu_optimizer_s", "lane_nvme_s", "lane_bound_s"]
+
+
+def main(path):
+    seen = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            row = json.loads(line)
+            for key in ("bench", "metric", "value", "unit", "machine"):
+                if key not in row:
+                    sys.exit(f"{path}:{number}: no '{key}' in {line.strip()}")
+            if row["bench"] != "zero3_train":
+                sys.exit(f"{path}:{number}: bench is {row['bench']!r}")
+            if not isinstance(row["value"], (int, float)) or not math.isfinite(row["value"]):
+                sys.exit(f"{path}:{number}: value is not a finite number")
+            if row["metric"] in seen:
+                sys.exit(f"{path}:{number}: metric {row['metric']} printed twice")
+            seen[row["metric"]] = row
+    missing = [m for m in METRICS if m not in seen]
+    if missing:
+        sys.exit(f"{path}: metrics missing: {', '.join(missing)} (have {', '.join(seen)})")
+    main_row = seen["tokens_per_s"]
+    for key in ("baseline", "baseline_value", "ratio"):
+        if key not in main_row:
+            sys.exit(f"{path}: tokens_per_s has no '{key}'")
+    if main_row["baseline"] != "lane_bound" or not main_row["value"] > 0 \
+            or not main_row["baseline_value"] > 0:
+        sys.exit(f"{path}: tokens_per_s needs a positive value and lane_bound baseline: {main_row}")
+    print(f"{path}: {len(seen)} metrics, tokens/s {main_row['value']:.1f}, "
+          f"lane bound {main_row['baseline_value']:.1f} ({main_row['bound_lane']}), "
+          f"ratio {main_row['ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

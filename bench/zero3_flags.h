@@ -1,0 +1,49 @@
+// zero3_train's command line: the model shape, the DeepSpeed config built
+// from flags, the device and the rendezvous (torchrun's environment).
+#ifndef SPILL_BENCH_ZERO3_FLAGS_H_
+#define SPILL_BENCH_ZERO3_FLAGS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/status/status.h"
+#include "worker/config.h"
+#include "worker/gpt_shape.h"
+#include "worker/rendezvous.h"
+
+namespace spill::bench {
+
+extern const char kZero3Usage[];
+
+struct Zero3Flags {
+  std::string preset = "1.3B";
+  std::map<std::string, int64_t> shape;  // layers, hidden, heads, vocab, seq
+  int steps = 10;
+  int warmup = 2;
+  std::string offload_optimizer = "cpu", offload_param = "cpu";
+  bool bf16 = false;
+  int64_t micro_batch = 1, gas = 1;
+  std::string device;  // "cuda" or "cpu"; empty: cuda when a GPU is present
+  std::string spilld;  // spilld binary; empty: $SPILL_SPILLD, else the build's
+  std::string nvme_dir;
+  uint32_t optim_threads = 0;  // 0: one per CPU
+};
+
+// Parses --key=value flags (and --bf16). InvalidArgument naming the flag for
+// an unknown flag, a malformed or out-of-range number, or a bad choice.
+absl::Status ParseZero3Flags(int argc, char** argv, Zero3Flags& flags);
+
+// Resolves the shape (preset, then shape flags), the rendezvous (torchrun's
+// environment; a lone process gets a free port) and the DeepSpeed config
+// (parsed by worker/config.h from JSON built from the flags), fills in the
+// device and thread defaults and points $SPILL_SPILLD at --spilld.
+// InvalidArgument naming the problem: a bad shape, a bad environment, more
+// than one node, nvme modes without --nvme-dir, --device=cuda without CUDA
+// or NCCL in this build or without a GPU, or the config parser's error.
+absl::Status ResolveZero3(Zero3Flags& flags, worker::RendezvousInfo& info,
+                          worker::GptShape& shape, worker::DeepSpeedConfig& config);
+
+}  // namespace spill::bench
+
+#endif  // SPILL_BENCH_ZERO3_FLAGS_H_

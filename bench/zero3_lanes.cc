@@ -1,0 +1,254 @@
+#include "bench/zero3_lanes.h"
+
+#include <ATen/ATen.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <utility>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/dtype.h"
+#include "server/optim/executor.h"
+#include "server/optim/half.h"
+#include "server/optim/optimizer.h"
+
+#if SPILL_ZERO3_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace spill::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void Synchronize(const at::Device& device) {
+#if SPILL_ZERO3_CUDA
+  if (device.is_cuda()) cudaDeviceSynchronize();
+#endif
+}
+
+}  // namespace
+
+StepTraffic TrafficPerStep(const worker::DeepSpeedConfig& config, double total_params,
+                           double flops_per_rank_step, int world) {
+  using worker::OffloadDevice;
+  StepTraffic t;
+  t.flops = flops_per_rank_step;
+  const double shard = total_params / world;
+  const double b = config.bf16_enabled ? 2 : 4;
+  const double gas = static_cast<double>(config.gradient_accumulation_steps);
+  const OffloadDevice param = config.zero.offload_param.device;
+  const OffloadDevice optim = config.zero.offload_optimizer.device;
+  if (param != OffloadDevice::kNone) {
+    t.h2d_bytes = 2 * gas * shard * b;
+    t.d2h_bytes = gas * shard * b;
+  } else if (optim != OffloadDevice::kNone) {
+    t.h2d_bytes = shard * b;
+    t.d2h_bytes = gas * shard * b;
+  }
+  if (optim != OffloadDevice::kNone) t.optimizer_params = total_params;
+  if (optim == OffloadDevice::kNvme) t.nvme_bytes += 24 * total_params;
+  if (param == OffloadDevice::kNvme) t.nvme_bytes += 2 * gas * total_params * b;
+  return t;
+}
+
+LaneTimes LaneTimesFor(const StepTraffic& t, const LaneRates& r) {
+  LaneTimes l;
+  auto time = [](double amount, double rate) { return amount > 0 && rate > 0 ? amount / rate : 0; };
+  l.gpu_compute_s = time(t.flops, r.gemm_flops_per_s);
+  l.pcie_s = time(t.h2d_bytes, r.h2d_bytes_per_s) + time(t.d2h_bytes, r.d2h_bytes_per_s);
+  l.cpu_optimizer_s = time(t.optimizer_params, r.optimizer_params_per_s);
+  l.nvme_s = time(t.nvme_bytes, r.nvme_bytes_per_s);
+  const std::pair<double, const char*> lanes[] = {{l.gpu_compute_s, "gpu_compute"},
+                                                  {l.pcie_s, "pcie"},
+                                                  {l.cpu_optimizer_s, "cpu_optimizer"},
+                                                  {l.nvme_s, "nvme"}};
+  for (const auto& [s, name] : lanes) {
+    if (s > l.bound_s) {
+      l.bound_s = s;
+      l.bound_lane = name;
+    }
+  }
+  return l;
+}
+
+absl::StatusOr<double> MeasureGemm(const at::Device& device, at::ScalarType dtype, int64_t m,
+                                   int64_t hidden, double seconds) {
+  if (m < 1 || hidden < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("GEMM sizes must be positive: m=", m,
+                                                   " hidden=", hidden));
+  }
+  try {
+    const at::TensorOptions opts = at::TensorOptions().device(device).dtype(dtype);
+    at::Tensor a = at::randn({m, hidden}, opts);
+    at::Tensor b = at::randn({hidden, 4 * hidden}, opts);
+    at::Tensor c = at::mm(a, b);  // warm-up: kernels chosen, workspace allocated
+    Synchronize(device);
+    const double flops = 2.0 * m * hidden * 4 * hidden;
+    // Repeats that take about seconds/3 per timed run, best of three.
+    auto t0 = Clock::now();
+    at::mm_out(c, a, b);
+    Synchronize(device);
+    const int reps = std::clamp(static_cast<int>(seconds / 3 / std::max(Since(t0), 1e-6)), 1, 10000);
+    double best = 1e30;
+    for (int run = 0; run < 3; ++run) {
+      t0 = Clock::now();
+      for (int i = 0; i < reps; ++i) at::mm_out(c, a, b);
+      Synchronize(device);
+      best = std::min(best, Since(t0) / reps);
+    }
+    return flops / best;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("GEMM measurement: ", e.what_without_backtrace()));
+  }
+}
+
+#if SPILL_ZERO3_CUDA
+absl::StatusOr<double> MeasurePinnedCopy(int device, uint64_t bytes, bool h2d) {
+  auto cuda = [](cudaError_t e, const char* what) {
+    return e == cudaSuccess ? absl::OkStatus()
+                            : absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+  };
+  void* host = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (host == MAP_FAILED) return absl::ErrnoToStatus(errno, "mmap of the copy buffer");
+  std::memset(host, 0x5C, bytes);
+  void* dev = nullptr;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  float ms = 0;
+  const int iters = 8;
+  absl::Status s = cuda(cudaSetDevice(device), "cudaSetDevice");
+  if (s.ok()) s = cuda(cudaHostRegister(host, bytes, cudaHostRegisterDefault), "cudaHostRegister");
+  const bool registered = s.ok();
+  if (s.ok()) s = cuda(cudaMalloc(&dev, bytes), "cudaMalloc");
+  if (s.ok()) s = cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  if (s.ok()) s = cuda(cudaEventCreate(&start), "event");
+  if (s.ok()) s = cuda(cudaEventCreate(&stop), "event");
+  void* dst = h2d ? dev : host;
+  const void* src = h2d ? host : dev;
+  const cudaMemcpyKind kind = h2d ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  if (s.ok()) s = cuda(cudaMemcpyAsync(dst, src, bytes, kind, stream), "warm-up copy");
+  if (s.ok()) s = cuda(cudaEventRecord(start, stream), "event");
+  for (int i = 0; s.ok() && i < iters; ++i) {
+    s = cuda(cudaMemcpyAsync(dst, src, bytes, kind, stream), "cudaMemcpyAsync");
+  }
+  if (s.ok()) s = cuda(cudaEventRecord(stop, stream), "event");
+  if (s.ok()) s = cuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
+  if (s.ok()) s = cuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+  if (start != nullptr) cudaEventDestroy(start);
+  if (stop != nullptr) cudaEventDestroy(stop);
+  if (stream != nullptr) cudaStreamDestroy(stream);
+  if (dev != nullptr) cudaFree(dev);
+  if (registered) cudaHostUnregister(host);
+  munmap(host, bytes);
+  if (!s.ok()) return s;
+  return static_cast<double>(bytes) * iters / (ms / 1000.0);
+}
+#else
+absl::StatusOr<double> MeasurePinnedCopy(int, uint64_t, bool) {
+  return absl::FailedPreconditionError("built without CUDA: no PCIe lane");
+}
+#endif
+
+absl::StatusOr<double> MeasureOptimizerStep(uint64_t n, uint32_t threads, bool bf16) {
+  if (n == 0 || threads == 0) return absl::InvalidArgumentError("params and threads must be > 0");
+  optim::Executor exec(threads - 1);
+  std::vector<float> master(n, 1.f), m(n, 0.f), v(n, 0.f), g32(n);
+  std::vector<uint16_t> g16(n), p16(n, 0);
+  for (uint64_t i = 0; i < n; ++i) {
+    g32[i] = ((i % 13) - 6.f) * 1e-3f;
+    g16[i] = optim::FloatToBF16(g32[i]);
+  }
+  optim::Hyper h;
+  h.weight_decay = 0.1f;
+  const optim::ShardView view =
+      bf16 ? optim::ShardView{DType::kBFloat16, g16.data(), master.data(), {m.data(), v.data()},
+                              DType::kBFloat16, p16.data(), n}
+           : optim::ShardView{DType::kFloat32, g32.data(), master.data(), {m.data(), v.data()},
+                              DType::kFloat32, nullptr, n};
+  double best = 1e30;
+  for (uint64_t step = 1; step <= 4; ++step) {
+    const auto t0 = Clock::now();
+    absl::Status s = optim::Step(h, {step, 1.f}, view, exec);
+    if (!s.ok()) return s;
+    if (step > 1) best = std::min(best, Since(t0));
+  }
+  return static_cast<double>(n) / best;
+}
+
+namespace {
+
+// One pass of `threads` threads each doing sequential 1 MiB O_DIRECT
+// requests over its slice of the file.
+absl::Status DirectPass(int fd, uint64_t bytes, int threads, bool write, void* buffers) {
+  constexpr uint64_t kBlock = 1 << 20;
+  const uint64_t blocks = bytes / kBlock;
+  std::vector<std::thread> pool;
+  std::vector<int> errors(threads, 0);
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      char* buf = static_cast<char*>(buffers) + t * kBlock;
+      for (uint64_t b = t; b < blocks; b += threads) {
+        const ssize_t n = write ? pwrite(fd, buf, kBlock, b * kBlock) : pread(fd, buf, kBlock, b * kBlock);
+        if (n != static_cast<ssize_t>(kBlock)) {
+          errors[t] = n < 0 ? errno : EIO;
+          return;
+        }
+      }
+    });
+  }
+  for (std::thread& t : pool) t.join();
+  for (int e : errors) {
+    if (e != 0) return absl::ErrnoToStatus(e, write ? "O_DIRECT write" : "O_DIRECT read");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int threads) {
+  constexpr uint64_t kBlock = 1 << 20;
+  bytes = std::max<uint64_t>(bytes / kBlock, 1) * kBlock;
+  const std::string path = dir + "/zero3_train_lane.tmp";
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int err = errno;
+    unlink(path.c_str());  // Some file systems create it before refusing O_DIRECT.
+    return absl::ErrnoToStatus(err, "open " + path + " with O_DIRECT");
+  }
+  void* buffers = nullptr;
+  if (posix_memalign(&buffers, 4096, kBlock * threads) != 0) {
+    close(fd);
+    unlink(path.c_str());
+    return absl::ResourceExhaustedError("no memory for the NVMe lane's buffers");
+  }
+  std::memset(buffers, 0xA5, kBlock * threads);
+  auto t0 = Clock::now();
+  absl::Status s = DirectPass(fd, bytes, threads, true, buffers);
+  if (s.ok() && fdatasync(fd) != 0) s = absl::ErrnoToStatus(errno, "fdatasync " + path);
+  const double write_s = Since(t0);
+  t0 = Clock::now();
+  if (s.ok()) s = DirectPass(fd, bytes, threads, false, buffers);
+  const double read_s = Since(t0);
+  std::free(buffers);
+  close(fd);
+  unlink(path.c_str());
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
+  // Read and written bytes count alike: the rate of the mixed traffic.
+  return 2.0 * static_cast<double>(bytes) / (write_s + read_s);
+}
+
+}  // namespace spill::bench

@@ -1,0 +1,414 @@
+// zero3_train: tokens/s and TFLOP/s of ZeRO-3 training of the GPT model with
+// the engine (worker/engine.h), against the lane bound measured in the same
+// run on the same machine (bench/zero3_lanes.h): the slowest of GPU compute,
+// PCIe copies, spilld's CPU optimizer and NVMe traffic.
+//
+//   zero3_train --preset=1.3B --steps=10 --warmup=2 --bf16        (one GPU)
+//   python3 -m torch.distributed.run --nproc-per-node=2 $(command -v zero3_train) ...
+//   zero3_train --device=cpu --layers=2 --hidden=64 --heads=4 --vocab=256 --seq=32
+//
+// Rank 0 starts a spilld (--spilld=, default $SPILL_SPILLD) on a private
+// socket, its pinned tier sized from the model with headroom, and every rank
+// of the node uses it; all ranks train, rank 0 prints JSON lines
+// (bench/bench_json.h): tokens_per_s (baseline "lane_bound"), tflops, the
+// time split per step and each lane. Runs on one node (LOCAL_WORLD_SIZE, when
+// set, must equal WORLD_SIZE).
+//
+// Exit status: 0 success; 2 bad flags or config (and modes the engine lacks);
+// 3 the model does not fit (host or GPU memory), with a "does_not_fit" line;
+// 1 anything else failed, with an "error" line.
+#include <ATen/ATen.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/bench_json.h"
+#include "bench/zero3_flags.h"
+#include "bench/zero3_lanes.h"
+#include "common/status_macros.h"
+#include "worker/collectives.h"
+#include "worker/config.h"
+#include "worker/data.h"
+#include "worker/engine.h"
+#include "worker/estimate.h"
+#include "worker/gpt.h"
+#include "worker/rendezvous.h"
+#include "worker/testing/spilld_fixture.h"
+
+#if SPILL_ZERO3_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace spill::bench {
+namespace {
+
+using worker::OffloadDevice;
+constexpr char kBench[] = "zero3_train";
+
+// Exit codes.
+constexpr int kFailed = 1, kUsage = 2, kNoFit = 3;
+
+struct Failure {
+  int code = kFailed;
+  std::string metric = "error";
+  std::string reason;
+};
+
+struct Run {
+  Zero3Flags flags;
+  worker::RendezvousInfo info;
+  worker::GptShape shape;
+  worker::DeepSpeedConfig config;
+  at::Device device = at::Device(at::kCPU);
+  std::string machine;
+  uint64_t spilld_pinned = 0, spilld_segment = 0;
+  double total_params = 0;
+};
+
+void EmitLine(const Run& run, const std::string& metric, double value, const std::string& unit,
+              nlohmann::json extra = nlohmann::json::object()) {
+  Result r;
+  r.bench = kBench;
+  r.metric = metric;
+  r.value = value;
+  r.unit = unit;
+  r.extra = std::move(extra);
+  r.extra["preset"] = run.shape.name;
+  r.extra["world_size"] = run.info.world_size;
+  Emit(r, run.machine);
+}
+
+void EmitFailure(const Run& run, const Failure& f) {
+  if (run.info.rank == 0) EmitLine(run, f.metric, 0, "", {{"reason", f.reason}});
+  std::cerr << "zero3_train: rank " << run.info.rank << ": " << f.reason << "\n";
+}
+
+std::string MachineOf(const at::Device& device) {
+  if (const char* env = std::getenv("SPILL_BENCH_MACHINE"); env != nullptr && *env) return env;
+#if SPILL_ZERO3_CUDA
+  cudaDeviceProp prop{};
+  if (device.is_cuda() && cudaGetDeviceProperties(&prop, device.index()) == cudaSuccess) {
+    return std::string(prop.name) + " / " + MachineName();
+  }
+#endif
+  return MachineName();
+}
+
+// MemAvailable of /proc/meminfo in bytes (0 when unknown).
+uint64_t HostAvailableBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
+bool Offloaded(const Run& run) {
+  return run.config.zero.offload_optimizer.device != OffloadDevice::kNone ||
+         run.config.zero.offload_param.device != OffloadDevice::kNone;
+}
+
+// Bytes spilld holds for the whole node: 16-bit (or fp32) parameter and
+// gradient shards, fp32 master and two moments, an fp32 accumulator with
+// gradient accumulation (server/optimizer_host.h), times 1.1, plus 256 MiB.
+void SizeSpilld(Run& run) {
+  const double b = run.config.bf16_enabled ? 2 : 4;
+  const double per_param = 2 * b + 12 + (run.config.gradient_accumulation_steps > 1 ? 4 : 0);
+  run.spilld_pinned = static_cast<uint64_t>(run.total_params * per_param * 1.1) + (256ull << 20);
+  // The largest object: one layer's fp32 master shard, rounded to 2 MiB.
+  const double largest = static_cast<double>(worker::GptLargestLayerParams(run.shape)) /
+                         run.info.world_size * 4;
+  run.spilld_segment = (static_cast<uint64_t>(largest) / (2 << 20) + 1) * (2 << 20);
+  run.spilld_pinned = std::max(run.spilld_pinned, 2 * run.spilld_segment);
+}
+
+// Whether the model's states fit the node's host memory and each GPU
+// (DeepSpeed's estimate, zero.Init rows). A Failure with kNoFit otherwise.
+std::optional<Failure> CheckFits(const Run& run) {
+  const bool offloaded = Offloaded(run);
+  const uint64_t host = HostAvailableBytes();
+  if (offloaded && host != 0 && run.spilld_pinned > host) {
+    return Failure{kNoFit, "does_not_fit",
+                   absl::StrFormat("spilld needs %.1f GiB pinned for %.3g parameters; the host has "
+                                   "%.1f GiB available (MemAvailable)",
+                                   run.spilld_pinned / 1073741824.0, run.total_params,
+                                   host / 1073741824.0)};
+  }
+#if SPILL_ZERO3_CUDA
+  if (run.device.is_cuda()) {
+    worker::EstimateInput in;
+    in.total_params = static_cast<int64_t>(run.total_params);
+    in.largest_layer_params = worker::GptLargestLayerParams(run.shape);
+    in.gpus_per_node = run.info.world_size;
+    absl::StatusOr<std::vector<worker::EstimateRow>> rows = worker::EstimateZero3(in);
+    size_t free_b = 0, total_b = 0;
+    if (rows.ok() && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+      for (const worker::EstimateRow& r : *rows) {
+        if (!r.zero_init || r.offload_param != run.config.zero.offload_param.device ||
+            r.offload_optimizer != run.config.zero.offload_optimizer.device) {
+          continue;
+        }
+        if (static_cast<size_t>(r.gpu_bytes) > free_b) {
+          return Failure{kNoFit, "does_not_fit",
+                         absl::StrFormat("model states need %.1f GiB per GPU (DeepSpeed's "
+                                         "estimate); the GPU has %.1f GiB free",
+                                         r.gpu_bytes / 1073741824.0, free_b / 1073741824.0)};
+        }
+      }
+    }
+  }
+#endif
+  return std::nullopt;
+}
+
+// The spilld socket every rank of the node uses: private to this run's
+// rendezvous port and user.
+std::string SocketPath(const Run& run) {
+  const char* tmp = std::getenv("TMPDIR");
+  return absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp", "/spill-zero3-", getuid(), "-",
+                      run.info.master_port, "/spilld.sock");
+}
+
+std::vector<std::string> SpilldFlags(const Run& run) {
+  std::vector<std::string> flags = {
+      "--socket=" + SocketPath(run), absl::StrCat("--pinned-bytes=", run.spilld_pinned),
+      absl::StrCat("--segment-bytes=", run.spilld_segment),
+      absl::StrCat("--optim-threads=", run.flags.optim_threads)};
+  if (!run.flags.nvme_dir.empty()) {
+    flags.push_back("--nvme-dirs=" + run.flags.nvme_dir);
+    flags.push_back(absl::StrCat("--nvme-capacity=", run.spilld_pinned));
+  }
+  return flags;
+}
+
+// Rank 0 starts spilld (with offload); then every rank meets at a barrier
+// and the others check that the socket is there.
+absl::StatusOr<std::unique_ptr<worker::testing::SpilldFixture>> StartSpilld(
+    const Run& run, worker::Collectives& coll) {
+  std::unique_ptr<worker::testing::SpilldFixture> spilld;
+  absl::Status started;
+  const std::string sock = SocketPath(run);
+  if (run.info.rank == 0 && Offloaded(run)) {
+    unlink(sock.c_str());  // One left by a killed run on the same port.
+    mkdir(sock.substr(0, sock.rfind('/')).c_str(), 0750);
+    auto s = worker::testing::SpilldFixture::Start(SpilldFlags(run));
+    if (s.ok()) spilld = std::move(*s);
+    else started = absl::Status(s.status().code(), absl::StrCat("spilld: ", s.status().message()));
+  }
+  SPILL_RETURN_IF_ERROR(coll.Barrier(std::chrono::minutes(5)));
+  SPILL_RETURN_IF_ERROR(started);
+  struct stat st{};
+  if (Offloaded(run) && stat(sock.c_str(), &st) != 0) {
+    return absl::UnavailableError("rank 0 did not start spilld at " + sock + " (see its error)");
+  }
+  return spilld;
+}
+
+struct Totals {
+  double seconds = 0;
+  int64_t tokens = 0;
+  int steps = 0;
+  worker::StepStats split;  // Sums of the time fields.
+};
+
+// Warm-up and measured steps. A Failure on error (OOM included).
+std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& totals) {
+  absl::StatusOr<worker::ByteDataset> data = worker::ByteDataset::Open(worker::DefaultDataPath());
+  if (!data.ok()) return Failure{kFailed, "error", std::string(data.status().message())};
+  const int64_t gas = run.config.gradient_accumulation_steps;
+  const int64_t mb = run.config.train_micro_batch_size_per_gpu;
+  const int64_t seq = run.shape.seq_len;
+  for (int step = 0; step < run.flags.warmup + run.flags.steps; ++step) {
+    std::vector<worker::MicroBatch> micro;
+    for (int64_t k = 0; k < gas; ++k) {
+      absl::StatusOr<worker::TokenBatch> b = data->Batch(step * gas + k, run.info.rank, mb, seq, 1);
+      if (!b.ok()) return Failure{kFailed, "error", std::string(b.status().message())};
+      micro.push_back({at::tensor(b->tokens, at::kLong).view({mb, seq}).to(run.device),
+                       at::tensor(b->targets, at::kLong).view({mb, seq}).to(run.device)});
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    absl::StatusOr<worker::StepStats> s;
+    try {
+      s = engine.TrainStep(micro);
+    } catch (const c10::Error& e) {
+      // An out-of-memory inside the model: the shape does not fit the GPU.
+      const bool oom = std::string(e.what()).find("out of memory") != std::string::npos;
+      return Failure{oom ? kNoFit : kFailed, oom ? "does_not_fit" : "error",
+                     absl::StrCat("step ", step, ": ", e.what_without_backtrace())};
+    }
+    if (!s.ok()) return Failure{kFailed, "error", absl::StrCat("step ", step, ": ", s.status().ToString())};
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (step < run.flags.warmup) continue;
+    totals.seconds += sec;
+    totals.tokens += s->tokens;
+    totals.steps += 1;
+    totals.split.forward_s += s->forward_s;
+    totals.split.backward_s += s->backward_s;
+    totals.split.reduce_s += s->reduce_s;
+    totals.split.spilld_wait_s += s->spilld_wait_s;
+    totals.split.optimizer_s += s->optimizer_s;
+  }
+  return std::nullopt;
+}
+
+// Measures every lane this run's mode uses (rank 0, after training).
+absl::StatusOr<LaneRates> MeasureLanes(const Run& run, const StepTraffic& t) {
+  LaneRates r;
+  const at::ScalarType dtype = run.config.bf16_enabled ? at::kBFloat16 : at::kFloat;
+  const bool cuda = run.device.is_cuda();
+  const int64_t m = std::min<int64_t>(run.config.train_micro_batch_size_per_gpu * run.shape.seq_len,
+                                      cuda ? 16384 : 512);
+  SPILL_ASSIGN_OR_RETURN(r.gemm_flops_per_s,
+                         MeasureGemm(run.device, dtype, m, run.shape.hidden, cuda ? 1.0 : 0.3));
+  if (cuda && (t.h2d_bytes > 0 || t.d2h_bytes > 0)) {
+    SPILL_ASSIGN_OR_RETURN(r.h2d_bytes_per_s, MeasurePinnedCopy(run.device.index(), 256 << 20, true));
+    SPILL_ASSIGN_OR_RETURN(r.d2h_bytes_per_s, MeasurePinnedCopy(run.device.index(), 256 << 20, false));
+  }
+  if (t.optimizer_params > 0) {
+    const uint64_t n = std::clamp<uint64_t>(static_cast<uint64_t>(t.optimizer_params), 1 << 16,
+                                            cuda ? (64ull << 20) : (4ull << 20));
+    SPILL_ASSIGN_OR_RETURN(r.optimizer_params_per_s,
+                           MeasureOptimizerStep(n, run.flags.optim_threads, run.config.bf16_enabled));
+  }
+  if (t.nvme_bytes > 0) {
+    SPILL_ASSIGN_OR_RETURN(r.nvme_bytes_per_s, MeasureNvme(run.flags.nvme_dir, 1ull << 30, 4));
+  }
+  return r;
+}
+
+void Report(const Run& run, const Totals& totals, const StepTraffic& t, const LaneRates& r) {
+  const LaneTimes lanes = LaneTimesFor(t, r);
+  const double tokens_per_s = totals.tokens / totals.seconds;
+  const double tokens_per_step = static_cast<double>(totals.tokens) / totals.steps;
+  const double flops_per_token = t.flops * run.info.world_size / tokens_per_step;
+  const nlohmann::json mode = {
+      {"offload_optimizer", worker::OffloadDeviceName(run.config.zero.offload_optimizer.device)},
+      {"offload_param", worker::OffloadDeviceName(run.config.zero.offload_param.device)},
+      {"bf16", run.config.bf16_enabled}, {"micro_batch", run.config.train_micro_batch_size_per_gpu},
+      {"gas", run.config.gradient_accumulation_steps}, {"seq", run.shape.seq_len},
+      {"params", run.total_params}, {"steps", totals.steps}, {"device", run.device.str()}};
+  Result headline{kBench, "tokens_per_s", tokens_per_s, "tokens/s", "lane_bound",
+              lanes.bound_s > 0 ? tokens_per_step / lanes.bound_s : 0, mode};
+  headline.extra["preset"] = run.shape.name;
+  headline.extra["world_size"] = run.info.world_size;
+  headline.extra["bound_lane"] = lanes.bound_lane;
+  headline.extra["target_ratio"] = ">= 0.8";
+  Emit(headline, run.machine);
+  EmitLine(run, "tflops", tokens_per_s * flops_per_token / 1e12, "TFLOP/s",
+           {{"per_gpu", tokens_per_s * flops_per_token / 1e12 / run.info.world_size}});
+  const double n = totals.steps;
+  EmitLine(run, "step_s", totals.seconds / n, "s/step");
+  EmitLine(run, "forward_s", totals.split.forward_s / n, "s/step");
+  EmitLine(run, "backward_s", totals.split.backward_s / n, "s/step");
+  EmitLine(run, "reduce_s", totals.split.reduce_s / n, "s/step");
+  EmitLine(run, "spilld_wait_s", totals.split.spilld_wait_s / n, "s/step");
+  EmitLine(run, "optimizer_s", totals.split.optimizer_s / n, "s/step");
+  EmitLine(run, "lane_gpu_compute_s", lanes.gpu_compute_s, "s/step",
+           {{"flops_per_rank", t.flops}, {"gemm_flops_per_s", r.gemm_flops_per_s},
+            {"compute_device", run.device.str()}});
+  EmitLine(run, "lane_pcie_s", lanes.pcie_s, "s/step",
+           {{"h2d_bytes", t.h2d_bytes}, {"d2h_bytes", t.d2h_bytes},
+            {"h2d_bytes_per_s", r.h2d_bytes_per_s}, {"d2h_bytes_per_s", r.d2h_bytes_per_s},
+            {"measured", run.device.is_cuda()}});
+  EmitLine(run, "lane_cpu_optimizer_s", lanes.cpu_optimizer_s, "s/step",
+           {{"params", t.optimizer_params}, {"params_per_s", r.optimizer_params_per_s},
+            {"threads", run.flags.optim_threads}});
+  EmitLine(run, "lane_nvme_s", lanes.nvme_s, "s/step",
+           {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s}});
+  EmitLine(run, "lane_bound_s", lanes.bound_s, "s/step", {{"bound_lane", lanes.bound_lane}});
+}
+
+// Everything after the flags: fit check, spilld, engine, training, lanes.
+int Bench(Run& run) {
+  if (std::optional<Failure> f = CheckFits(run)) return EmitFailure(run, *f), f->code;
+  absl::StatusOr<std::unique_ptr<worker::Collectives>> coll =
+      run.device.is_cuda() ? worker::CreateNcclCollectives(run.info, run.device.index())
+                           : worker::CreateGlooCollectives(run.info);
+  if (!coll.ok()) return EmitFailure(run, {kFailed, "error", coll.status().ToString()}), kFailed;
+  auto spilld = StartSpilld(run, **coll);
+  if (!spilld.ok()) return EmitFailure(run, {kFailed, "error", spilld.status().ToString()}), kFailed;
+  worker::EngineOptions o;
+  o.config = run.config;
+  o.shape = run.shape;
+  o.session.job_id = "zero3_train";
+  o.session.socket_path = SocketPath(run);
+  o.device = run.device;
+  absl::StatusOr<std::unique_ptr<worker::Engine>> engine = worker::Engine::Create(o, coll->get());
+  if (!engine.ok()) {
+    const bool mode = engine.status().code() == absl::StatusCode::kUnimplemented;
+    const bool mem = engine.status().code() == absl::StatusCode::kResourceExhausted;
+    Failure f{mode ? kUsage : mem ? kNoFit : kFailed, mem ? "does_not_fit" : "error",
+              engine.status().ToString()};
+    return EmitFailure(run, f), f.code;
+  }
+  Totals totals;
+  if (std::optional<Failure> f = Train(run, **engine, totals)) return EmitFailure(run, *f), f->code;
+  const double tokens_per_rank_step = static_cast<double>(totals.tokens) / totals.steps / run.info.world_size;
+  const worker::GptModel& model = (*engine)->model();
+  const StepTraffic traffic = TrafficPerStep(
+      run.config, run.total_params, 3 * model.ForwardFlopsPerToken(run.shape.seq_len) * tokens_per_rank_step,
+      run.info.world_size);
+  engine->reset();  // Closes the session before spilld stops.
+  int rc = 0;
+  if (run.info.rank == 0) {
+    absl::StatusOr<LaneRates> rates = MeasureLanes(run, traffic);
+    if (rates.ok()) {
+      Report(run, totals, traffic, *rates);
+    } else {
+      EmitFailure(run, {kFailed, "error", "lane measurement: " + rates.status().ToString()});
+      rc = kFailed;
+    }
+  }
+  absl::Status b = (*coll)->Barrier(std::chrono::minutes(10));
+  if (*spilld) {
+    if ((*spilld)->Stop() != 0) {
+      std::cerr << "zero3_train: spilld exited with an error:\n" << (*spilld)->output();
+      rc = kFailed;
+    }
+    const std::string sock = SocketPath(run);
+    unlink(sock.c_str());
+    rmdir(sock.substr(0, sock.rfind('/')).c_str());
+  }
+  return b.ok() ? rc : kFailed;
+}
+
+int Main(int argc, char** argv) {
+  Run run;
+  absl::Status s = ParseZero3Flags(argc, argv, run.flags);
+  if (s.ok()) s = ResolveZero3(run.flags, run.info, run.shape, run.config);
+  if (!s.ok()) {
+    std::cerr << "zero3_train: " << s.message() << "\n" << kZero3Usage;
+    return kUsage;
+  }
+  run.device = run.flags.device == "cuda" ? at::Device(at::kCUDA, run.info.local_rank)
+                                          : at::Device(at::kCPU);
+#if SPILL_ZERO3_CUDA
+  if (run.device.is_cuda()) cudaSetDevice(run.info.local_rank);
+#endif
+  run.machine = MachineOf(run.device);
+  run.total_params = static_cast<double>(worker::GptTotalParams(run.shape));
+  SizeSpilld(run);
+  return Bench(run);
+}
+
+}  // namespace
+}  // namespace spill::bench
+
+int main(int argc, char** argv) { return spill::bench::Main(argc, argv); }
