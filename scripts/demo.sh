@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine: installs the Debian packages
 # that are missing, configures and builds spilld, spillctl and spill_demo
-# (preset dev, or $SPILL_PRESET), then runs the demo job (see
+# (preset dev, or $SPILL_PRESET) and, with LibTorch (installed into .venv
+# when python3 lacks torch), spill-train; then runs the demo job (see
 # scripts/run-demo-job.sh): spilld on a private socket with a small pinned
-# pool, a demo client that offloads, fetches and verifies tensors,
+# pool, a demo client that offloads, fetches and verifies tensors, a short
+# ZeRO-3 training of a small GPT with parameters and optimizer offloaded to
+# spilld (2 ranks on the CPU with Gloo, or the node's GPUs with NCCL),
 # `spillctl stats`, and a clean SIGTERM shutdown.
 #
 # Usage: scripts/demo.sh
@@ -25,13 +28,19 @@ spill_step "install missing Debian packages"
 spill_ensure_deps
 
 spill_step "LibTorch for the worker"
-spill_ensure_torch || true
+targets=(spilld spillctl spill_demo)
+if [ "$preset" != asan ] && spill_ensure_torch; then targets+=(spill-train); fi
 
-spill_step "configure and build spilld, spillctl, spill_demo (preset $preset, -j$SPILL_JOBS)"
-spill_build_preset "$preset" spilld spillctl spill_demo || spill_die "build failed"
+spill_step "configure and build ${targets[*]} (preset $preset, -j$SPILL_JOBS)"
+spill_build_preset "$preset" "${targets[@]}" || spill_die "build failed"
 
 build=$SPILL_ROOT/build/$preset
 export SPILLD=$build/server/spilld
 export SPILLCTL=$build/client/spillctl
 export SPILL_DEMO=$build/client/spill_demo
+if [ -x "$build/worker/spill-train" ]; then
+  export SPILL_TRAIN=$build/worker/spill-train
+else
+  export SPILL_TRAIN=none  # run-demo-job.sh says why the training step is skipped
+fi
 exec "$SPILL_ROOT/scripts/run-demo-job.sh"

@@ -4,8 +4,11 @@
 #      small pinned pool, and wait until it answers `spillctl health`;
 #   2. run spill_demo: it offloads tensors into spilld's pinned tier, fetches
 #      them back and verifies every byte;
-#   3. print `spillctl stats`;
-#   4. stop spilld with SIGTERM and require exit status 0.
+#   3. train a small GPT for $SPILL_TRAIN_STEPS steps with ZeRO-3, parameters
+#      and optimizer offloaded to this spilld: 2 ranks on the CPU (Gloo), or
+#      up to 2 GPUs (NCCL) when nvidia-smi lists any; the loss falls;
+#   4. print `spillctl stats`;
+#   5. stop spilld with SIGTERM and require exit status 0.
 # The temporary directory goes away on any exit, and spilld with it.
 #
 # Binaries: $SPILLD, $SPILLCTL and $SPILL_DEMO when set, else those next to
@@ -19,6 +22,8 @@
 #   SPILL_STOP_TIMEOUT   seconds to wait for it to exit on SIGTERM (default 30)
 #   SPILLD_ARGS          more spilld flags, e.g. "--huge-pages=off"
 #   SPILL_DEMO_ARGS      more spill_demo flags, e.g. "--tensors=32 --mib=4"
+#   SPILL_TRAIN          spill-train to run in step 3 ("none": skip the step)
+#   SPILL_TRAIN_STEPS    training steps (default 40)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,6 +54,8 @@ find_tool() {  # find_tool VARIABLE NAME
 spilld=$(find_tool SPILLD spilld)
 spillctl=$(find_tool SPILLCTL spillctl)
 spill_demo=$(find_tool SPILL_DEMO spill_demo)
+spill_train=${SPILL_TRAIN:-}
+if [ -z "$spill_train" ]; then spill_train=$(find_tool SPILL_TRAIN spill-train 2>/dev/null || echo none); fi
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/spill-demo.XXXXXX")
 socket=$workdir/spilld.sock
@@ -86,7 +93,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step "1/4 start spilld on a private socket (pool $pinned_bytes in $segment_bytes segments)"
+step "1/5 start spilld on a private socket (pool $pinned_bytes in $segment_bytes segments)"
 echo "    working directory $workdir (removed on exit)"
 read -r -a extra_args <<<"${SPILLD_ARGS:-}"
 spilld_cmd=("$spilld" --socket="$socket" --pinned-bytes="$pinned_bytes"
@@ -108,14 +115,65 @@ until "$spillctl" --socket="$socket" --timeout=1s health >/dev/null 2>&1; do
 done
 shown "$spillctl" --socket="$socket" health
 
-step "2/4 run the demo client: offload tensors, fetch them back, verify them"
+step "2/5 run the demo client: offload tensors, fetch them back, verify them"
 read -r -a extra_args <<<"${SPILL_DEMO_ARGS:-}"
 shown "$spill_demo" --socket="$socket" "${extra_args[@]}" || fail "spill_demo failed (status $?)"
 
-step "3/4 spilld's tier stats"
+step "3/5 ZeRO-3 training with parameters and optimizer offloaded to spilld"
+if [ "$spill_train" = none ] || [ ! -x "$spill_train" ]; then
+  echo "    skipped: spill-train was not built (it needs LibTorch: pip's torch in python3 or .venv)"
+else
+  device=cpu
+  ranks=2
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if [ "${gpus:-0}" -ge 1 ]; then
+    device=cuda
+    ranks=$((gpus < 2 ? gpus : 2))
+  fi
+  cat >"$workdir/ds_config.json" <<'JSON'
+{
+  "train_micro_batch_size_per_gpu": 4,
+  "gradient_accumulation_steps": 2,
+  "gradient_clipping": 1.0,
+  "steps_per_print": 5,
+  "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.01}},
+  "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 3e-3,
+                                              "warmup_num_steps": 5, "warmup_type": "linear"}},
+  "zero_optimization": {"stage": 3,
+                        "offload_optimizer": {"device": "cpu", "pin_memory": true},
+                        "offload_param": {"device": "cpu", "pin_memory": true}}
+}
+JSON
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo "    $ (for each of $ranks ranks) RANK=r WORLD_SIZE=$ranks MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \\"
+  echo "        $spill_train --deepspeed ds_config.json --device $device --spill-socket $socket --job demo-train \\"
+  echo "        --layers 2 --hidden 64 --heads 4 --seq_len 64 --max_steps ${SPILL_TRAIN_STEPS:-40}"
+  pids=()
+  for ((r = 0; r < ranks; r++)); do
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=$port WORLD_SIZE=$ranks RANK=$r LOCAL_RANK=$r \
+      "$spill_train" --deepspeed "$workdir/ds_config.json" --device "$device" \
+      --spill-socket "$socket" --job demo-train --layers 2 --hidden 64 --heads 4 --seq_len 64 \
+      --max_steps "${SPILL_TRAIN_STEPS:-40}" >"$workdir/train.$r.log" 2>&1 &
+    pids+=($!)
+  done
+  train_rc=0
+  for pid in "${pids[@]}"; do wait "$pid" || train_rc=$?; done
+  grep -E '^step|^spill-train: (rank|warning|not supported)' "$workdir/train.0.log" | sed 's/^/    /'
+  if [ $train_rc -ne 0 ]; then
+    for ((r = 0; r < ranks; r++)); do sed "s/^/    [rank $r] /" "$workdir/train.$r.log" | tail -20; done
+    fail "spill-train failed (status $train_rc)"
+  fi
+  first=$(sed -n 's/^step 1 loss \([0-9.]*\).*/\1/p' "$workdir/train.0.log")
+  last=$(sed -n 's/^step [0-9]* loss \([0-9.]*\).*/\1/p' "$workdir/train.0.log" | tail -1)
+  python3 -c "import sys; sys.exit(0 if float('$last') < float('$first') else 1)" ||
+    fail "the loss did not fall (step 1: $first, last: $last)"
+  echo "    loss fell from $first to $last over ${SPILL_TRAIN_STEPS:-40} steps ($ranks ranks, $device)"
+fi
+
+step "4/5 spilld's tier stats"
 shown "$spillctl" --socket="$socket" stats || fail "spillctl stats failed (status $?)"
 
-step "4/4 stop spilld with SIGTERM"
+step "5/5 stop spilld with SIGTERM"
 kill -TERM "$spilld_pid"
 deadline=$((SECONDS + stop_timeout))
 while spilld_running; do
@@ -132,4 +190,4 @@ show_log
 [ $status -eq 0 ] || fail "spilld exited with status $status after SIGTERM (expected 0)"
 echo "    spilld exited with status 0"
 
-printf '\nDEMO OK: spilld served the demo client and stopped cleanly.\n'
+printf '\nDEMO OK: spilld served the demo client and the training job and stopped cleanly.\n'

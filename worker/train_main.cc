@@ -181,8 +181,8 @@ std::string SpilldLine(client::Session* session) {
   if (!objects.ok()) return absl::StrCat(", spilld: ", objects.status().message());
   uint64_t resident = 0;
   for (const client::ObjectInfo& o : *objects) resident += o.resident() ? o.byte_size() : 0;
-  return absl::StrFormat(", spilld: %d objects, %.2f GiB resident", objects->size(),
-                         resident / 1073741824.0);
+  return absl::StrFormat(", spilld: %d objects, %.1f MiB resident", objects->size(),
+                         resident / 1048576.0);
 }
 
 void LogStep(const StepStats& s, double seconds, double flops_per_token, const std::string& tail) {
