@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <torch/cuda.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <unistd.h>
@@ -111,10 +112,10 @@ class EngineTest : public ::testing::Test {
 // copies of the parameters (fp16: of the loss times `scale`), the two summed
 // and halved in 16 bits (the reduce-scatter), added into an fp32
 // accumulator (spilld's).
-void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t index,
+void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t index, int world,
                         at::ScalarType dtype, double scale, const std::vector<at::Tensor>& master) {
   std::vector<at::Tensor> tokens, targets;
-  for (int r = 0; r < kWorld; ++r) {
+  for (int r = 0; r < world; ++r) {
     TokenBatch b = *data.Batch(index, r, kMicro, kShape.seq_len, kSeed);
     tokens.push_back(at::tensor(b.tokens, at::kLong).view({kMicro, kShape.seq_len}));
     targets.push_back(at::tensor(b.targets, at::kLong).view({kMicro, kShape.seq_len}));
@@ -125,7 +126,7 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
     return;
   }
   std::vector<at::Tensor> reduced(master.size());
-  for (int r = 0; r < kWorld; ++r) {
+  for (int r = 0; r < world; ++r) {
     std::vector<at::Tensor> half;
     for (const at::Tensor& m : master) half.push_back(m.detach().to(dtype).requires_grad_(true));
     at::Tensor loss = GptModel::Loss(model.Logits(tokens[r], half), targets[r]);
@@ -136,7 +137,7 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
     }
   }
   for (size_t i = 0; i < master.size(); ++i) {
-    at::Tensor avg = (reduced[i] / kWorld).to(dtype).to(at::kFloat);
+    at::Tensor avg = (reduced[i] / world).to(dtype).to(at::kFloat);
     if (master[i].grad().defined()) {
       master[i].mutable_grad() = master[i].grad() + avg;
     } else {
@@ -147,7 +148,8 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
 
 // The single-process reference: every layer's flat parameters after kSteps
 // (bf16: the bf16 copy of the fp32 master, as the engine's shards hold).
-std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, std::vector<at::Tensor>* initial) {
+std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, int world,
+                                  std::vector<at::Tensor>* initial) {
   const at::ScalarType dtype =
       c.fp16.enabled ? at::kHalf : c.bf16_enabled ? at::kBFloat16 : at::kFloat;
   // fp16: the dynamic scaler's initial scale (no overflow in these steps).
@@ -171,7 +173,7 @@ std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, std::vector<at::Tens
   for (int64_t step = 1; step <= kSteps; ++step) {
     opt.zero_grad();
     for (int64_t k = 0; k < kGas; ++k) {
-      ReferenceMicroStep(*model, data, (step - 1) * kGas + k, dtype, scale, flat);
+      ReferenceMicroStep(*model, data, (step - 1) * kGas + k, world, dtype, scale, flat);
     }
     if (scale != 1.0) {
       for (at::Tensor& t : flat) t.mutable_grad() = t.grad() / scale;
@@ -195,7 +197,11 @@ struct Precision {
   const char* optimizer = "cpu";
   const char* param = "cpu";
   const char* args = "";  // Extra spill-train flags.
+  int world = kWorld;
+  bool cuda = false;  // One GPU per rank, NCCL (skipped without enough GPUs).
 };
+
+int CudaDevices() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
 
 // A directory on a file system with O_DIRECT for spilld's NVMe tier.
 std::string NvmeBaseDir() {
@@ -208,6 +214,9 @@ class EngineEquivalenceTest : public EngineTest,
 
 TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference) {
   const Precision& p = GetParam();
+  if (p.cuda && CudaDevices() < p.world) {
+    GTEST_SKIP() << "needs " << p.world << " CUDA device(s), this machine has " << CudaDevices();
+  }
   std::vector<std::string> flags;
   std::filesystem::path nvme;
   if (std::string(p.optimizer) == "nvme") {
@@ -230,21 +239,22 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
   const std::string params_path = (dir_ / "params.bin").string();
   std::string output;
   const int rc = RunRanks(
-      kWorld, (*spilld)->socket_path(),
+      p.world, (*spilld)->socket_path(),
       "--deepspeed " + config_path + " --layers 2 --hidden 32 --heads 4 --vocab 256 --seq_len 16" +
           " --max_steps " + std::to_string(kSteps) + " --seed " + std::to_string(kSeed) +
-          " --job engine-test --save_params " + params_path + " " + p.args,
+          " --job engine-test --save_params " + params_path + " " + p.args +
+          (p.cuda ? " --device cuda" : ""),
       &output);
   if (!nvme.empty()) std::filesystem::remove_all(nvme);
   ASSERT_EQ(rc, 0) << output;
   EXPECT_NE(output.find("step 4 loss"), std::string::npos) << output;
 
   TrainingArgs args;
-  args.world_size = kWorld;
+  args.world_size = p.world;
   auto loaded = ParseDeepSpeedConfig(config, args);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   std::vector<at::Tensor> initial;
-  std::vector<at::Tensor> expected = Reference(loaded->config, &initial);
+  std::vector<at::Tensor> expected = Reference(loaded->config, p.world, &initial);
   const std::string bytes = ReadFile(params_path);
   int64_t total = 0;
   for (const at::Tensor& t : expected) total += t.numel();
@@ -273,6 +283,21 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
 // none runs torch's fused AdamW kernel on the shards instead of spilld's.
 constexpr char kBf16[] = "\"bf16\": {\"enabled\": true},";
 constexpr char kFp16[] = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 12},";
+
+// The same on GPUs (NCCL; label gpu): GPU kernels sum in other orders than
+// the CPU reference, so fp32 keeps its tolerance and bf16 allows a few
+// 16-bit ulps.
+INSTANTIATE_TEST_SUITE_P(
+    Gpu, EngineEquivalenceTest,
+    ::testing::Values(
+        Precision{"gpu1_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 1, true},
+        Precision{"gpu2_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 2, true},
+        Precision{"gpu2_fp32_offload_none", "", 1e-4, 2e-6, "none", "none", "", 2, true},
+        Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
+        Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
+                  "--gradient_checkpointing", 2, true},
+        Precision{"gpu2_fp16", kFp16, 1.0 / 128, 3e-4, "cpu", "cpu", "", 2, true}),
+    [](const ::testing::TestParamInfo<Precision>& info) { return std::string(info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(
     Precisions, EngineEquivalenceTest,
@@ -641,6 +666,58 @@ TEST_F(EngineTest, ACheckpointLoadsIntoAnotherWorldSize) {
                 &output2);
   EXPECT_EQ(rc, 0) << output2;
   EXPECT_NE(output2.find("step 3 loss"), std::string::npos) << output2;
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+}
+
+// The gather policies on a GPU (NCCL, one rank, bf16 with the optimizer in
+// spilld and parameters re-gathered through the copy stream): every policy
+// trains to the same parameters as keeping everything gathered.
+TEST(GpuEngineApiTest, PrefetchAndReuseOnTheGpuLeaveTheResultUnchanged) {
+  if (CudaDevices() < 1) GTEST_SKIP() << "needs a CUDA device, this machine has none";
+  RendezvousInfo info;
+  info.master_port = FreePort();
+  auto coll = CreateNcclCollectives(info, 0);
+  ASSERT_TRUE(coll.ok()) << coll.status();
+  auto spilld = testing::SpilldFixture::Start();
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  TrainingArgs args;
+  args.world_size = 1;
+  std::string config = kConfig;
+  config.insert(1, "\"bf16\": {\"enabled\": true},");
+  auto loaded = ParseDeepSpeedConfig(config, args);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EngineOptions options;
+  options.config = loaded->config;
+  options.shape = kShape;
+  options.seed = kSeed;
+  options.device = at::Device(at::kCUDA, 0);
+  options.session.socket_path = (*spilld)->socket_path();
+  const std::vector<GatherCase> cases = {
+      {1'000'000'000, 0, 1'000'000'000, 4}, {0, 0, 0, 10}, {0, 0, 1'000'000'000, 10},
+      {0, 1'000'000'000, 0, 4}};
+  std::vector<at::Tensor> first;
+  int n = 0;
+  for (const GatherCase& c : cases) {
+    options.config.zero.stage3_param_persistence_threshold = c.persistence;
+    options.config.zero.stage3_max_reuse_distance = c.reuse;
+    options.config.zero.stage3_prefetch_bucket_size = c.prefetch;
+    options.session.job_id = "gpu-api-" + std::to_string(n++);
+    auto engine = Engine::Create(options, coll->get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::vector<StepStats> stats;
+    std::vector<at::Tensor> params = Train(**engine, 3, &stats);
+    ASSERT_EQ(stats.size(), 3u);
+    for (const StepStats& s : stats) EXPECT_EQ(s.trace_changes, 0);
+    if (c.persistence == 0) EXPECT_EQ(stats[2].gathers, c.gathers_per_micro * kGas);
+    if (first.empty()) {
+      first = params;
+      continue;
+    }
+    ASSERT_EQ(params.size(), first.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_TRUE(at::allclose(params[i], first[i], 1.0 / 128, 1e-5)) << i;
+    }
+  }
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
 }
 
