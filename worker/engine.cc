@@ -143,6 +143,8 @@ void Engine::SyncCompute() {
 absl::Status Engine::Build() {
   if (options_.device.is_cuda()) {
     c10::impl::VirtualGuardImpl impl(options_.device.type());
+    // Storage allocations and stream lookups use the current device.
+    impl.setDevice(options_.device);
     copy_stream_ = impl.getStreamFromGlobalPool(options_.device, /*isHighPriority=*/false);
     d2h_stream_ = impl.getStreamFromGlobalPool(options_.device, /*isHighPriority=*/false);
   }
