@@ -107,6 +107,8 @@ Engine::~Engine() {
   }
   grads_.clear();
   releases_.clear();
+  StepStats unused;
+  if (session_ != nullptr) FinishSteps(unused).IgnoreError();
   if (session_ != nullptr) session_->Close().IgnoreError();
 }
 
@@ -260,8 +262,33 @@ absl::Status Engine::WriteObject(uint64_t object_id, const at::Tensor& values, c
   return rel;
 }
 
+absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
+  if (i >= step_works_.size() || step_works_[i] == nullptr) return absl::OkStatus();
+  std::shared_ptr<client::Work> work = std::move(step_works_[i]);
+  EngineClock::time_point t0 = EngineClock::now();
+  absl::Status s = Wait(work, "optimizer step");
+  stats.optimizer_s += SecondsSince(t0);
+  if (s.ok() && work->step_outcome().applied == steps_overflow_) {
+    s = absl::InternalError(absl::StrCat("optimizer step ", steps_step_, " of layer ",
+                                         layer_name(i), " was ",
+                                         steps_overflow_ ? "applied despite the overflow"
+                                                         : "not applied"));
+  }
+  return s;
+}
+
+absl::Status Engine::FinishSteps(StepStats& stats) {
+  absl::Status first;
+  for (size_t i = 0; i < step_works_.size(); ++i) {
+    absl::Status s = FinishStep(i, stats);
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
 absl::StatusOr<std::vector<at::Tensor>> Engine::GatherParameters() {
   StepStats unused;
+  SPILL_RETURN_IF_ERROR(FinishSteps(unused));
   std::vector<at::Tensor> out;
   for (size_t i = 0; i < layers_.size(); ++i) {
     LayerState& ls = layers_[i];
@@ -303,35 +330,31 @@ absl::Status Engine::Optimize(StepStats& stats) {
   stats.skipped = overflow;
   const uint64_t step = static_cast<uint64_t>(step_ + 1);
   t0 = EngineClock::now();
-  absl::Status first;
   if (local_) {
     if (!overflow) LocalStep(stats.lr, stats.clip / scale);
   } else {
-    // Layers whose step did not already go out while backward ran.
+    // Steps of an earlier step still in flight (none normally: every layer's
+    // gather waited for its own) finish first.
+    if (!OverlapStep()) SPILL_RETURN_IF_ERROR(FinishSteps(stats));
+    // Layers whose step did not already go out while backward ran. The
+    // steps run in spilld while the next step's forward starts: a layer's
+    // next gather waits for its own step (FinishStep).
     step_works_.resize(layers_.size());
+    steps_step_ = step;
+    steps_overflow_ = overflow;
     for (size_t i = 0; i < layers_.size(); ++i) {
       if (step_works_[i] != nullptr) continue;
       step_works_[i] = session_->OptimizerStep(layers_[i].group_id, step,
                                                static_cast<float>(stats.lr),
                                                static_cast<float>(stats.clip / scale), overflow);
     }
-    for (size_t i = 0; i < step_works_.size(); ++i) {
-      absl::Status s = Wait(step_works_[i], "optimizer step");
-      if (s.ok() && step_works_[i]->step_outcome().applied == overflow) {
-        s = absl::InternalError(absl::StrCat("optimizer step ", step, " of layer ",
-                                             model_.layers()[i]->name(), " was ",
-                                             overflow ? "applied despite the overflow" : "not applied"));
-      }
-      if (first.ok()) first = s;
-    }
-    step_works_.clear();
   }
-  if (first.ok() && !overflow) ++applied_steps_;
+  if (!overflow) ++applied_steps_;
   if (options_.config.fp16.enabled) scaler_.Update(overflow);
   // Persistent layers stayed gathered through the step; their values changed.
   for (size_t i = 0; i < layers_.size(); ++i) FreeGathered(i);
   stats.optimizer_s += SecondsSince(t0);
-  return first;
+  return absl::OkStatus();
 }
 
 // Offload none: torch's fused AdamW (Adam) kernel over every local shard.
@@ -377,7 +400,6 @@ absl::StatusOr<StepStats> Engine::TrainStep(const std::vector<MicroBatch>& micro
   StepStats stats;
   stats.lr = schedule_.LrAt(step_);
   stats.loss_scale = scaler_.scale();
-  step_works_.clear();
   sum_squares_ = 0;
   at::Tensor loss_sum = at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(options_.device));
   for (int64_t k = 0; k < gas; ++k) {

@@ -92,7 +92,10 @@ struct StepStats {
   double backward_s = 0;  // Re-gathers, recomputation and reduce-scatters included.
   double reduce_s = 0;       // Waiting for gradients after backward, and the norm all-reduce.
   double spilld_wait_s = 0;  // Blocked on spilld (acquire, gradient ready, release).
-  double optimizer_s = 0;    // From the end of backward until every group stepped.
+  // Issuing the optimizer steps after backward, plus waiting for the
+  // previous step's optimizer pass of a layer before its first gather (the
+  // CPU optimizer of step N overlaps the forward of step N+1).
+  double optimizer_s = 0;
   // Parameter gathers issued (demand + prefetch) and how many were prefetched.
   int64_t gathers = 0;
   int64_t prefetched = 0;
@@ -125,7 +128,9 @@ class Engine {
   // accumulation count; gradients are averaged over ranks). InvalidArgument
   // for a wrong number of micro-batches or bad token tensors (nothing sent);
   // the collective's or spilld's error otherwise (the step is then not
-  // applied on this rank).
+  // applied on this rank). spilld's optimizer pass of a step finishes while
+  // the next step runs; its error is returned by the next TrainStep,
+  // GatherParameters or SaveCheckpoint.
   absl::StatusOr<StepStats> TrainStep(const std::vector<MicroBatch>& micro_batches);
 
   // Every layer's full flat parameters (padding dropped) as fp32 CPU
@@ -208,6 +213,10 @@ class Engine {
   absl::Status PollGrads(bool wait_all, StepStats& stats);
   absl::Status Optimize(StepStats& stats);
   void LocalStep(double lr, double grad_scale);
+  // Waits for layer i's optimizer step in flight (all layers'); the step's
+  // error, or Internal when it was (not) applied against the overflow flag.
+  absl::Status FinishStep(size_t i, StepStats& stats);
+  absl::Status FinishSteps(StepStats& stats);
   bool OverlapStep() const;
   // Waits up to options_.timeout; the error is prefixed with `what`.
   absl::Status Wait(const std::shared_ptr<Work>& work, const char* what);
@@ -243,7 +252,11 @@ class Engine {
   std::vector<PendingRelease> releases_;
   std::vector<std::shared_ptr<client::Work>> release_works_;  // Release answers to check
   std::vector<PendingGrad> grads_;
-  std::vector<std::shared_ptr<client::Work>> step_works_;  // OptimizerStep per layer
+  // OptimizerStep per layer of step steps_step_, in flight until the
+  // layer's next gather (or GatherParameters / SaveCheckpoint) waits for it.
+  std::vector<std::shared_ptr<client::Work>> step_works_;
+  uint64_t steps_step_ = 0;
+  bool steps_overflow_ = false;
   double sum_squares_ = 0;  // This rank's, from the last micro-step's GradReady.
   at::Tensor loss_sum_;     // Device: sum of micro-step losses.
 };

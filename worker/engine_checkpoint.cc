@@ -47,6 +47,8 @@ absl::StatusOr<std::string> Engine::SaveCheckpoint(const std::string& dir, const
         "checkpoints with zero_optimization.offload_optimizer.device=nvme: the optimizer states "
         "live in spilld's NVMe tier, which does not export them yet");
   }
+  StepStats unused;
+  SPILL_RETURN_IF_ERROR(FinishSteps(unused));
   const std::string tag = tag_in.empty() ? absl::StrCat("global_step", step_) : tag_in;
   const int rank = collectives_->rank();
   CkptMeta meta;

@@ -34,6 +34,8 @@ absl::StatusOr<at::Tensor> Engine::SourceShard(size_t i, StepStats& stats) {
   LayerState& ls = layers_[i];
   if (local_) return ls.param;
   if (param_on_device_ && ls.device_shard_step == step_) return ls.device_shard;
+  // The previous step's optimizer pass over this layer must be done.
+  SPILL_RETURN_IF_ERROR(FinishStep(i, stats));
   client::Session& s = *session_;
   EngineClock::time_point t0 = EngineClock::now();
   absl::StatusOr<client::ObjectInfo> pinned =
