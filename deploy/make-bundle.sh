@@ -144,7 +144,7 @@ copy_programs() {
     fi
     [ ! -e "$stage/bin/$name" ] || spill_die "two programs named $name in $build"
     cp "$file" "$stage/bin/$name"
-  done < <(find "$build" -name CMakeFiles -prune -o -type f -perm -u+x -print0 | sort -z)
+  done < <(find "$build/" -name CMakeFiles -prune -o -type f -perm -u+x -print0 | sort -z)
   for name in spilld spillctl spill_demo; do
     [ -x "$stage/bin/$name" ] || spill_die "$name was not built"
   done
@@ -250,7 +250,7 @@ copy_own_libs() {
   local stage=$1 file
   while IFS= read -r -d '' file; do
     if [ -L "$file" ] || is_elf "$file"; then cp -P "$file" "$stage/lib/"; fi
-  done < <(find "$build" -name CMakeFiles -prune -o -name 'lib*.so*' \( -type f -o -type l \) -print0)
+  done < <(find "$build/" -name CMakeFiles -prune -o -name 'lib*.so*' \( -type f -o -type l \) -print0)
   [ -e "$stage/lib/libspill_client.so" ] || spill_die "libspill_client.so was not built"
 }
 
