@@ -59,6 +59,11 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
     f.device = v;
   } else if (key == "spilld") f.spilld = v;
   else if (key == "nvme-dir") f.nvme_dir = v;
+  else if (key == "clip") {
+    if (!absl::SimpleAtod(v, &f.clip) || !(f.clip >= 0)) {
+      return absl::InvalidArgumentError(absl::StrCat("--clip must be a number >= 0, got '", v, "'"));
+    }
+  }
   else if (key == "steps" || key == "warmup" || key == "micro-batch" || key == "gas" ||
            key == "optim-threads" || key == "layers" || key == "hidden" || key == "heads" ||
            key == "vocab" || key == "seq") {
@@ -102,7 +107,7 @@ std::string ConfigJson(const Zero3Flags& f) {
   };
   return absl::StrCat(R"({"train_micro_batch_size_per_gpu": )", f.micro_batch,
                       R"(, "gradient_accumulation_steps": )", f.gas,
-                      R"(, "gradient_clipping": 1.0, "steps_per_print": 1000000000,)",
+                      R"(, "gradient_clipping": )", f.clip, R"(, "steps_per_print": 1000000000,)",
                       R"( "bf16": {"enabled": )", f.bf16 ? "true" : "false", "},",
                       R"( "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95],)",
                       R"( "eps": 1e-8, "weight_decay": 0.1}},)",

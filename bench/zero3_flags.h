@@ -23,6 +23,7 @@ struct Zero3Flags {
   int warmup = 2;
   std::string offload_optimizer = "cpu", offload_param = "cpu";
   bool bf16 = false;
+  double clip = 1.0;  // gradient_clipping (0: none; layers then step during backward)
   int64_t micro_batch = 1, gas = 1;
   std::string device;  // "cuda" or "cpu"; empty: cuda when a GPU is present
   std::string spilld;  // spilld binary; empty: $SPILL_SPILLD, else the build's

@@ -302,7 +302,7 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
       {"offload_optimizer", worker::OffloadDeviceName(run.config.zero.offload_optimizer.device)},
       {"offload_param", worker::OffloadDeviceName(run.config.zero.offload_param.device)},
       {"bf16", run.config.bf16_enabled}, {"micro_batch", run.config.train_micro_batch_size_per_gpu},
-      {"gas", run.config.gradient_accumulation_steps}, {"seq", run.shape.seq_len},
+      {"gas", run.config.gradient_accumulation_steps}, {"gradient_clipping", run.config.gradient_clipping}, {"seq", run.shape.seq_len},
       {"params", run.total_params}, {"steps", totals.steps}, {"device", run.device.str()}};
   Result headline{kBench, "tokens_per_s", tokens_per_s, "tokens/s", "lane_bound",
               lanes.bound_s > 0 ? tokens_per_step / lanes.bound_s : 0, mode};

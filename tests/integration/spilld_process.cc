@@ -121,12 +121,13 @@ absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
   p->out_fd_ = spawned->stdout_fd;
   // Wait until the socket accepts connections; a gRPC channel created
   // earlier would sit in its reconnect backoff. spilld populates and locks
-  // its pinned pool first: 20 s plus one per 2 GiB of it.
+  // its pinned pool first: 20 s plus 1.5 s per GiB of it (a 108 GiB
+  // pool took over 74 s on an H100 node).
   uint64_t pinned = 0;
   for (const auto& f : flags) {
     if (f.rfind("--pinned-bytes=", 0) == 0) pinned = ParseSize(f.substr(15)).value_or(0);
   }
-  const auto wait = std::chrono::seconds(20 + pinned / (2ull << 30));
+  const auto wait = std::chrono::seconds(20 + 3 * pinned / (2ull << 30));
   auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     int status = 0;
