@@ -316,6 +316,13 @@ std::shared_ptr<Work> GrpcSession::Prefetch(uint64_t object_id) {
   return Submit(WorkOp::kPrefetch, object_id, std::move(request));
 }
 
+std::shared_ptr<Work> GrpcSession::SetAccessOrder(std::vector<uint64_t> object_ids) {
+  v1::StreamRequest request;
+  v1::AccessOrder* order = request.mutable_access_order();
+  for (uint64_t id : object_ids) order->add_object_ids(id);
+  return Submit(WorkOp::kAccessOrder, 0, std::move(request));
+}
+
 std::shared_ptr<Work> GrpcSession::Release(uint64_t object_id) {
   v1::StreamRequest request;
   request.mutable_release()->set_object_id(object_id);

@@ -48,6 +48,7 @@ class GrpcSession final : public Session {
 
   std::shared_ptr<Work> Acquire(uint64_t object_id, bool for_write) override;
   std::shared_ptr<Work> Prefetch(uint64_t object_id) override;
+  std::shared_ptr<Work> SetAccessOrder(std::vector<uint64_t> object_ids) override;
   std::shared_ptr<Work> Release(uint64_t object_id) override;
   std::shared_ptr<Work> WriteBack(uint64_t object_id, uint64_t version) override;
   std::shared_ptr<Work> Ping() override;

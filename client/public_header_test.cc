@@ -32,6 +32,9 @@ class NullSession final : public spill::client::Session {
   }
   std::shared_ptr<spill::client::Work> Acquire(uint64_t, bool) override { return nullptr; }
   std::shared_ptr<spill::client::Work> Prefetch(uint64_t) override { return nullptr; }
+  std::shared_ptr<spill::client::Work> SetAccessOrder(std::vector<uint64_t>) override {
+    return nullptr;
+  }
   std::shared_ptr<spill::client::Work> Release(uint64_t) override { return nullptr; }
   std::shared_ptr<spill::client::Work> WriteBack(uint64_t, uint64_t) override { return nullptr; }
   std::shared_ptr<spill::client::Work> Ping() override { return nullptr; }

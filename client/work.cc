@@ -25,6 +25,7 @@ const char* WorkOpName(WorkOp op) {
     case WorkOp::kPing: return "ping";
     case WorkOp::kGradReady: return "grad-ready";
     case WorkOp::kOptimizerStep: return "optimizer-step";
+    case WorkOp::kAccessOrder: return "access-order";
   }
   return "unknown";
 }

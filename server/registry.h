@@ -181,6 +181,14 @@ class Registry {
   // Whether stream requests on the object may wait for I/O (its home is
   // kNvme); false for unknown objects (their requests fail at once).
   bool MayWait(uint64_t session_id, uint64_t object_id) const;
+
+  // The job's access order for its coming step: the NVMe-homed objects
+  // among `object_ids` go to the TierManager as its eviction hint (pinned-
+  // home objects are never evicted). NotFound for an unknown session or
+  // naming the first id that is not an object of the job; nothing changes
+  // then. Returns how many entries concern NVMe-homed objects.
+  absl::StatusOr<size_t> SetAccessOrder(uint64_t session_id,
+                                        const std::vector<uint64_t>& object_ids);
   // Acquire of any object. kNvme: TierManager::Acquire (kWrite when
   // for_write), pinned for the session when it completes; done runs once,
   // on this thread when the object is resident, else on an I/O thread, with

@@ -54,6 +54,29 @@ bool Registry::MayWait(uint64_t session_id, uint64_t object_id) const {
   return target.ok() && target->object->home == storage::Home::kNvme;
 }
 
+absl::StatusOr<size_t> Registry::SetAccessOrder(uint64_t session_id,
+                                                const std::vector<uint64_t>& object_ids) {
+  std::string job_id;
+  std::vector<uint64_t> tiered;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SPILL_ASSIGN_OR_RETURN(Session * session, StreamSessionLocked(session_id));
+    job_id = session->job_id;
+    Job& job = *jobs_.at(job_id);
+    for (uint64_t id : object_ids) {
+      absl::StatusOr<ObjectRecord*> object = FindObjectLocked(job, id);
+      if (!object.ok()) {
+        return absl::Status(object.status().code(),
+                            absl::StrCat("access order: ", object.status().message()));
+      }
+      if ((*object)->home == storage::Home::kNvme) tiered.push_back(id);
+    }
+    if (tiers_ == nullptr || !job.tiered) return size_t{0};
+  }
+  SPILL_RETURN_IF_ERROR(tiers_->SetAccessOrder(job_id, tiered));
+  return tiered.size();
+}
+
 void Registry::AcquireAsync(uint64_t session_id, uint64_t object_id, bool for_write,
                             RecordDone done) {
   std::string job_id;

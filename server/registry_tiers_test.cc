@@ -170,6 +170,31 @@ TEST_F(RegistryTiersTest, NvmeObjectRoundTripAndFlush) {
   EXPECT_EQ(registry_->Jobs()[0].nvme_objects, 1u);
 }
 
+TEST_F(RegistryTiersTest, AccessOrderGoesToTheTierManagerForNvmeObjects) {
+  OpenedSession s = Open("job");
+  auto nvme = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 1024,
+                                        Home::kNvme);
+  ASSERT_TRUE(nvme.ok()) << nvme.status();
+  auto pinned = registry_->RegisterObject(s.session_id, s.token, "p", kParam, kF32, 1024);
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  auto n = registry_->SetAccessOrder(s.session_id, {pinned->id, nvme->id, nvme->id});
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 2u);  // Pinned-home objects are never evicted: not passed on.
+  auto bad = registry_->SetAccessOrder(s.session_id, {nvme->id, 4242});
+  EXPECT_TRUE(absl::IsNotFound(bad.status())) << bad.status();
+  EXPECT_NE(bad.status().message().find("access order"), absl::string_view::npos);
+  EXPECT_NE(bad.status().message().find("4242"), absl::string_view::npos);
+  EXPECT_FALSE(registry_->SetAccessOrder(999, {nvme->id}).ok());  // no such session
+  OpenedSession other = Open("other");
+  auto plain = registry_->RegisterObject(other.session_id, other.token, "q", kParam, kF32, 16);
+  ASSERT_TRUE(plain.ok());
+  auto none = registry_->SetAccessOrder(other.session_id, {plain->id});
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, 0u);
+  // Another job's object is not this job's.
+  EXPECT_TRUE(absl::IsNotFound(registry_->SetAccessOrder(other.session_id, {nvme->id}).status()));
+}
+
 TEST_F(RegistryTiersTest, StreamEndDropsTierPins) {
   OpenedSession s = Open("job");
   auto obj =

@@ -26,6 +26,7 @@ const char* OpName(StreamRequest::OpCase op) {
     case StreamRequest::kAttach: return "attach";
     case StreamRequest::kAcquire: return "acquire";
     case StreamRequest::kPrefetch: return "prefetch";
+    case StreamRequest::kAccessOrder: return "access-order";
     case StreamRequest::kRelease: return "release";
     case StreamRequest::kWriteBack: return "write_back";
     case StreamRequest::kPing: return "ping";
@@ -369,6 +370,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
         break;
       case StreamRequest::kPing:
         return absl::OkStatus();
+      case StreamRequest::kAccessOrder: {
+        const auto& ids = request.access_order().object_ids();
+        return deps_.registry
+            ->SetAccessOrder(session, std::vector<uint64_t>(ids.begin(), ids.end()))
+            .status();
+      }
       case StreamRequest::kGradReady: {
         const auto& g = request.grad_ready();
         auto sum = deps_.optimizer->GradReady(session, g.group_id(), g.grad_object_id(),

@@ -201,6 +201,12 @@ void Engine::EndMicroStep(StepStats& stats) {
       trace_elems_[p + 1] = trace_elems_[p] + layers_[trace_[p]].full.numel();
     }
     recording_ = false;
+    if (session_ != nullptr && !param_on_device_) {
+      // spilld's eviction hint: the parameter shards in the order of use.
+      std::vector<uint64_t> order;
+      for (int layer : trace_) order.push_back(layers_[layer].param_object.object_id);
+      release_works_.push_back(session_->SetAccessOrder(std::move(order)));
+    }
   }
   pos_ = 0;
 }
@@ -223,7 +229,7 @@ absl::Status Engine::PollReleases(bool wait_all) {
   if (!wait_all) return absl::OkStatus();
   absl::Status first;
   for (const auto& w : release_works_) {
-    absl::Status s = Wait(w, "release parameter shard");
+    absl::Status s = Wait(w, "release parameter shard or send the access order");
     if (first.ok()) first = s;
   }
   release_works_.clear();

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "spill/client.h"
@@ -192,6 +193,43 @@ TEST_F(NvmeTest, ObjectsLargerThanThePinnedPoolAreEvictedAndReadBack) {
   auto pinned = s->Register("pinned", ObjectKind::kOther, DType::kFloat32, 1024);
   ASSERT_TRUE(pinned.ok()) << pinned.status();
   EXPECT_EQ(pinned->home, ObjectHome::kPinned);
+}
+
+// The access order a worker sends (its parameter trace) decides what is
+// evicted: the object used furthest ahead goes, where least-recently-used
+// would have dropped another; a bad id is refused and changes nothing.
+TEST_F(NvmeTest, TheAccessOrderDecidesWhatIsEvicted) {
+  StartDaemon({"--metrics-address=127.0.0.1:0"});
+  auto s = OpenSession("order");
+  ASSERT_NE(s, nullptr);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 8; ++i) {
+    auto obj = s->Register("p" + std::to_string(i), ObjectKind::kParamShard, DType::kUInt8,
+                           kObjBytes, ObjectHome::kNvme);
+    ASSERT_TRUE(obj.ok()) << obj.status();
+    ids.push_back(obj->object_id);
+  }
+  // One object per 4 MiB segment: the last four written (4..7) stay
+  // resident, least recently used first.
+  for (int i = 0; i < 8; ++i) Write(*s, ids[i], i, 1);
+  ASSERT_TRUE(s->Flush().ok());
+  auto reads = [&] { return MetricValue(*daemon_, "spill_tiering_reads_total"); };
+  auto bad = s->SetAccessOrder({ids[0], 987654321});
+  EXPECT_FALSE(bad->Wait(seconds(30)).ok());
+  EXPECT_EQ(bad->status().code(), absl::StatusCode::kNotFound) << bad->status();
+  EXPECT_NE(bad->status().message().find("987654321"), std::string::npos) << bad->status();
+  // Object 0 comes first, then 4, 5, 6, 7: 7 is used furthest ahead, so
+  // acquiring 0 evicts 7 (least-recently-used would have evicted 4).
+  auto order = s->SetAccessOrder({ids[0], ids[4], ids[5], ids[6], ids[7]});
+  ASSERT_TRUE(order->Wait(seconds(30)).ok()) << order->status();
+  const double r0 = reads();
+  ASSERT_GE(r0, 0);
+  EXPECT_EQ(Check(*s, ids[0], 0, 1), -1);
+  EXPECT_EQ(reads(), r0 + 1);  // 0 was read from NVMe
+  EXPECT_EQ(Check(*s, ids[4], 4, 1), -1);
+  EXPECT_EQ(reads(), r0 + 1) << "object 4 (used next) was evicted";
+  EXPECT_EQ(Check(*s, ids[7], 7, 1), -1);
+  EXPECT_EQ(reads(), r0 + 2) << "object 7 (used furthest ahead) was kept";
 }
 
 TEST_F(NvmeTest, RestartKeepsFlushedAndGracefullyStoppedObjects) {

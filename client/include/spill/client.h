@@ -148,6 +148,11 @@ class SPILL_CLIENT_EXPORT Session {
   // Asks spilld to bring the object into the pinned tier ahead of an
   // Acquire; does not pin it.
   virtual std::shared_ptr<Work> Prefetch(uint64_t object_id) = 0;
+  // The order in which this job will use its objects in the coming step
+  // (object ids, repeats allowed): spilld evicts NVMe-homed objects whose
+  // next use is furthest first. The Work fails with InvalidArgument naming
+  // an id that is not an object of the job (nothing changes then).
+  virtual std::shared_ptr<Work> SetAccessOrder(std::vector<uint64_t> object_ids) = 0;
   // Drops one pin taken by this session's Acquire.
   virtual std::shared_ptr<Work> Release(uint64_t object_id) = 0;
   // Declares that the object's bytes now hold the result of step `version`

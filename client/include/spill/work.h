@@ -43,6 +43,7 @@ enum class WorkOp : int {
   kPing,
   kGradReady,
   kOptimizerStep,
+  kAccessOrder,
 };
 SPILL_CLIENT_EXPORT const char* WorkOpName(WorkOp op);
 
