@@ -21,6 +21,8 @@ std::string DirOf(const std::string& path) {
   return path.substr(0, slash);
 }
 
+}  // namespace
+
 absl::Status WriteAllFd(int fd, const char* data, size_t n, const std::string& path) {
   size_t done = 0;
   while (done < n) {
@@ -32,7 +34,6 @@ absl::Status WriteAllFd(int fd, const char* data, size_t n, const std::string& p
   return absl::OkStatus();
 }
 
-}  // namespace
 
 absl::Status MakeDirs(const std::string& path) {
   if (path.empty()) return absl::InvalidArgumentError("MakeDirs: empty path");

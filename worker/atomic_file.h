@@ -24,6 +24,10 @@ namespace spill::worker {
 // FailedPrecondition when it or a parent is not one; errno statuses otherwise.
 absl::Status MakeDirs(const std::string& path);
 
+// Writes all n bytes to fd (retrying short writes and EINTR); the errno
+// status naming `path` otherwise.
+absl::Status WriteAllFd(int fd, const char* data, size_t n, const std::string& path);
+
 // fsyncs the directory `dir`. errno status naming `dir` on failure.
 absl::Status FsyncDir(const std::string& dir);
 

@@ -39,16 +39,6 @@ bool ParseDType(const std::string& name, StDType* out) {
   return true;
 }
 
-absl::Status WriteAll(int fd, const char* data, size_t n, const std::string& path) {
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t w = ::write(fd, data + done, n - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return absl::ErrnoToStatus(errno, absl::StrCat("write ", path));
-    done += static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
-}
 
 // pread of exactly n bytes; *got is what was read before EOF.
 absl::Status PreadFull(int fd, void* out, size_t n, uint64_t offset, size_t* got,
@@ -210,8 +200,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   char len[8];
   const uint64_t n = header.size();
   std::memcpy(len, &n, 8);
-  SPILL_RETURN_IF_ERROR(WriteAll(w->fd_.get(), len, 8, w->tmp_));
-  SPILL_RETURN_IF_ERROR(WriteAll(w->fd_.get(), header.data(), header.size(), w->tmp_));
+  SPILL_RETURN_IF_ERROR(WriteAllFd(w->fd_.get(), len, 8, w->tmp_));
+  SPILL_RETURN_IF_ERROR(WriteAllFd(w->fd_.get(), header.data(), header.size(), w->tmp_));
   return w;
 }
 
@@ -226,7 +216,7 @@ absl::Status SafetensorsWriter::Append(const void* data, size_t bytes) {
                                                       " bytes after ", written_,
                                                       " passes the declared ", data_bytes_));
   }
-  SPILL_RETURN_IF_ERROR(WriteAll(fd_.get(), static_cast<const char*>(data), bytes, tmp_));
+  SPILL_RETURN_IF_ERROR(WriteAllFd(fd_.get(), static_cast<const char*>(data), bytes, tmp_));
   written_ += bytes;
   return absl::OkStatus();
 }
