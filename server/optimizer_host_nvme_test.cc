@@ -133,6 +133,20 @@ class OptimizerHostNvmeTest : public ::testing::Test {
     return host_->Step(session_.session_id, groups_[g].group_id, step, 1e-2f, 1.0f, false);
   }
 
+  // Steps both groups `steps` times on the same gradients; the parameters
+  // must stay equal bit for bit.
+  void StepTwinsAndCompare(uint64_t steps) {
+    for (uint64_t step = 1; step <= steps; ++step) {
+      Gradients(step);
+      for (int g = 0; g < 2; ++g) {
+        auto outcome = Step(g, step);
+        ASSERT_TRUE(outcome.ok()) << outcome.status();
+        EXPECT_TRUE(outcome->applied);
+      }
+      ASSERT_TRUE(ParamsEqual()) << "step " << step;
+    }
+  }
+
   bool ParamsEqual() { return std::memcmp(Data(params_[0]), Data(params_[1]), kN * 2) == 0; }
 
   TempDir dir_;
@@ -151,15 +165,7 @@ TEST_F(OptimizerHostNvmeTest, StreamedStepEqualsThePinnedStepBitForBit) {
   Start();
   if (!skip_.empty()) GTEST_SKIP() << skip_;
   MakeTwins();
-  for (uint64_t step = 1; step <= 3; ++step) {
-    Gradients(step);
-    for (int g = 0; g < 2; ++g) {
-      auto outcome = Step(g, step);
-      ASSERT_TRUE(outcome.ok()) << outcome.status();
-      EXPECT_TRUE(outcome->applied);
-    }
-    ASSERT_TRUE(ParamsEqual()) << "step " << step;
-  }
+  StepTwinsAndCompare(3);
   const uint64_t used = tier_->Stats().used_bytes;
   EXPECT_GT(used, 0u);
   ASSERT_TRUE(host_->DropGroup(session_.session_id, session_.token, groups_[1].group_id).ok());
@@ -172,15 +178,7 @@ TEST_F(OptimizerHostNvmeTest, DeepSpeedsDefaultSubGroupSizeStepsSmallMembers) {
   Start();
   if (!skip_.empty()) GTEST_SKIP() << skip_;
   MakeTwins(1'000'000'000);
-  for (uint64_t step = 1; step <= 2; ++step) {
-    Gradients(step);
-    for (int g = 0; g < 2; ++g) {
-      auto outcome = Step(g, step);
-      ASSERT_TRUE(outcome.ok()) << outcome.status();
-      EXPECT_TRUE(outcome->applied);
-    }
-    ASSERT_TRUE(ParamsEqual()) << "step " << step;
-  }
+  StepTwinsAndCompare(2);
 }
 
 TEST_F(OptimizerHostNvmeTest, AFailedWriteLeavesTheGroupAsItWas) {

@@ -142,9 +142,9 @@ absl::Status Engine::ReduceLayer(size_t i, uint32_t micro, StepStats& stats) {
   p.layer = i;
   p.micro = micro;
   // Pin the gradient object now; the copy needs its address.
-  ls.grad_acquire = session_->Acquire(ls.grad_object.object_id, /*for_write=*/true);
   EngineClock::time_point t0 = EngineClock::now();
-  absl::StatusOr<client::ObjectInfo> pinned = ls.grad_acquire->Get(options_.timeout);
+  absl::StatusOr<client::ObjectInfo> pinned =
+      session_->Acquire(ls.grad_object.object_id, /*for_write=*/true)->Get(options_.timeout);
   stats.spilld_wait_s += SecondsSince(t0);
   if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire gradient shard");
   SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, session_->Bytes(*pinned));

@@ -49,8 +49,6 @@ struct Engine::LayerState {
   bool prefetched = false;  // Issued by Prefetch and not yet required.
   std::shared_ptr<Work> gather;
   int last_pos = -1;  // Trace position of the latest Require.
-  // The gradient object's pin for the pending D2H copy.
-  std::shared_ptr<client::Work> grad_acquire;
 };
 
 // A pinned shard whose H2D copy must finish before spilld may unpin it.

@@ -100,6 +100,21 @@ class NvmeTest : public ::testing::Test {
     return s.ok() ? std::move(*s) : nullptr;
   }
 
+  // Registers n objects of kObjBytes with home NVME, not yet resident.
+  std::vector<uint64_t> RegisterNvmeObjects(Session& s, int n) {
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < n; ++i) {
+      auto obj = s.Register("p" + std::to_string(i), ObjectKind::kParamShard, DType::kUInt8,
+                            kObjBytes, ObjectHome::kNvme);
+      EXPECT_TRUE(obj.ok()) << obj.status();
+      if (!obj.ok()) return ids;
+      EXPECT_EQ(obj->home, ObjectHome::kNvme);
+      EXPECT_FALSE(obj->resident());
+      ids.push_back(obj->object_id);
+    }
+    return ids;
+  }
+
   // Acquire for write, fill (salt, version), write back, release.
   void Write(Session& s, uint64_t id, uint64_t salt, uint64_t version) {
     auto acquire = s.Acquire(id, /*for_write=*/true);
@@ -150,15 +165,8 @@ TEST_F(NvmeTest, ObjectsLargerThanThePinnedPoolAreEvictedAndReadBack) {
   auto s = OpenSession("big");
   ASSERT_NE(s, nullptr);
   // 8 x 3 MiB = 24 MiB of objects over a 16 MiB pinned pool.
-  std::vector<uint64_t> ids;
-  for (int i = 0; i < 8; ++i) {
-    auto obj = s->Register("p" + std::to_string(i), ObjectKind::kParamShard, DType::kUInt8,
-                           kObjBytes, ObjectHome::kNvme);
-    ASSERT_TRUE(obj.ok()) << obj.status();
-    EXPECT_EQ(obj->home, ObjectHome::kNvme);
-    EXPECT_FALSE(obj->resident());
-    ids.push_back(obj->object_id);
-  }
+  std::vector<uint64_t> ids = RegisterNvmeObjects(*s, 8);
+  ASSERT_EQ(ids.size(), 8u);
   for (int i = 0; i < 8; ++i) Write(*s, ids[i], i, 1);
   ASSERT_TRUE(s->Flush().ok());
   // Read back in another order, with prefetches ahead.
@@ -202,13 +210,8 @@ TEST_F(NvmeTest, TheAccessOrderDecidesWhatIsEvicted) {
   StartDaemon({"--metrics-address=127.0.0.1:0"});
   auto s = OpenSession("order");
   ASSERT_NE(s, nullptr);
-  std::vector<uint64_t> ids;
-  for (int i = 0; i < 8; ++i) {
-    auto obj = s->Register("p" + std::to_string(i), ObjectKind::kParamShard, DType::kUInt8,
-                           kObjBytes, ObjectHome::kNvme);
-    ASSERT_TRUE(obj.ok()) << obj.status();
-    ids.push_back(obj->object_id);
-  }
+  std::vector<uint64_t> ids = RegisterNvmeObjects(*s, 8);
+  ASSERT_EQ(ids.size(), 8u);
   // One object per 4 MiB segment: the last four written (4..7) stay
   // resident, least recently used first.
   for (int i = 0; i < 8; ++i) Write(*s, ids[i], i, 1);
