@@ -23,7 +23,8 @@ const char kZero3Usage[] =
     "  --nvme-dir=DIR        NVMe tier directory (nvme modes)\n"
     "  --device=cuda|cpu     (default: cuda when a GPU is present)\n"
     "  --spilld=PATH         spilld binary (default $SPILL_SPILLD)\n"
-    "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n";
+    "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n"
+    "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n";
 
 namespace {
 
@@ -41,6 +42,7 @@ absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flag
   else if (key == "micro-batch") f.micro_batch = n;
   else if (key == "gas") f.gas = n;
   else if (key == "optim-threads") f.optim_threads = static_cast<uint32_t>(n);
+  else if (key == "steps-in-flight") f.steps_in_flight = static_cast<int>(n);
   else f.shape[key] = n;  // layers, hidden, heads, vocab, seq
   return absl::OkStatus();
 }
@@ -65,7 +67,7 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
     }
   }
   else if (key == "steps" || key == "warmup" || key == "micro-batch" || key == "gas" ||
-           key == "optim-threads" || key == "layers" || key == "hidden" || key == "heads" ||
+           key == "optim-threads" || key == "steps-in-flight" || key == "layers" || key == "hidden" || key == "heads" ||
            key == "vocab" || key == "seq") {
     return ParseNumber(key, v, f);
   } else {

@@ -29,6 +29,7 @@ struct Zero3Flags {
   std::string spilld;  // spilld binary; empty: $SPILL_SPILLD, else the build's
   std::string nvme_dir;
   uint32_t optim_threads = 0;  // 0: one per CPU
+  int steps_in_flight = 2;     // EngineOptions::max_steps_in_flight
 };
 
 // Parses --key=value flags (and --bf16). InvalidArgument naming the flag for

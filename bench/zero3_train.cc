@@ -329,7 +329,8 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
             {"measured", run.device.is_cuda()}});
   EmitLine(run, "lane_cpu_optimizer_s", lanes.cpu_optimizer_s, "s/step",
            {{"params", t.optimizer_params}, {"params_per_s", r.optimizer_params_per_s},
-            {"threads", run.flags.optim_threads}});
+            {"threads", run.flags.optim_threads},
+            {"steps_in_flight", run.flags.steps_in_flight}});
   EmitLine(run, "lane_nvme_s", lanes.nvme_s, "s/step",
            {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s}});
   EmitLine(run, "lane_bound_s", lanes.bound_s, "s/step", {{"bound_lane", lanes.bound_lane}});
@@ -350,6 +351,7 @@ int Bench(Run& run) {
   o.session.job_id = "zero3_train";
   o.session.socket_path = SocketPath(run);
   o.device = run.device;
+  o.max_steps_in_flight = run.flags.steps_in_flight;
   absl::StatusOr<std::unique_ptr<worker::Engine>> engine = worker::Engine::Create(o, coll->get());
   if (!engine.ok()) {
     const bool mode = engine.status().code() == absl::StatusCode::kUnimplemented;

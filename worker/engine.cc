@@ -115,6 +115,10 @@ Engine::~Engine() {
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
                                                        Collectives* collectives) {
   if (collectives == nullptr) return absl::InvalidArgumentError("Engine needs collectives");
+  if (options.max_steps_in_flight < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_steps_in_flight must be >= 1, got ",
+                                                   options.max_steps_in_flight));
+  }
   SPILL_RETURN_IF_ERROR(CheckModes(options.config));
   SPILL_ASSIGN_OR_RETURN(GptModel model, GptModel::Create(options.shape));
   SPILL_ASSIGN_OR_RETURN(LrSchedule schedule,
@@ -262,12 +266,37 @@ absl::Status Engine::WriteObject(uint64_t object_id, const at::Tensor& values, c
   return rel;
 }
 
+void Engine::QueueStep(size_t i) {
+  if (step_queued_.size() != layers_.size()) step_queued_.assign(layers_.size(), false);
+  if (step_works_.size() != layers_.size()) step_works_.resize(layers_.size());
+  step_queued_[i] = true;
+}
+
+void Engine::SendStep(size_t i) {
+  step_queued_[i] = false;
+  step_works_[i] = session_->OptimizerStep(layers_[i].group_id, steps_step_, steps_lr_,
+                                           steps_grad_scale_, steps_overflow_);
+}
+
+void Engine::PumpSteps() {
+  int running = 0;
+  for (const auto& w : step_works_) running += w != nullptr && !w->IsCompleted() ? 1 : 0;
+  for (size_t i = 0; i < step_queued_.size() && running < options_.max_steps_in_flight; ++i) {
+    if (!step_queued_[i]) continue;
+    SendStep(i);
+    ++running;
+  }
+}
+
 absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
+  if (i < step_queued_.size() && step_queued_[i]) SendStep(i);
+  PumpSteps();
   if (i >= step_works_.size() || step_works_[i] == nullptr) return absl::OkStatus();
   std::shared_ptr<client::Work> work = std::move(step_works_[i]);
   EngineClock::time_point t0 = EngineClock::now();
   absl::Status s = Wait(work, "optimizer step");
   stats.optimizer_s += SecondsSince(t0);
+  PumpSteps();
   if (s.ok() && work->step_outcome().applied == steps_overflow_) {
     s = absl::InternalError(absl::StrCat("optimizer step ", steps_step_, " of layer ",
                                          layer_name(i), " was ",
@@ -336,18 +365,19 @@ absl::Status Engine::Optimize(StepStats& stats) {
     // Steps of an earlier step still in flight (none normally: every layer's
     // gather waited for its own) finish first.
     if (!OverlapStep()) SPILL_RETURN_IF_ERROR(FinishSteps(stats));
-    // Layers whose step did not already go out while backward ran. The
+    // Layers whose step was not already queued while backward ran. The
     // steps run in spilld while the next step's forward starts: a layer's
     // next gather waits for its own step (FinishStep).
-    step_works_.resize(layers_.size());
     steps_step_ = step;
     steps_overflow_ = overflow;
+    steps_lr_ = static_cast<float>(stats.lr);
+    steps_grad_scale_ = static_cast<float>(stats.clip / scale);
     for (size_t i = 0; i < layers_.size(); ++i) {
-      if (step_works_[i] != nullptr) continue;
-      step_works_[i] = session_->OptimizerStep(layers_[i].group_id, step,
-                                               static_cast<float>(stats.lr),
-                                               static_cast<float>(stats.clip / scale), overflow);
+      const bool sent = i < step_works_.size() && step_works_[i] != nullptr;
+      const bool queued = i < step_queued_.size() && step_queued_[i];
+      if (!sent && !queued) QueueStep(i);
     }
+    PumpSteps();
   }
   if (!overflow) ++applied_steps_;
   if (options_.config.fp16.enabled) scaler_.Update(overflow);

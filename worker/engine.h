@@ -65,6 +65,10 @@ struct EngineOptions {
   bool gradient_checkpointing = false;
   // Bound on each wait for spilld or a collective.
   std::chrono::milliseconds timeout{120'000};
+  // spilld optimizer steps in flight at once (>= 1). Steps waiting their
+  // turn go out lowest layer first, the order the next forward needs them,
+  // and spilld's compute pool keeps room for gradient-ready requests.
+  int max_steps_in_flight = 2;
   // Resume from the checkpoint <resume_dir>/<resume_tag> (tag empty: the
   // one <resume_dir>/latest names), saved by any world size.
   std::string resume_dir;
@@ -213,8 +217,14 @@ class Engine {
   absl::Status PollGrads(bool wait_all, StepStats& stats);
   absl::Status Optimize(StepStats& stats);
   void LocalStep(double lr, double grad_scale);
-  // Waits for layer i's optimizer step in flight (all layers'); the step's
-  // error, or Internal when it was (not) applied against the overflow flag.
+  // Layer i's step of steps_step_ may go out (QueueStep); PumpSteps sends
+  // the lowest queued layers while fewer than max_steps_in_flight run.
+  void QueueStep(size_t i);
+  void PumpSteps();
+  void SendStep(size_t i);
+  // Sends layer i's queued step if it was not yet sent and waits for it
+  // (all layers'); the step's error, or Internal when it was (not) applied
+  // against the overflow flag.
   absl::Status FinishStep(size_t i, StepStats& stats);
   absl::Status FinishSteps(StepStats& stats);
   bool OverlapStep() const;
@@ -255,8 +265,10 @@ class Engine {
   // OptimizerStep per layer of step steps_step_, in flight until the
   // layer's next gather (or GatherParameters / SaveCheckpoint) waits for it.
   std::vector<std::shared_ptr<client::Work>> step_works_;
+  std::vector<bool> step_queued_;  // Queued, not yet sent.
   uint64_t steps_step_ = 0;
   bool steps_overflow_ = false;
+  float steps_lr_ = 0, steps_grad_scale_ = 1;
   double sum_squares_ = 0;  // This rank's, from the last micro-step's GradReady.
   at::Tensor loss_sum_;     // Device: sum of micro-step losses.
 };

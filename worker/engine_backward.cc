@@ -201,16 +201,17 @@ absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
       sum_squares_ += p.ready->sum_squares();
       if (OverlapStep()) {
         if (s.ok()) s = FinishStep(p.layer, stats);
-        if (step_works_.empty()) step_works_.resize(layers_.size());
         steps_step_ = step;
         steps_overflow_ = false;
-        step_works_[p.layer] = session_->OptimizerStep(ls.group_id, step,
-                                                       static_cast<float>(stats.lr), 1.0f, false);
+        steps_lr_ = static_cast<float>(stats.lr);
+        steps_grad_scale_ = 1.0f;
+        QueueStep(p.layer);
       }
     }
     if (first.ok()) first = s;
   }
   grads_.resize(kept);
+  PumpSteps();
   return first;
 }
 
