@@ -154,12 +154,24 @@ if want train; then
   if [ ! -x "$root/bin/zero3_train" ]; then
     echo "SKIP train: zero3_train is not in the bundle (make it with --with-worker)" | tee -a "$out/run.log"
   else
-    train_run 1gpu-1.3B 1 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
-    train_run 1gpu-6.7B 1 --preset=6.7B --bf16 --micro-batch=2 --steps=3 --warmup=1
+    args13=(--preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2)
+    args67=(--preset=6.7B --bf16 --micro-batch=2 --steps=3 --warmup=1)
+    train_run 1gpu-1.3B 1 "${args13[@]}"
+    train_run 1gpu-6.7B 1 "${args67[@]}"
     # Without clipping each layer's optimizer step overlaps the rest of backward.
-    train_run 1gpu-1.3B-noclip 1 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
-    train_run 2gpu-1.3B 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
-    train_run 2gpu-6.7B 2 --preset=6.7B --bf16 --micro-batch=2 --steps=3 --warmup=1
+    train_run 1gpu-1.3B-noclip 1 "${args13[@]}" --clip=0
+    # The same with 1 and 4 optimizer steps in flight (default 2), and with
+    # spilld's optimizer threads at the same priority as everything else.
+    train_run 1gpu-1.3B-noclip-w1 1 "${args13[@]}" --clip=0 --steps-in-flight=1
+    train_run 1gpu-1.3B-noclip-w4 1 "${args13[@]}" --clip=0 --steps-in-flight=4
+    train_run 1gpu-1.3B-noclip-nice0 1 "${args13[@]}" --clip=0 --optim-nice=0
+    train_run 1gpu-6.7B-noclip 1 "${args67[@]}" --clip=0
+    train_run 2gpu-1.3B 2 "${args13[@]}"
+    train_run 2gpu-1.3B-noclip 2 "${args13[@]}" --clip=0
+    train_run 2gpu-6.7B 2 "${args67[@]}"
+    train_run 2gpu-6.7B-noclip 2 "${args67[@]}" --clip=0
+    # The largest preset: 13B needs about 194 GiB of pinned host memory.
+    train_run 1gpu-13B-noclip 1 --preset=13B --bf16 --micro-batch=1 --steps=3 --warmup=1 --clip=0
   fi
 fi
 rm -rf /var/tmp/spill-nvme-bench "$work"

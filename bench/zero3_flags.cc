@@ -24,7 +24,8 @@ const char kZero3Usage[] =
     "  --device=cuda|cpu     (default: cuda when a GPU is present)\n"
     "  --spilld=PATH         spilld binary (default $SPILL_SPILLD)\n"
     "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n"
-    "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n";
+    "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n"
+    "  --optim-nice=N        spilld's --optim-nice (default: spilld's)\n";
 
 namespace {
 
@@ -35,7 +36,8 @@ absl::Status BadValue(const std::string& key, const std::string& value) {
 absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flags& f) {
   int64_t n = 0;
   if (!absl::SimpleAtoi(v, &n) || n < 0) return BadValue(key, v);
-  const bool positive = key != "warmup" && key != "optim-threads";
+  const bool positive = key != "warmup" && key != "optim-threads" && key != "optim-nice";
+  if (key == "optim-nice" && n > 19) return BadValue(key, v);
   if (positive && n < 1) return BadValue(key, v);
   if (key == "steps") f.steps = static_cast<int>(n);
   else if (key == "warmup") f.warmup = static_cast<int>(n);
@@ -43,6 +45,7 @@ absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flag
   else if (key == "gas") f.gas = n;
   else if (key == "optim-threads") f.optim_threads = static_cast<uint32_t>(n);
   else if (key == "steps-in-flight") f.steps_in_flight = static_cast<int>(n);
+  else if (key == "optim-nice") f.optim_nice = static_cast<int>(n);
   else f.shape[key] = n;  // layers, hidden, heads, vocab, seq
   return absl::OkStatus();
 }
@@ -67,7 +70,8 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
     }
   }
   else if (key == "steps" || key == "warmup" || key == "micro-batch" || key == "gas" ||
-           key == "optim-threads" || key == "steps-in-flight" || key == "layers" || key == "hidden" || key == "heads" ||
+           key == "optim-threads" || key == "steps-in-flight" || key == "optim-nice" ||
+           key == "layers" || key == "hidden" || key == "heads" ||
            key == "vocab" || key == "seq") {
     return ParseNumber(key, v, f);
   } else {

@@ -30,6 +30,7 @@ struct Zero3Flags {
   std::string nvme_dir;
   uint32_t optim_threads = 0;  // 0: one per CPU
   int steps_in_flight = 2;     // EngineOptions::max_steps_in_flight
+  int optim_nice = -1;         // spilld --optim-nice; -1: spilld's default
 };
 
 // Parses --key=value flags (and --bf16). InvalidArgument naming the flag for

@@ -191,6 +191,7 @@ std::vector<std::string> SpilldFlags(const Run& run) {
       "--socket=" + SocketPath(run), absl::StrCat("--pinned-bytes=", run.spilld_pinned),
       absl::StrCat("--segment-bytes=", run.spilld_segment),
       absl::StrCat("--optim-threads=", run.flags.optim_threads)};
+  if (run.flags.optim_nice >= 0) flags.push_back(absl::StrCat("--optim-nice=", run.flags.optim_nice));
   if (!run.flags.nvme_dir.empty()) {
     flags.push_back("--nvme-dirs=" + run.flags.nvme_dir);
     flags.push_back(absl::StrCat("--nvme-capacity=", run.spilld_pinned));
@@ -330,7 +331,8 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
   EmitLine(run, "lane_cpu_optimizer_s", lanes.cpu_optimizer_s, "s/step",
            {{"params", t.optimizer_params}, {"params_per_s", r.optimizer_params_per_s},
             {"threads", run.flags.optim_threads},
-            {"steps_in_flight", run.flags.steps_in_flight}});
+            {"steps_in_flight", run.flags.steps_in_flight},
+            {"optim_nice", run.flags.optim_nice}});
   EmitLine(run, "lane_nvme_s", lanes.nvme_s, "s/step",
            {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s}});
   EmitLine(run, "lane_bound_s", lanes.bound_s, "s/step", {{"bound_lane", lanes.bound_lane}});

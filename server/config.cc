@@ -185,6 +185,9 @@ const std::map<std::string, Setter>& Setters() {
       {"optim_concurrency", [](const std::string& v, ServerConfig* c) {
          return SetInt("optim_concurrency", v, 1, 256, &c->optim_concurrency);
        }},
+      {"optim_nice", [](const std::string& v, ServerConfig* c) {
+         return SetInt("optim_nice", v, 0, 19, &c->optim_nice);
+       }},
   };
   return *setters;
 }

@@ -48,6 +48,11 @@ struct ServerConfig {
   int optim_threads = 0;
   int optim_threads_per_job = 0;
   int optim_concurrency = 4;
+  // Nice value (0..19) of the optimizer's threads: the executor's and the
+  // compute pool's. Above 0, threads that answer requests (and the training
+  // processes on the same cores) preempt optimizer steps, so a fully busy
+  // optimizer does not delay acquires and gradient copies. 0: no change.
+  int optim_nice = 10;
   // Largest gRPC message spilld accepts; bulk data never travels over gRPC.
   // (Answers, such as a job's object list, may be larger.)
   uint64_t max_message_bytes = 64 * 1024;

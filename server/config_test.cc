@@ -154,6 +154,7 @@ TEST(ConfigTest, NvmeAndOptimizerSettings) {
                   "--aio-thread-count=4", "--aio-single-submit=true",
                   "--aio-overlap-events=false", "--nvme-sqpoll=on", "--job-nvme-quota=1TiB",
                   "--optim-threads=12", "--optim-threads-per-job=6", "--optim-concurrency=2",
+                  "--optim-nice=3",
                   "--manifest-dir=/var/lib/spill"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->manifest_dir, "/var/lib/spill");
@@ -169,6 +170,7 @@ TEST(ConfigTest, NvmeAndOptimizerSettings) {
   EXPECT_EQ(c->optim_threads, 12);
   EXPECT_EQ(c->optim_threads_per_job, 6);
   EXPECT_EQ(c->optim_concurrency, 2);
+  EXPECT_EQ(c->optim_nice, 3);
 }
 
 TEST(ConfigTest, NvmeErrorsNameTheSetting) {
@@ -185,6 +187,8 @@ TEST(ConfigTest, NvmeErrorsNameTheSetting) {
       {{"--aio-thread-count=65"}, "aio_thread_count"},
       {{"--aio-single-submit=maybe"}, "aio_single_submit"},
       {{"--optim-concurrency=0"}, "optim_concurrency"},
+      {{"--optim-nice=20"}, "optim_nice"},
+      {{"--optim-nice=-1"}, "optim_nice"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"--socket=/x", "--pinned-bytes=1G"};

@@ -75,9 +75,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   OptimizerHostOptions optimizer_options;
   optimizer_options.threads = static_cast<uint32_t>(config.optim_threads);
   optimizer_options.threads_per_job = static_cast<uint32_t>(config.optim_threads_per_job);
+  optimizer_options.nice = config.optim_nice;
   optimizer_options.nvme = d->nvme_.get();
   d->optimizer_ = std::make_unique<OptimizerHost>(d->registry_.get(), optimizer_options);
-  d->compute_pool_ = std::make_unique<ThreadPool>(config.optim_concurrency);
+  d->compute_pool_ = std::make_unique<ThreadPool>(config.optim_concurrency, config.optim_nice);
 
   WorkerServiceDeps worker_deps;
   worker_deps.registry = d->registry_.get();

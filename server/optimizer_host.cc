@@ -106,7 +106,7 @@ struct OptimizerHost::Group {
 };
 
 OptimizerHost::OptimizerHost(Registry* registry, OptimizerHostOptions options)
-    : registry_(registry), options_(options), executor_(ExecutorWorkers(options.threads)) {
+    : registry_(registry), options_(options), executor_(ExecutorWorkers(options.threads), options.nice) {
   registry_->SetJobFreedListener([this](const std::string& job_id) { OnJobFreed(job_id); });
 }
 

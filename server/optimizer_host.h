@@ -51,6 +51,8 @@ struct OptimizerHostOptions {
   uint32_t threads = 0;
   // The most threads one job's step may use at once; 0 means all.
   uint32_t threads_per_job = 0;
+  // Nice value of the executor's threads (0..19); see ServerConfig::optim_nice.
+  int nice = 0;
   uint32_t max_groups_per_job = 1u << 16;
   uint32_t max_members_per_group = 1u << 16;
   uint32_t max_name_bytes = 256;

@@ -1,13 +1,20 @@
 #include "server/thread_pool.h"
 
+#include "server/optim/executor.h"
+
 #include <utility>
 
 namespace spill::server {
 
-ThreadPool::ThreadPool(int threads) {
+ThreadPool::ThreadPool(int threads, int nice) {
   if (threads < 1) threads = 1;
   threads_.reserve(threads);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this, nice] {
+      optim::LowerThreadPriority(nice).IgnoreError();
+      Run();
+    });
+  }
 }
 
 ThreadPool::~ThreadPool() {

@@ -14,7 +14,9 @@ namespace spill::server {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);
+  // With nice > 0 each thread first lowers its own priority to that nice
+  // value (best effort; see optim::LowerThreadPriority).
+  explicit ThreadPool(int threads, int nice = 0);
   // Runs every closure already posted, then joins the threads.
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;

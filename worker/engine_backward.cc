@@ -99,6 +99,9 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
       if (head) SPILL_RETURN_IF_ERROR(Ready(0));
       out = std::move(outputs[i]);
     }
+    if (!local_) {
+      layers_[i].grad_pin = session_->Acquire(layers_[i].grad_object.object_id, /*for_write=*/true);
+    }
     if (grad.defined()) {
       out.backward(grad);
     } else {
@@ -143,8 +146,9 @@ absl::Status Engine::ReduceLayer(size_t i, uint32_t micro, StepStats& stats) {
   p.micro = micro;
   // Pin the gradient object now; the copy needs its address.
   EngineClock::time_point t0 = EngineClock::now();
-  absl::StatusOr<client::ObjectInfo> pinned =
-      session_->Acquire(ls.grad_object.object_id, /*for_write=*/true)->Get(options_.timeout);
+  std::shared_ptr<client::Work> pin = std::move(ls.grad_pin);
+  if (pin == nullptr) pin = session_->Acquire(ls.grad_object.object_id, /*for_write=*/true);
+  absl::StatusOr<client::ObjectInfo> pinned = pin->Get(options_.timeout);
   stats.spilld_wait_s += SecondsSince(t0);
   if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire gradient shard");
   SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, session_->Bytes(*pinned));
@@ -166,46 +170,45 @@ absl::Status Engine::ReduceLayer(size_t i, uint32_t micro, StepStats& stats) {
 }
 
 // Advances every pending gradient: copied → GradReady sent; answered →
-// sum of squares kept, pin released, and on the last micro-step (when the
-// step may overlap backward) the layer's optimizer step sent.
+// sum of squares kept, pin released (the answer checked by PollReleases),
+// and on the last micro-step (when the step may overlap backward) the
+// layer's optimizer step queued and the step window topped up at once.
+// With wait_all every GradReady goes out before any answer is waited for.
 absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
   const uint32_t last_micro =
       static_cast<uint32_t>(options_.config.gradient_accumulation_steps - 1);
   const uint64_t step = static_cast<uint64_t>(step_ + 1);
+  for (PendingGrad& p : grads_) {
+    if (p.ready != nullptr || (p.copied && !wait_all && !p.copied->query())) continue;
+    if (p.copied) p.copied->synchronize();
+    p.shard = at::Tensor();
+    p.ready = session_->GradReady(layers_[p.layer].group_id,
+                                  layers_[p.layer].grad_object.object_id, step, p.micro);
+  }
   size_t kept = 0;
   absl::Status first;
   for (size_t k = 0; k < grads_.size(); ++k) {
     PendingGrad& p = grads_[k];
     LayerState& ls = layers_[p.layer];
-    if (p.ready == nullptr) {
-      if (p.copied && !wait_all && !p.copied->query()) {
-        if (kept != k) grads_[kept] = std::move(p);
-        ++kept;
-        continue;
-      }
-      if (p.copied) p.copied->synchronize();
-      p.shard = at::Tensor();
-      p.ready = session_->GradReady(ls.group_id, ls.grad_object.object_id, step, p.micro);
-    }
-    if (!wait_all && !p.ready->IsCompleted()) {
+    if (p.ready == nullptr || (!wait_all && !p.ready->IsCompleted())) {
       if (kept != k) grads_[kept] = std::move(p);
       ++kept;
       continue;
     }
     EngineClock::time_point t0 = EngineClock::now();
     absl::Status s = Wait(p.ready, "gradient ready");
-    absl::Status rel = Wait(session_->Release(ls.grad_object.object_id), "release gradient shard");
     stats.spilld_wait_s += SecondsSince(t0);
-    if (s.ok()) s = rel;
+    release_works_.push_back(session_->Release(ls.grad_object.object_id));
     if (s.ok() && p.micro == last_micro) {
       sum_squares_ += p.ready->sum_squares();
       if (OverlapStep()) {
-        if (s.ok()) s = FinishStep(p.layer, stats);
+        s = FinishStep(p.layer, stats);
         steps_step_ = step;
         steps_overflow_ = false;
         steps_lr_ = static_cast<float>(stats.lr);
         steps_grad_scale_ = 1.0f;
         QueueStep(p.layer);
+        PumpSteps();
       }
     }
     if (first.ok()) first = s;

@@ -49,6 +49,9 @@ struct Engine::LayerState {
   bool prefetched = false;  // Issued by Prefetch and not yet required.
   std::shared_ptr<Work> gather;
   int last_pos = -1;  // Trace position of the latest Require.
+  // The gradient object's pin, asked for before the layer's backward so the
+  // round trip overlaps it; taken by ReduceLayer.
+  std::shared_ptr<client::Work> grad_pin;
 };
 
 // A pinned shard whose H2D copy must finish before spilld may unpin it.

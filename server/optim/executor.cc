@@ -1,12 +1,37 @@
 #include "server/optim/executor.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
 
 namespace spill::optim {
 
-Executor::Executor(uint32_t workers) {
+absl::Status LowerThreadPriority(int nice) {
+  if (nice < 0 || nice > 19) {
+    return absl::InvalidArgumentError(absl::StrCat("nice must be in 0..19, got ", nice));
+  }
+  if (nice == 0) return absl::OkStatus();
+  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+  if (setpriority(PRIO_PROCESS, tid, nice) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("setpriority(nice ", nice, ")"));
+  }
+  return absl::OkStatus();
+}
+
+Executor::Executor(uint32_t workers, int nice) {
   threads_.reserve(workers);
-  for (uint32_t i = 0; i < workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
+  for (uint32_t i = 0; i < workers; ++i) {
+    threads_.emplace_back([this, nice] {
+      // Best effort: a worker at the default priority still computes right.
+      LowerThreadPriority(nice).IgnoreError();
+      WorkerLoop();
+    });
+  }
 }
 
 Executor::~Executor() {

@@ -31,6 +31,12 @@
 
 namespace spill::optim {
 
+// Sets the calling thread's nice value to `nice` (0..19; Linux applies
+// setpriority(PRIO_PROCESS, tid) to one thread). Raising one's own nice value
+// needs no privilege. InvalidArgument outside 0..19; the errno of a failed
+// setpriority otherwise. nice 0 changes nothing.
+absl::Status LowerThreadPriority(int nice);
+
 class Executor {
  public:
   // Chunk boundaries are multiples of kAlign elements: 64 elements are a
@@ -40,8 +46,10 @@ class Executor {
   static constexpr uint64_t kAlign = 64;
 
   // Starts `workers` threads (0 is allowed: every call then runs on its
-  // caller alone).
-  explicit Executor(uint32_t workers);
+  // caller alone). With nice > 0 each worker lowers its own scheduling
+  // priority to that nice value (see LowerThreadPriority), so that threads
+  // answering requests preempt bulk optimizer work.
+  explicit Executor(uint32_t workers, int nice = 0);
   // Joins the workers. No ParallelFor call may be in progress.
   ~Executor();
   Executor(const Executor&) = delete;

@@ -1,7 +1,14 @@
 #include "server/optim/executor.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
+#include <mutex>
+#include <set>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -37,6 +44,44 @@ TEST(ExecutorTest, CoversEveryElementOnceInAlignedChunks) {
       for (uint64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
     }
   }
+}
+
+int ThreadNice() {
+  errno = 0;
+  return getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+}
+
+// Workers run at the nice value asked for; the caller keeps its own.
+TEST(ExecutorTest, WorkersRunAtTheirNiceValue) {
+  const int caller_nice = ThreadNice();
+  if (caller_nice > 7) GTEST_SKIP() << "this process already runs at nice " << caller_nice;
+  Executor exec(3, /*nice=*/7);
+  std::mutex mu;
+  std::set<int> worker_nices;
+  int caller_seen = -100;
+  const auto caller = std::this_thread::get_id();
+  for (int round = 0; round < 50 && worker_nices.empty(); ++round) {
+    ASSERT_TRUE(exec.ParallelFor(1 << 16, 64, 0, [&](uint64_t, uint64_t) {
+                      std::this_thread::sleep_for(std::chrono::microseconds(50));
+                      std::lock_guard<std::mutex> lock(mu);
+                      if (std::this_thread::get_id() == caller) {
+                        caller_seen = ThreadNice();
+                      } else {
+                        worker_nices.insert(ThreadNice());
+                      }
+                    }).ok());
+  }
+  EXPECT_EQ(worker_nices, std::set<int>{7});
+  EXPECT_EQ(caller_seen, caller_nice);
+  EXPECT_EQ(ThreadNice(), caller_nice);
+}
+
+TEST(ExecutorTest, LowerThreadPriorityRefusesValuesOutsideTheRange) {
+  const int before = ThreadNice();
+  EXPECT_EQ(LowerThreadPriority(-1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LowerThreadPriority(20).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(LowerThreadPriority(0).ok());
+  EXPECT_EQ(ThreadNice(), before);
 }
 
 TEST(ExecutorTest, EmptyRangeAndBadArguments) {
