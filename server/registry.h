@@ -165,7 +165,8 @@ class Registry {
   // recovered job) sets them; they reach the TierManager (RegisterJob when
   // the job's first kNvme object is registered, SetJobOptions at once when
   // the job is already known to it). A later session may repeat them or
-  // leave them unset; different ones are FailedPrecondition naming both.
+  // leave them unset; different ones are FailedPrecondition naming both, as
+  // is a buffer_size below an object a recovered job already has.
   // InvalidArgument naming the field for a budget with a zero field, a
   // buffer_count above kMaxBufferCount, a buffer_size above the arena's
   // capacity, or a max_in_cpu below buffer_size; FailedPrecondition when a

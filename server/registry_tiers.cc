@@ -120,6 +120,19 @@ bool SameBudget(const std::optional<storage::OffloadBudget>& a,
 absl::Status Registry::JoinBudgetsLocked(Job& job, const JobBudgets& budgets,
                                          bool first_session) {
   if (first_session) {
+    // A recovered job's objects must fit the budgets' buffer_size.
+    for (const auto& [id, object] : job.objects) {
+      const bool optimizer = StreamOfKind(object.kind) == storage::Stream::kOptimizer;
+      const auto& budget = optimizer ? budgets.optimizer : budgets.param;
+      const uint64_t bytes = DTypeSize(object.dtype) * object.num_elements;
+      if (object.home == storage::Home::kNvme && budget.has_value() &&
+          bytes > budget->buffer_size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job '", job.id, "' has object '", object.name, "' of ", bytes, " bytes, more than ",
+            optimizer ? "optimizer_budget" : "param_budget", ".buffer_size ",
+            budget->buffer_size));
+      }
+    }
     JobBudgets previous = job.budgets;
     job.budgets = budgets;
     if (!job.tiered || tiers_ == nullptr) return absl::OkStatus();
