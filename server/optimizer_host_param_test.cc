@@ -141,8 +141,9 @@ class OptimizerParamTest : public ::testing::Test {
   }
 
   // Group 0 over pinned parameters, group 1 over NVMe-homed ones with the
-  // same initial values; both with pinned gradients.
-  void MakeTwins() {
+  // same initial values; both with pinned gradients, and both with their
+  // master and states pinned or (states_on_nvme) streamed from NVMe.
+  void MakeTwins(bool states_on_nvme = false) {
     std::normal_distribution<float> dist(0, 1);
     for (int m = 0; m < kMembers; ++m) {
       std::vector<uint8_t> init(kBytes);
@@ -164,6 +165,8 @@ class OptimizerParamTest : public ::testing::Test {
       spec.name = g == 0 ? "pinned" : "nvme";
       spec.hyper.algo = optim::Algo::kAdamW;
       spec.hyper.weight_decay = 0.01f;
+      spec.states_on_nvme = states_on_nvme;
+      spec.sub_group_size = 2048;
       for (int m = 0; m < kMembers; ++m) spec.members.push_back({params_[g][m].id, grads_[g][m].id});
       auto created = host_->CreateGroup(session_.session_id, session_.token, spec);
       ASSERT_TRUE(created.ok()) << created.status();
@@ -253,6 +256,27 @@ class OptimizerParamTest : public ::testing::Test {
     return out;
   }
 
+  // Steps both groups `steps` times, the parameters evicted before each
+  // step and before each read-back; they must stay equal bit for bit.
+  void StepTwinsAcrossEvictions(uint64_t steps) {
+    for (uint64_t step = 1; step <= steps; ++step) {
+      EvictParams();  // The step reads its parameters back from NVMe.
+      Gradients(step);
+      for (int g = 0; g < 2; ++g) {
+        auto outcome = Step(g, step);
+        ASSERT_TRUE(outcome.ok()) << outcome.status();
+        EXPECT_TRUE(outcome->applied);
+      }
+      for (const ObjectRecord& p : params_[1]) {
+        auto info = tiers_->Describe("job", p.id).value();
+        EXPECT_EQ(info.version, step) << p.name;
+        EXPECT_EQ(info.pins, 0u) << p.name;
+      }
+      EvictParams();  // The client reads what was written back to NVMe.
+      ExpectTwinsEqual("step " + std::to_string(step));
+    }
+  }
+
   TempDir dir_;
   std::string skip_;
   std::mt19937 rng_{11};
@@ -272,22 +296,7 @@ TEST_F(OptimizerParamTest, NvmeParamsStepLikePinnedOnesAcrossEvictions) {
   MakeTwins();
   ExpectTwinsEqual("after creation");
   const uint64_t evictions_before = tiers_->Stats().total.evictions;
-  for (uint64_t step = 1; step <= 4; ++step) {
-    EvictParams();  // The step reads its parameters back from NVMe.
-    Gradients(step);
-    for (int g = 0; g < 2; ++g) {
-      auto outcome = Step(g, step);
-      ASSERT_TRUE(outcome.ok()) << outcome.status();
-      EXPECT_TRUE(outcome->applied);
-    }
-    for (const ObjectRecord& p : params_[1]) {
-      auto info = tiers_->Describe("job", p.id).value();
-      EXPECT_EQ(info.version, step) << p.name;
-      EXPECT_EQ(info.pins, 0u) << p.name;
-    }
-    EvictParams();  // The client reads what was written back to NVMe.
-    ExpectTwinsEqual("step " + std::to_string(step));
-  }
+  StepTwinsAcrossEvictions(4);
   EXPECT_GE(tiers_->Stats().total.evictions - evictions_before, 8u * kMembers);
   EXPECT_EQ(GroupState(0), GroupState(1));
   // A resent step is answered again, not applied: nothing is written.
@@ -297,6 +306,17 @@ TEST_F(OptimizerParamTest, NvmeParamsStepLikePinnedOnesAcrossEvictions) {
   EXPECT_TRUE(again->repeated);
   EXPECT_EQ(tiers_->Stats().total.writes, writes);
   ExpectTwinsEqual("after a resent step");
+}
+
+// offload_param and offload_optimizer both on NVMe (ZeRO-Infinity): the
+// streamed step over NVMe-homed parameters.
+TEST_F(OptimizerParamTest, NvmeParamsWithStatesOnNvmeStepLikePinnedOnes) {
+  Start();
+  if (!skip_.empty()) GTEST_SKIP() << skip_;
+  MakeTwins(/*states_on_nvme=*/true);
+  ASSERT_TRUE(Group(1).states_on_nvme);
+  StepTwinsAcrossEvictions(3);
+  EXPECT_EQ(Group(1).applied_steps, 3u);
 }
 
 TEST_F(OptimizerParamTest, FailedParameterReadLeavesTheGroupUnchanged) {

@@ -76,7 +76,9 @@ class NvmeParamTest : public ::testing::Test {
     daemon_ = std::move(*d);
   }
   void TearDown() override {
-    if (daemon_) EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    if (daemon_) {
+      EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    }
     std::error_code ec;
     if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
   }

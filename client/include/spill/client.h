@@ -200,6 +200,19 @@ class SPILL_CLIENT_EXPORT Session {
   // AlreadyExists naming the difference. InvalidArgument for bad
   // hyper-parameters, dtypes or element counts (naming the member);
   // NotFound for an unknown object; ResourceExhausted past the quota.
+  // Parameter shards may have home kNvme (offload_param.device = nvme):
+  // spilld then acquires them itself for group creation and for each step
+  // (reading them back from NVMe when evicted), writes the stepped values,
+  // marks them written at the step number (written back to NVMe
+  // asynchronously; the object's version becomes the step) and releases
+  // them; Acquire after the step's Work completes returns the new values.
+  // Do not hold a parameter acquired across its group's step. A step takes
+  // all of its group's NVMe parameters at once: they must fit the job's
+  // param_budget together (buffer_count objects, max_in_cpu bytes), else the
+  // step fails with ResourceExhausted and changes nothing; a failed NVMe
+  // read fails it with the tier's status, naming the parameter, and changes
+  // nothing (retry the same step). Gradients must have home kPinned
+  // (FailedPrecondition naming the gradient).
   virtual absl::StatusOr<GroupInfo> CreateGroup(const GroupSpec& spec) = 0;
   // Frees the group's master, states and accumulators. NotFound if unknown.
   virtual absl::Status DropGroup(uint64_t group_id) = 0;
