@@ -114,6 +114,23 @@ nlohmann::ordered_json StatsToJson(const v1::StatsResponse& stats) {
           {"metrics_address", stats.metrics_address()}};
 }
 
+namespace {
+// null when the job's first session set no budget.
+json BudgetToJson(bool set, const v1::OffloadBudget& budget) {
+  if (!set) return nullptr;
+  return {{"buffer_count", budget.buffer_count()},
+          {"buffer_size", budget.buffer_size()},
+          {"max_in_cpu", budget.max_in_cpu()}};
+}
+
+void AddBudgetRow(TextTable& table, const std::string& job, const char* stream, bool set,
+                  const v1::OffloadBudget& b) {
+  if (!set) return;
+  table.AddRow({job, stream, absl::StrCat(b.buffer_count()), FormatBytes(b.buffer_size()),
+                FormatBytes(b.max_in_cpu())});
+}
+}  // namespace
+
 nlohmann::ordered_json JobsToJson(const v1::JobsResponse& jobs) {
   json list = json::array();
   for (const v1::JobInfo& job : jobs.jobs()) {
@@ -126,6 +143,9 @@ nlohmann::ordered_json JobsToJson(const v1::JobsResponse& jobs) {
                     {"objects", job.objects()},
                     {"nvme_objects", job.nvme_objects()},
                     {"used_bytes", job.used_bytes()},
+                    {"param_budget", BudgetToJson(job.has_param_budget(), job.param_budget())},
+                    {"optimizer_budget",
+                     BudgetToJson(job.has_optimizer_budget(), job.optimizer_budget())},
                     {"sessions", std::move(sessions)}});
   }
   return {{"jobs", std::move(list)}};
@@ -157,6 +177,8 @@ std::string FormatJobs(const v1::JobsResponse& jobs) {
   bool recovered = false;
   TextTable sessions({"JOB", "SESSION", "RANK", "PID", "UID", "ATTACHED", "PINS"},
                      {false, true, true, true, true, false, true});
+  TextTable budgets({"JOB", "OFFLOAD", "BUFFER COUNT", "BUFFER SIZE", "MAX IN CPU"},
+                    {false, false, true, true, true});
   for (const v1::JobInfo& job : jobs.jobs()) {
     const bool waiting = job.state() == "grace" || job.state() == "recovered";
     recovered = recovered || job.state() == "recovered";
@@ -164,6 +186,9 @@ std::string FormatJobs(const v1::JobsResponse& jobs) {
     table.AddRow({job.job_id(), job.state(), grace, absl::StrCat(job.objects()),
                   absl::StrCat(job.nvme_objects()), FormatBytes(job.used_bytes()),
                   absl::StrCat(job.sessions_size()), absl::StrCat(job.uid())});
+    AddBudgetRow(budgets, job.job_id(), "param", job.has_param_budget(), job.param_budget());
+    AddBudgetRow(budgets, job.job_id(), "optimizer", job.has_optimizer_budget(),
+                 job.optimizer_budget());
     for (const v1::SessionInfo& s : job.sessions()) {
       sessions.AddRow({job.job_id(), absl::StrCat(s.session_id()),
                        absl::StrCat(s.rank(), "/", s.world_size()), absl::StrCat(s.pid()),
@@ -177,6 +202,7 @@ std::string FormatJobs(const v1::JobsResponse& jobs) {
            "frees it now)\n";
   }
   if (!sessions.empty()) out += "\n" + sessions.Render();
+  if (!budgets.empty()) out += "\n" + budgets.Render();
   return out;
 }
 

@@ -181,6 +181,26 @@ TEST(FormatJobsTest, RecoveredJobShowsGraceNvmeObjectsAndANote) {
   EXPECT_FALSE(absl::StrContains(FormatJobs(SampleJobs()), "drop-job"));
 }
 
+TEST(FormatJobsTest, OffloadBudgetsShownWhenSet) {
+  v1::JobsResponse jobs;
+  v1::JobInfo* job = jobs.add_jobs();
+  job->set_job_id("budgeted");
+  job->set_state("active");
+  job->mutable_param_budget()->set_buffer_count(5);
+  job->mutable_param_budget()->set_buffer_size(3 << 20);
+  job->mutable_param_budget()->set_max_in_cpu(12345678);
+  std::string table = FormatJobs(jobs);
+  EXPECT_TRUE(absl::StrContains(table, "MAX IN CPU")) << table;
+  EXPECT_TRUE(absl::StrContains(table, "param")) << table;
+  EXPECT_FALSE(absl::StrContains(table, "optimizer")) << table;
+  auto json = JobsToJson(jobs)["jobs"][0];
+  EXPECT_EQ(json["param_budget"]["buffer_count"], 5);
+  EXPECT_EQ(json["param_budget"]["buffer_size"], 3 << 20);
+  EXPECT_EQ(json["param_budget"]["max_in_cpu"], 12345678);
+  EXPECT_TRUE(json["optimizer_budget"].is_null());
+  EXPECT_FALSE(absl::StrContains(FormatJobs(SampleJobs()), "MAX IN CPU"));
+}
+
 TEST(HealthTest, JsonAndTable) {
   v1::HealthResponse health;
   health.set_status("SERVING");

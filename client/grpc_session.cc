@@ -83,6 +83,15 @@ absl::Status GrpcSession::OpenSessionRpc() {
   request.set_job_id(options_.job_id);
   request.set_rank(options_.rank);
   request.set_world_size(options_.world_size);
+  auto budget = [](const OffloadBudget& b, v1::OffloadBudget* out) {
+    out->set_buffer_count(b.buffer_count);
+    out->set_buffer_size(b.buffer_size);
+    out->set_max_in_cpu(b.max_in_cpu);
+  };
+  if (options_.param_budget) budget(*options_.param_budget, request.mutable_param_budget());
+  if (options_.optimizer_budget) {
+    budget(*options_.optimizer_budget, request.mutable_optimizer_budget());
+  }
   v1::OpenSessionResponse response;
   grpc::ClientContext context;
   SetDeadline(&context);

@@ -3,10 +3,13 @@
 #include <sys/un.h>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
+#include "common/status_macros.h"
 #include "spill/client.h"
 
 namespace spill::client {
@@ -43,6 +46,27 @@ std::string DefaultSocketPath() {
   return "/run/spill/spilld.sock";
 }
 
+namespace {
+absl::Status CheckBudget(const char* name, const std::optional<OffloadBudget>& budget) {
+  if (!budget.has_value()) return absl::OkStatus();
+  for (const auto& [field, value] : {std::pair{"buffer_count", uint64_t{budget->buffer_count}},
+                                     std::pair{"buffer_size", budget->buffer_size},
+                                     std::pair{"max_in_cpu", budget->max_in_cpu}}) {
+    if (value == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SessionOptions.", name, ".", field,
+                       " is 0: it must be > 0 (leave the budget unset for spilld's defaults)"));
+    }
+  }
+  if (budget->max_in_cpu < budget->buffer_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SessionOptions.", name, ".max_in_cpu is ", budget->max_in_cpu,
+        " bytes: it must be at least buffer_size (", budget->buffer_size, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::Status ValidateSessionOptions(const SessionOptions& options) {
   if (options.job_id.empty()) {
     return absl::InvalidArgumentError("SessionOptions.job_id is empty: every rank of a job "
@@ -61,6 +85,8 @@ absl::Status ValidateSessionOptions(const SessionOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("SessionOptions.timeout is ",
                                                    options.timeout.count(), " ms: it must be positive"));
   }
+  SPILL_RETURN_IF_ERROR(CheckBudget("param_budget", options.param_budget));
+  SPILL_RETURN_IF_ERROR(CheckBudget("optimizer_budget", options.optimizer_budget));
   if (options.socket_path.size() >= sizeof(sockaddr_un::sun_path)) {
     return absl::InvalidArgumentError(
         absl::StrCat("socket path '", options.socket_path, "' is ", options.socket_path.size(),

@@ -56,6 +56,24 @@ TEST(ValidateSessionOptionsTest, RejectsNonPositiveTimeoutAndLongPath) {
   EXPECT_TRUE(absl::StrContains(ValidateSessionOptions(options).message(), "shorter than"));
 }
 
+TEST(ValidateSessionOptionsTest, ChecksOffloadBudgetsByField) {
+  SessionOptions options = Valid();
+  options.param_budget = OffloadBudget{5, 100 << 20, 1 << 30};
+  options.optimizer_budget = OffloadBudget{4, 64 << 20, 256 << 20};
+  EXPECT_TRUE(ValidateSessionOptions(options).ok());
+  options.param_budget->buffer_count = 0;
+  absl::Status status = ValidateSessionOptions(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "param_budget.buffer_count")) << status;
+  options.param_budget->buffer_count = 5;
+  options.optimizer_budget->max_in_cpu = 1 << 20;  // below buffer_size
+  status = ValidateSessionOptions(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "optimizer_budget.max_in_cpu")) << status;
+  options.optimizer_budget.reset();
+  EXPECT_TRUE(ValidateSessionOptions(options).ok());
+}
+
 TEST(SessionOpenTest, InvalidOptionsFailBeforeConnecting) {
   SessionOptions options = Valid();
   options.world_size = 1;

@@ -99,6 +99,15 @@ void AdminService::FillJobs(spill::v1::JobsResponse* response) const {
     job->set_grace_remaining_ms(snap.grace_remaining.count());
     job->set_objects(snap.objects);
     job->set_used_bytes(snap.used_bytes);
+    auto fill = [](const storage::OffloadBudget& b, spill::v1::OffloadBudget* out) {
+      out->set_buffer_count(b.buffer_count);
+      out->set_buffer_size(b.buffer_size);
+      out->set_max_in_cpu(b.max_in_cpu);
+    };
+    if (snap.budgets.param.has_value()) fill(*snap.budgets.param, job->mutable_param_budget());
+    if (snap.budgets.optimizer.has_value()) {
+      fill(*snap.budgets.optimizer, job->mutable_optimizer_budget());
+    }
     for (const SessionSnapshot& s : snap.sessions) {
       spill::v1::SessionInfo* info = job->add_sessions();
       info->set_session_id(s.session_id);

@@ -65,7 +65,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const ServerConfig& config
   if (d->tiers_ != nullptr) {
     // A torn or corrupt manifest stops the start (DataLoss naming it):
     // nothing is half-loaded, and the operator decides.
-    SPILL_ASSIGN_OR_RETURN(std::vector<storage::RecoveredJob> recovered, d->tiers_->Recover());
+    SPILL_ASSIGN_OR_RETURN(std::vector<storage::RecoveredJob> recovered,
+                           d->tiers_->Recover(StreamOfKind));
     SPILL_RETURN_IF_ERROR(d->registry_->AddRecoveredJobs(recovered));
     d->recovered_jobs_ = recovered.size();
   }

@@ -311,8 +311,7 @@ absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::Build(
     ids.push_back(m.param_object_id);
     ids.push_back(m.grad_object_id);
   }
-  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> views, registry_->PinForCompute(job_id, ids));
-  registry_->UnpinCompute(job_id, ids, 0);  // Only the records were needed.
+  SPILL_ASSIGN_OR_RETURN(std::vector<ObjectRecord> records, registry_->Records(job_id, ids));
   auto group = std::make_shared<Group>();
   group->info.name = spec.name;
   group->info.hyper = spec.hyper;
@@ -322,8 +321,14 @@ absl::StatusOr<std::shared_ptr<OptimizerHost::Group>> OptimizerHost::Build(
   group->info.last_step = spec.resume_step;
   group->info.applied_steps = spec.resume_applied_steps;
   for (size_t i = 0; i < spec.members.size(); ++i) {
-    const ObjectRecord& param = views[2 * i].record;
-    const ObjectRecord& grad = views[2 * i + 1].record;
+    const ObjectRecord& param = records[2 * i];
+    const ObjectRecord& grad = records[2 * i + 1];
+    if (grad.home != storage::Home::kPinned) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "optimizer group '", spec.name, "' member ", i, ": gradient '", grad.name, "' (id ",
+          grad.id, ") has home NVME; gradients must have home PINNED (only parameters may "
+          "have home NVME)"));
+    }
     if (!SupportedDType(param.dtype) || !SupportedDType(grad.dtype)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "optimizer group '", spec.name, "' member ", i, ": parameter '", param.name, "' is ",
@@ -391,17 +396,27 @@ absl::Status OptimizerHost::CreateStateObjects(uint64_t session_id, const Token&
 
 absl::Status OptimizerHost::InitializeStates(const std::string& job_id, Group& group) {
   for (Member& m : group.members) {
-    std::vector<uint64_t> ids = {m.info.param_object_id, m.info.master_object_id};
+    SPILL_ASSIGN_OR_RETURN(
+        std::vector<ComputeView> pv,
+        registry_->PinParamsForCompute(job_id, {m.info.param_object_id}, /*for_write=*/false,
+                                       options_.param_timeout));
+    std::vector<uint64_t> ids = {m.info.master_object_id};
     ids.insert(ids.end(), m.info.state_object_ids.begin(), m.info.state_object_ids.end());
     if (m.info.accumulator_object_id != 0) ids.push_back(m.info.accumulator_object_id);
-    SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));
+    absl::StatusOr<std::vector<ComputeView>> pinned = registry_->PinForCompute(job_id, ids);
+    if (!pinned.ok()) {
+      (void)registry_->UnpinParams(job_id, pv, 0);
+      return pinned.status();
+    }
+    const std::vector<ComputeView>& v = *pinned;
     const uint64_t n = m.info.num_elements;
     absl::Status status =
-        optim::InitMaster(static_cast<DType>(m.param_dtype), v[0].data,
-                          reinterpret_cast<float*>(v[1].data), n, executor_);
+        optim::InitMaster(static_cast<DType>(m.param_dtype), pv[0].data,
+                          reinterpret_cast<float*>(v[0].data), n, executor_);
+    (void)registry_->UnpinParams(job_id, pv, 0);
     float* state[2] = {nullptr, nullptr};
     for (size_t s = 0; s < m.info.state_object_ids.size(); ++s) {
-      state[s] = reinterpret_cast<float*>(v[2 + s].data);
+      state[s] = reinterpret_cast<float*>(v[1 + s].data);
     }
     if (status.ok() && !m.info.state_object_ids.empty()) {
       status = optim::InitState(group.info.hyper, state, n);
@@ -607,32 +622,43 @@ absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
                                     const optim::StepArgs& args, float lr, uint64_t version) {
   // Pin every object of every member first: a missing one fails the step
   // before any byte changes.
-  std::vector<uint64_t> ids;
+  // NVMe-homed parameters are acquired first (the only pins that may wait
+  // or fail on I/O).
+  std::vector<uint64_t> params, ids;
   for (const Member& m : group.members) {
-    ids.push_back(m.info.param_object_id);
+    params.push_back(m.info.param_object_id);
     ids.push_back(m.info.accumulator_object_id != 0 ? m.info.accumulator_object_id
                                                     : m.info.grad_object_id);
     ids.push_back(m.info.master_object_id);
     ids.insert(ids.end(), m.info.state_object_ids.begin(), m.info.state_object_ids.end());
   }
-  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));
+  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> pv,
+                         registry_->PinParamsForCompute(job_id, params, /*for_write=*/true,
+                                                        options_.param_timeout));
+  absl::StatusOr<std::vector<ComputeView>> pinned = registry_->PinForCompute(job_id, ids);
+  if (!pinned.ok()) {
+    (void)registry_->UnpinParams(job_id, pv, 0);
+    return pinned.status();
+  }
+  const std::vector<ComputeView>& v = *pinned;
   optim::Hyper hyper = group.info.hyper;
   hyper.lr = lr;
   absl::Status status;
   size_t at = 0;
-  for (const Member& m : group.members) {
+  for (size_t i = 0; i < group.members.size(); ++i) {
+    const Member& m = group.members[i];
     optim::ShardView shard;
     shard.param_dtype = static_cast<DType>(m.param_dtype);
-    shard.param = v[at].data;
+    shard.param = pv[i].data;
     const bool accumulated = m.info.accumulator_object_id != 0;
     shard.grad_dtype = accumulated ? DType::kFloat32 : static_cast<DType>(m.grad_dtype);
-    shard.grad = v[at + 1].data;
-    shard.master = reinterpret_cast<float*>(v[at + 2].data);
+    shard.grad = v[at].data;
+    shard.master = reinterpret_cast<float*>(v[at + 1].data);
     for (size_t s = 0; s < m.info.state_object_ids.size(); ++s) {
-      shard.state[s] = reinterpret_cast<float*>(v[at + 3 + s].data);
+      shard.state[s] = reinterpret_cast<float*>(v[at + 2 + s].data);
     }
     shard.n = m.info.num_elements;
-    at += 3 + m.info.state_object_ids.size();
+    at += 2 + m.info.state_object_ids.size();
     if (status.ok()) status = optim::Step(hyper, args, shard, executor_, options_.threads_per_job);
   }
   // The parameter, master and states now hold this step's result; the
@@ -641,19 +667,20 @@ absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
   std::vector<uint64_t> read;
   at = 0;
   for (const Member& m : group.members) {
-    const size_t count = 3 + m.info.state_object_ids.size();
-    for (size_t k = 0; k < count; ++k) (k == 1 ? read : written).push_back(ids[at + k]);
+    const size_t count = 2 + m.info.state_object_ids.size();
+    for (size_t k = 0; k < count; ++k) (k == 0 ? read : written).push_back(ids[at + k]);
     at += count;
   }
   registry_->UnpinCompute(job_id, read, 0);
   registry_->UnpinCompute(job_id, written, status.ok() ? version : 0);
+  absl::Status unpinned = registry_->UnpinParams(job_id, pv, status.ok() ? version : 0);
   if (!status.ok()) {
     // Every input was checked above; a kernel error here is a bug.
     return absl::InternalError(absl::StrCat("optimizer group '", group.info.name,
                                             "': optimizer kernel failed after validation: ",
                                             status.message()));
   }
-  return absl::OkStatus();
+  return unpinned;
 }
 
 absl::Status OptimizerHost::InitializeNvmeStates(const std::string& job_id, Group& group) {
@@ -668,8 +695,8 @@ absl::Status OptimizerHost::InitializeNvmeStates(const std::string& job_id, Grou
     m.nvme = std::make_unique<NvmeStateStore>(
         options_.nvme, job_id, absl::StrCat("optimizer group '", group.info.name, "' member ", i),
         arrays, n, sg);
-    std::vector<uint64_t> ids = {m.info.param_object_id};
-    auto v = registry_->PinForCompute(job_id, ids);
+    auto v = registry_->PinParamsForCompute(job_id, {m.info.param_object_id},
+                                            /*for_write=*/false, options_.param_timeout);
     if (!v.ok()) {
       status = v.status();
       break;
@@ -684,7 +711,7 @@ absl::Status OptimizerHost::InitializeNvmeStates(const std::string& job_id, Grou
       return absl::OkStatus();
     };
     status = m.nvme->Initialize(fill, std::span<float>(buffer.get(), arrays * sg));
-    registry_->UnpinCompute(job_id, ids, 0);
+    (void)registry_->UnpinParams(job_id, *v, 0);
     m.info.nvme_bytes = m.nvme->nvme_bytes();
   }
   ReturnBuffer(std::move(buffer), arrays * sg);
@@ -700,10 +727,12 @@ absl::Status OptimizerHost::RunStreamedStep(const std::string& job_id, Group& gr
     grads.push_back(m.info.accumulator_object_id != 0 ? m.info.accumulator_object_id
                                                       : m.info.grad_object_id);
   }
-  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> pv, registry_->PinForCompute(job_id, params));
+  SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> pv,
+                         registry_->PinParamsForCompute(job_id, params, /*for_write=*/true,
+                                                        options_.param_timeout));
   auto gv = registry_->PinForCompute(job_id, grads);
   if (!gv.ok()) {
-    registry_->UnpinCompute(job_id, params, 0);
+    (void)registry_->UnpinParams(job_id, pv, 0);
     return gv.status();
   }
   const uint64_t sg = group.Piece();
@@ -740,8 +769,8 @@ absl::Status OptimizerHost::RunStreamedStep(const std::string& job_id, Group& gr
   }
   ReturnBuffer(std::move(buffer), floats);
   registry_->UnpinCompute(job_id, grads, 0);
-  registry_->UnpinCompute(job_id, params, status.ok() ? version : 0);
-  return status;
+  absl::Status unpinned = registry_->UnpinParams(job_id, pv, status.ok() ? version : 0);
+  return status.ok() ? unpinned : status;
 }
 
 OptimizerStats OptimizerHost::Stats() const {

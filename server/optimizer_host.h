@@ -13,6 +13,20 @@
 //       -> one fused pass per member: unscale/clip, update master and
 //          states, write the new parameter into the parameter shard.
 //
+// Homes. A member's parameter shard may have home PINNED or NVME
+// (offload_param.device = nvme); its gradient must have home PINNED, and
+// the master, states and accumulators spilld creates are PINNED (or
+// streamed from NVMe for states_on_nvme groups). Group creation reads an
+// NVMe-homed parameter and each Step writes it through the TierManager:
+// acquired (for write; read back from NVMe when evicted), stepped, marked
+// written at the step's version (dirty, written back to NVMe
+// asynchronously, as after a client's WriteBack) and released, so a client
+// that acquires it afterwards, even after an eviction, reads the stepped
+// values. A step acquires all of its group's NVMe parameters at once, so
+// they must fit the job's param budget together (buffer_count and
+// max_in_cpu); a failed or late acquire fails the step with the
+// TierManager's status (naming the parameter) before any byte changes.
+//
 // Exactly once: a group records its last step; a Step for it again is
 // answered with the recorded outcome (repeated = true) and not re-run, so a
 // worker that reconnects and resends cannot apply a step twice. A Step is
@@ -28,6 +42,7 @@
 #ifndef SPILL_SERVER_OPTIMIZER_HOST_H_
 #define SPILL_SERVER_OPTIMIZER_HOST_H_
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -59,6 +74,11 @@ struct OptimizerHostOptions {
   // The NVMe tier for groups that keep their states there; nullptr when
   // spilld runs without one.
   storage::NvmeTier* nvme = nullptr;
+  // How long a group's creation or step waits for its NVMe-homed parameters
+  // to become resident (read back from NVMe, a write-back of them to end,
+  // room under the job's param budget) before it fails with
+  // DeadlineExceeded.
+  std::chrono::milliseconds param_timeout{60'000};
 };
 
 struct GroupMemberSpec {

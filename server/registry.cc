@@ -64,7 +64,8 @@ Registry::~Registry() { Clear(); }
 uint64_t Registry::job_pinned_quota() const { return quota_; }
 
 absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, int rank,
-                                                    int world_size, const PeerCreds& peer) {
+                                                    int world_size, const PeerCreds& peer,
+                                                    const JobBudgets& budgets) {
   if (job_id.empty()) return absl::InvalidArgumentError("job_id must not be empty");
   if (job_id.size() > options_.max_job_id_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("job_id is ", job_id.size(),
@@ -78,6 +79,7 @@ absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, i
     return absl::InvalidArgumentError(
         absl::StrCat("rank ", rank, " is outside [0, world_size=", world_size, ")"));
   }
+  SPILL_RETURN_IF_ERROR(CheckBudgets(budgets));
   std::lock_guard<std::mutex> lock(mu_);
   bool existed = false;
   auto it = jobs_.find(job_id);
@@ -87,14 +89,16 @@ absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, i
       return absl::PermissionDeniedError(absl::StrCat(
           "job '", job_id, "' belongs to uid ", job.uid, "; caller is uid ", peer.uid));
     }
-    if (job.recovered && job.sessions.empty()) {
-      job.world_size = world_size;  // The manifest does not record it.
-      job.recovered = false;
-    }
-    if (job.world_size != world_size) {
+    const bool first = job.recovered && job.sessions.empty();
+    if (!first && job.world_size != world_size) {
       return absl::FailedPreconditionError(absl::StrCat(
           "job '", job_id, "' has world_size ", job.world_size, "; session asked for ",
           world_size));
+    }
+    SPILL_RETURN_IF_ERROR(JoinBudgetsLocked(job, budgets, first));
+    if (first) {
+      job.world_size = world_size;  // The manifest does not record it.
+      job.recovered = false;
     }
     existed = true;
   } else {
@@ -103,6 +107,7 @@ absl::StatusOr<OpenedSession> Registry::OpenSession(const std::string& job_id, i
     job->arena_key = absl::StrCat(job_id, "#", next_job_instance_++);
     job->uid = peer.uid;
     job->world_size = world_size;
+    job->budgets = budgets;  // Reach the TierManager with the first kNvme object.
     it = jobs_.emplace(job_id, std::move(job)).first;
   }
   auto session = std::make_unique<Session>();
@@ -496,7 +501,8 @@ absl::StatusOr<std::vector<ComputeView>> Registry::PinForCompute(
     if (object->home != storage::Home::kPinned) {
       return absl::FailedPreconditionError(absl::StrCat(
           "object '", object->name, "' (id ", id,
-          ") has home NVME; the optimizer in spilld works on objects with home PINNED"));
+          ") has home NVME; the optimizer in spilld needs gradients, masters and states with "
+          "home PINNED (only parameters may have home NVME)"));
     }
     objects.push_back(object);
   }
@@ -606,6 +612,7 @@ std::vector<JobSnapshot> Registry::Jobs() const {
     snap.written_back_bytes = job->written_back_bytes;
     snap.recovered = job->recovered;
     snap.nvme_objects = job->nvme_objects;
+    snap.budgets = job->budgets;
     for (uint64_t sid : job->sessions) {
       const Session& s = *sessions_.at(sid);
       uint32_t pins = 0;

@@ -97,6 +97,21 @@ struct SegmentGrant {
   bool huge_pages = false;
 };
 
+// A job's DeepSpeed budgets for its kNvme objects (storage::OffloadBudget;
+// see storage/tier_manager.h): unset means the TierManager's defaults (no
+// limit but the arena).
+struct JobBudgets {
+  std::optional<storage::OffloadBudget> param;      // offload_param
+  std::optional<storage::OffloadBudget> optimizer;  // offload_optimizer
+};
+
+// The budget stream of a kNvme object of this spill.v1.ObjectKind: MASTER
+// and MOMENT follow offload_optimizer, everything else offload_param.
+storage::Stream StreamOfKind(int kind);
+
+// "buffer_count=B buffer_size=S max_in_cpu=M", or "unset".
+std::string BudgetString(const std::optional<storage::OffloadBudget>& budget);
+
 struct OpenedSession {
   uint64_t session_id = 0;
   Token token{};
@@ -129,6 +144,7 @@ struct JobSnapshot {
   // Found in the NVMe manifest at start; no session has re-attached yet.
   bool recovered = false;
   uint32_t nvme_objects = 0;
+  JobBudgets budgets;  // as set by the job's first session
 };
 
 class Registry {
@@ -144,8 +160,22 @@ class Registry {
   // InvalidArgument for an empty/overlong job id, world_size < 1 or a rank
   // outside [0, world_size); FailedPrecondition when the job exists with
   // another world size; PermissionDenied when it belongs to another uid.
+  //
+  // budgets: the job's first session (or the first to re-attach to a
+  // recovered job) sets them; they reach the TierManager (RegisterJob when
+  // the job's first kNvme object is registered, SetJobOptions at once when
+  // the job is already known to it). A later session may repeat them or
+  // leave them unset; different ones are FailedPrecondition naming both, as
+  // is a buffer_size below an object a recovered job already has.
+  // InvalidArgument naming the field for a budget with a zero field, a
+  // buffer_count above kMaxBufferCount, a buffer_size above the arena's
+  // capacity, or a max_in_cpu below buffer_size; FailedPrecondition when a
+  // budget is set and there is no TierManager (spilld without --nvme-dirs:
+  // the budgets govern kNvme objects only, which it cannot hold).
   absl::StatusOr<OpenedSession> OpenSession(const std::string& job_id, int rank,
-                                            int world_size, const PeerCreds& peer);
+                                            int world_size, const PeerCreds& peer,
+                                            const JobBudgets& budgets = {});
+  static constexpr uint32_t kMaxBufferCount = 1u << 16;
 
   // Checks that (session_id, token) names an open session. Unauthenticated
   // for a wrong token, NotFound for an unknown or closed session.
@@ -243,6 +273,36 @@ class Registry {
   void UnpinCompute(const std::string& job_id, const std::vector<uint64_t>& ids,
                     uint64_t version);
 
+  // PinForCompute for parameters, whose home may also be kNvme: each kNvme
+  // object is acquired from the TierManager (kWrite when for_write, which
+  // also waits for a write-back of it in flight), read from NVMe first when
+  // it is not resident; the calling thread blocks, at most `timeout` per
+  // object. The views' data is the pinned copy. All or nothing: on error
+  // every pin taken is dropped again and nothing changed. Errors: those of
+  // PinForCompute (but kNvme is accepted); FailedPrecondition for a kNvme
+  // object without a TierManager; the TierManager's error (ResourceExhausted
+  // past the param budget, DataLoss, the NVMe tier's EIO status) or
+  // DeadlineExceeded, each naming the object.
+  absl::StatusOr<std::vector<ComputeView>> PinParamsForCompute(const std::string& job_id,
+                                                               const std::vector<uint64_t>& ids,
+                                                               bool for_write,
+                                                               std::chrono::milliseconds timeout);
+  // Drops the pins of views returned by PinParamsForCompute. version
+  // non-zero: the bytes of every object were rewritten as of step
+  // `version`, and each object's version becomes v = max(version, its
+  // version); a kNvme object is TierManager::MarkWritten(v) first (dirty,
+  // written back to NVMe asynchronously, exactly as after a client's
+  // WriteBack) and then released. version 0: the bytes are unchanged. Every
+  // pin is dropped either way; Internal naming the object if a MarkWritten
+  // failed (a broken invariant: the object is acquired for write and v is
+  // not older than its version, unless a client wrote it meanwhile).
+  absl::Status UnpinParams(const std::string& job_id, const std::vector<ComputeView>& views,
+                           uint64_t version);
+  // The records of objects of job_id, without pinning them. NotFound naming
+  // the first unknown id (or the job).
+  absl::StatusOr<std::vector<ObjectRecord>> Records(const std::string& job_id,
+                                                    const std::vector<uint64_t>& ids) const;
+
   // Called with the registry's lock held whenever a job is freed (grace
   // expiry or Clear): it must not call back into the registry.
   void SetJobFreedListener(std::function<void(const std::string& job_id)> listener);
@@ -277,6 +337,15 @@ class Registry {
   // free_tiers: also free the job's objects in the TierManager (deferred).
   void FreeJobLocked(const std::string& job_id, bool free_tiers = true);
   absl::StatusOr<ObjectRecord> RegisterNvmeLocked(Job& job, ObjectRecord record, uint64_t bytes);
+  storage::JobOptions TierOptionsLocked(const Job& job) const;
+  absl::Status CheckBudgets(const JobBudgets& budgets) const;
+  // A session of an existing job asks for `budgets`; applies them if it is
+  // the job's first (first_session), else checks they match.
+  absl::Status JoinBudgetsLocked(Job& job, const JobBudgets& budgets, bool first_session);
+  // Fills in the pinned copies of the kNvme views (compute-pinned already),
+  // acquiring them all at once. On error every tier pin taken is dropped.
+  absl::Status AcquireTierViews(const std::string& job_id, std::vector<ComputeView>& views,
+                                bool for_write, std::chrono::milliseconds timeout);
   absl::StatusOr<ObjectRecord> FinishTierAcquire(uint64_t session_id, uint64_t object_id,
                                                  const std::string& job_id,
                                                  const storage::Extent& extent);

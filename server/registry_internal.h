@@ -53,6 +53,9 @@ struct Registry::Job {
   // Recovered from the NVMe manifest; cleared when a session opens.
   bool recovered = false;
   uint32_t nvme_objects = 0;
+  // DeepSpeed budgets from the job's first session; the TierManager's
+  // JobOptions carry them once the job is registered there.
+  JobBudgets budgets;
 };
 
 }  // namespace spill::server

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
@@ -24,10 +26,7 @@ void Registry::RunDeferred() {
 absl::StatusOr<ObjectRecord> Registry::RegisterNvmeLocked(Job& job, ObjectRecord record,
                                                           uint64_t bytes) {
   if (!job.tiered) {
-    storage::JobOptions options;
-    options.uid = job.uid;
-    options.arena_owner = job.arena_key;
-    SPILL_RETURN_IF_ERROR(tiers_->RegisterJob(job.id, options));
+    SPILL_RETURN_IF_ERROR(tiers_->RegisterJob(job.id, TierOptionsLocked(job)));
     job.tiered = true;
   }
   record.id = next_object_id_;
@@ -39,6 +38,7 @@ absl::StatusOr<ObjectRecord> Registry::RegisterNvmeLocked(Job& job, ObjectRecord
   spec.num_elements = record.num_elements;
   spec.bytes = bytes;
   spec.home = storage::Home::kNvme;
+  spec.stream = StreamOfKind(record.kind);
   // No callback runs: CreateObject allocates nothing for a kNvme object.
   SPILL_RETURN_IF_ERROR(tiers_->CreateObject(job.id, spec));
   ++next_object_id_;
@@ -46,6 +46,109 @@ absl::StatusOr<ObjectRecord> Registry::RegisterNvmeLocked(Job& job, ObjectRecord
   job.objects.emplace(record.id, record);
   ++job.nvme_objects;
   return record;
+}
+
+storage::Stream StreamOfKind(int kind) {
+  constexpr int kMaster = 3;  // spill.v1.OBJECT_KIND_MASTER
+  constexpr int kMoment = 4;  // spill.v1.OBJECT_KIND_MOMENT
+  return kind == kMaster || kind == kMoment ? storage::Stream::kOptimizer
+                                            : storage::Stream::kParam;
+}
+
+std::string BudgetString(const std::optional<storage::OffloadBudget>& budget) {
+  if (!budget.has_value()) return "unset";
+  return absl::StrCat("buffer_count=", budget->buffer_count, " buffer_size=", budget->buffer_size,
+                      " max_in_cpu=", budget->max_in_cpu);
+}
+
+storage::JobOptions Registry::TierOptionsLocked(const Job& job) const {
+  storage::JobOptions options;
+  options.uid = job.uid;
+  options.arena_owner = job.arena_key;
+  if (job.budgets.param.has_value()) options.param = *job.budgets.param;
+  if (job.budgets.optimizer.has_value()) options.optimizer = *job.budgets.optimizer;
+  return options;
+}
+
+absl::Status Registry::CheckBudgets(const JobBudgets& budgets) const {
+  const uint64_t capacity = arena_->Stats().capacity_bytes;
+  for (const auto& [name, budget] :
+       {std::pair{"param_budget", &budgets.param}, std::pair{"optimizer_budget", &budgets.optimizer}}) {
+    if (!budget->has_value()) continue;
+    const storage::OffloadBudget& b = **budget;
+    if (tiers_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name, " is set but spilld runs without an NVMe tier (--nvme-dirs): the offload "
+          "budgets govern objects with home NVME, which this spilld cannot hold"));
+    }
+    for (const auto& [field, value] : {std::pair{"buffer_count", uint64_t{b.buffer_count}},
+                                       std::pair{"buffer_size", b.buffer_size},
+                                       std::pair{"max_in_cpu", b.max_in_cpu}}) {
+      if (value == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, ".", field, " is 0; it must be > 0 (leave the budget unset for "
+                         "spilld's defaults)"));
+      }
+    }
+    if (b.buffer_count > kMaxBufferCount) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ".buffer_count is ", b.buffer_count,
+                                                     "; the limit is ", kMaxBufferCount));
+    }
+    if (b.buffer_size > capacity) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ".buffer_size is ", b.buffer_size, " bytes; the pinned pool holds ",
+                       capacity, " bytes, so no object that large could be made resident"));
+    }
+    if (b.max_in_cpu < b.buffer_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ".max_in_cpu (", b.max_in_cpu, " bytes) is below its buffer_size (",
+          b.buffer_size, " bytes): an object of buffer_size could never be resident"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+bool SameBudget(const std::optional<storage::OffloadBudget>& a,
+                const std::optional<storage::OffloadBudget>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  return !a.has_value() || (a->buffer_count == b->buffer_count &&
+                            a->buffer_size == b->buffer_size && a->max_in_cpu == b->max_in_cpu);
+}
+}  // namespace
+
+absl::Status Registry::JoinBudgetsLocked(Job& job, const JobBudgets& budgets,
+                                         bool first_session) {
+  if (first_session) {
+    // A recovered job's objects must fit the budgets' buffer_size.
+    for (const auto& [id, object] : job.objects) {
+      const bool optimizer = StreamOfKind(object.kind) == storage::Stream::kOptimizer;
+      const auto& budget = optimizer ? budgets.optimizer : budgets.param;
+      const uint64_t bytes = DTypeSize(object.dtype) * object.num_elements;
+      if (object.home == storage::Home::kNvme && budget.has_value() &&
+          bytes > budget->buffer_size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job '", job.id, "' has object '", object.name, "' of ", bytes, " bytes, more than ",
+            optimizer ? "optimizer_budget" : "param_budget", ".buffer_size ",
+            budget->buffer_size));
+      }
+    }
+    JobBudgets previous = job.budgets;
+    job.budgets = budgets;
+    if (!job.tiered || tiers_ == nullptr) return absl::OkStatus();
+    absl::Status status = tiers_->SetJobOptions(job.id, TierOptionsLocked(job));
+    if (!status.ok()) job.budgets = previous;
+    return status;
+  }
+  for (const auto& [name, have, want] :
+       {std::tuple{"param_budget", &job.budgets.param, &budgets.param},
+        std::tuple{"optimizer_budget", &job.budgets.optimizer, &budgets.optimizer}}) {
+    if (!want->has_value() || SameBudget(*have, *want)) continue;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", job.id, "' has ", name, " ", BudgetString(*have), " (set by its first session); "
+        "this session asked for ", BudgetString(*want)));
+  }
+  return absl::OkStatus();
 }
 
 bool Registry::MayWait(uint64_t session_id, uint64_t object_id) const {
@@ -213,11 +316,8 @@ absl::Status Registry::AddRecoveredJobs(const std::vector<storage::RecoveredJob>
     job->tiered = true;
     job->recovered = true;
     job->grace_deadline = deadline;
-    storage::JobOptions options;
-    options.uid = r.uid;
-    options.arena_owner = job->arena_key;
     // The recovered job has no resident object yet, so this cannot fail.
-    SPILL_RETURN_IF_ERROR(tiers_->SetJobOptions(r.job_id, options));
+    SPILL_RETURN_IF_ERROR(tiers_->SetJobOptions(r.job_id, TierOptionsLocked(*job)));
     for (size_t i = 0; i < r.objects.size(); ++i) {
       const storage::ObjectSpec& spec = r.objects[i];
       ObjectRecord record;

@@ -337,3 +337,126 @@ TEST_F(RegistryTiersTest, TierMetricsCountWriteBacksAndPublishes) {
 
 }  // namespace
 }  // namespace spill::server
+
+namespace spill::server {
+namespace {
+
+constexpr int kMaster = 3;
+constexpr uint64_t kKiB = 1024;
+
+JobBudgets ParamBudget(uint32_t count, uint64_t size, uint64_t max_in_cpu) {
+  JobBudgets b;
+  b.param = storage::OffloadBudget{count, size, max_in_cpu};
+  return b;
+}
+
+TEST(RegistryNoTiersTest, BudgetsWithoutATierAreRefused) {
+  storage::ArenaOptions ao;
+  ao.total_bytes = 2 * kMiB;
+  ao.segment_bytes = kMiB;
+  ao.huge_pages = storage::HugePageMode::kOff;
+  ao.lock = false;
+  auto arena = storage::PinnedArena::Create(ao).value();
+  Registry registry(arena.get(), RegistryOptions{},
+                    [] { return std::chrono::steady_clock::now(); });
+  auto refused = registry.OpenSession("j", 0, 1, PeerCreds{1, 1000, 1000},
+                                      ParamBudget(4, 64 * kKiB, 256 * kKiB));
+  ASSERT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  EXPECT_NE(refused.status().message().find("param_budget"), std::string::npos);
+  EXPECT_NE(refused.status().message().find("--nvme-dirs"), std::string::npos);
+  EXPECT_TRUE(registry.Jobs().empty());
+  EXPECT_TRUE(registry.OpenSession("j", 0, 1, PeerCreds{1, 1000, 1000}).ok());
+}
+
+TEST_F(RegistryTiersTest, BadBudgetsAreRefusedByField) {
+  struct Case {
+    JobBudgets budgets;
+    std::string field;
+  };
+  JobBudgets big_optimizer;
+  big_optimizer.optimizer = storage::OffloadBudget{2, 64 * kMiB, 64 * kMiB};  // pool: 4 MiB
+  std::vector<Case> cases = {
+      {ParamBudget(0, 64 * kKiB, 256 * kKiB), "param_budget.buffer_count"},
+      {ParamBudget(4, 0, 256 * kKiB), "param_budget.buffer_size"},
+      {ParamBudget(4, 64 * kKiB, 0), "param_budget.max_in_cpu"},
+      {ParamBudget(Registry::kMaxBufferCount + 1, 64 * kKiB, 256 * kKiB),
+       "param_budget.buffer_count"},
+      {ParamBudget(4, 64 * kKiB, 32 * kKiB), "param_budget.max_in_cpu"},
+      {big_optimizer, "optimizer_budget.buffer_size"},
+  };
+  for (const Case& c : cases) {
+    auto s = registry_->OpenSession("job", 0, 1, PeerCreds{42, 1000, 1000}, c.budgets);
+    ASSERT_TRUE(absl::IsInvalidArgument(s.status())) << c.field << ": " << s.status();
+    EXPECT_NE(s.status().message().find(c.field), std::string::npos) << s.status();
+  }
+  EXPECT_TRUE(registry_->Jobs().empty());  // Nothing was created.
+}
+
+TEST_F(RegistryTiersTest, BudgetsReachTheTierManager) {
+  auto s = registry_->OpenSession("job", 0, 1, PeerCreds{42, 1000, 1000},
+                                  ParamBudget(4, 64 * kKiB, 256 * kKiB));
+  ASSERT_TRUE(s.ok()) << s.status();
+  // buffer_size: a param larger than 64 KiB is refused, by the TierManager.
+  auto big = registry_->RegisterObject(s->session_id, s->token, "big", kParam, kF32,
+                                       32 * kKiB, Home::kNvme);
+  EXPECT_TRUE(absl::IsInvalidArgument(big.status())) << big.status();
+  EXPECT_NE(big.status().message().find("buffer_size"), std::string::npos) << big.status();
+  EXPECT_TRUE(registry_->RegisterObject(s->session_id, s->token, "small", kParam, kF32,
+                                        16 * kKiB, Home::kNvme).ok());
+  // Masters follow offload_optimizer, which this job left at the defaults.
+  EXPECT_TRUE(registry_->RegisterObject(s->session_id, s->token, "master", kMaster, kF32,
+                                        32 * kKiB, Home::kNvme).ok());
+  auto jobs = registry_->Jobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  ASSERT_TRUE(jobs[0].budgets.param.has_value());
+  EXPECT_EQ(jobs[0].budgets.param->max_in_cpu, 256 * kKiB);
+  EXPECT_FALSE(jobs[0].budgets.optimizer.has_value());
+}
+
+TEST_F(RegistryTiersTest, LaterSessionsMustAgreeOnBudgets) {
+  const JobBudgets first = ParamBudget(4, 64 * kKiB, 256 * kKiB);
+  ASSERT_TRUE(registry_->OpenSession("job", 0, 3, PeerCreds{42, 1000, 1000}, first).ok());
+  EXPECT_TRUE(registry_->OpenSession("job", 1, 3, PeerCreds{43, 1000, 1000}, first).ok());
+  EXPECT_TRUE(registry_->OpenSession("job", 2, 3, PeerCreds{44, 1000, 1000}).ok());  // unset
+  auto other = registry_->OpenSession("job", 2, 3, PeerCreds{45, 1000, 1000},
+                                      ParamBudget(8, 64 * kKiB, 256 * kKiB));
+  ASSERT_TRUE(absl::IsFailedPrecondition(other.status())) << other.status();
+  EXPECT_NE(other.status().message().find("buffer_count=4"), std::string::npos);
+  EXPECT_NE(other.status().message().find("buffer_count=8"), std::string::npos);
+  JobBudgets optimizer;
+  optimizer.optimizer = storage::OffloadBudget{2, 64 * kKiB, 128 * kKiB};
+  auto late = registry_->OpenSession("job", 2, 3, PeerCreds{46, 1000, 1000}, optimizer);
+  ASSERT_TRUE(absl::IsFailedPrecondition(late.status())) << late.status();
+  EXPECT_NE(late.status().message().find("optimizer_budget unset"), std::string::npos)
+      << late.status();
+  EXPECT_EQ(registry_->Jobs()[0].sessions.size(), 3u);  // The refused ones left nothing.
+}
+
+TEST_F(RegistryTiersTest, ReattachingToARecoveredJobSetsItsBudgets) {
+  OpenedSession s = Open("job", 1000);
+  auto obj = registry_->RegisterObject(s.session_id, s.token, "w", kParam, kF32, 16 * kKiB,
+                                       Home::kNvme);
+  ASSERT_TRUE(obj.ok()) << obj.status();
+  Write(s, obj->id, 1);
+  ASSERT_TRUE(FlushSync(s).ok());
+  Restart();
+  // Its 64 KiB object does not fit a 32 KiB buffer_size: refused, by name.
+  auto small = registry_->OpenSession("job", 0, 1, PeerCreds{7, 1000, 1000},
+                                      ParamBudget(2, 32 * kKiB, 64 * kKiB));
+  ASSERT_TRUE(absl::IsFailedPrecondition(small.status())) << small.status();
+  EXPECT_NE(small.status().message().find("'w'"), std::string::npos) << small.status();
+  EXPECT_TRUE(registry_->Jobs()[0].recovered);
+  auto again = registry_->OpenSession("job", 0, 1, PeerCreds{7, 1000, 1000},
+                                      ParamBudget(2, 64 * kKiB, 64 * kKiB));
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_TRUE(registry_->AttachStream(again->session_id, again->token).ok());
+  // The recovered job is registered with the TierManager already: the
+  // budget applies at once, so a new object past buffer_size is refused.
+  auto big = registry_->RegisterObject(again->session_id, again->token, "big", kParam, kF32,
+                                       32 * kKiB, Home::kNvme);
+  EXPECT_TRUE(absl::IsInvalidArgument(big.status())) << big.status();
+  EXPECT_EQ(registry_->Jobs()[0].budgets.param->buffer_count, 2u);
+}
+
+}  // namespace
+}  // namespace spill::server

@@ -17,6 +17,14 @@ using spill::v1::StreamEvent;
 using spill::v1::StreamRequest;
 using SteadyClock = std::chrono::steady_clock;
 
+storage::OffloadBudget BudgetFromWire(const spill::v1::OffloadBudget& wire) {
+  storage::OffloadBudget budget;
+  budget.buffer_count = wire.buffer_count();
+  budget.buffer_size = wire.buffer_size();
+  budget.max_in_cpu = wire.max_in_cpu();
+  return budget;
+}
+
 absl::StatusOr<Token> TokenOf(const spill::v1::SessionRef& ref) {
   return TokenFromBytes(ref.token());
 }
@@ -490,8 +498,13 @@ grpc::ServerUnaryReactor* WorkerService::OpenSession(grpc::CallbackServerContext
     if (!peer.has_value()) {
       return absl::PermissionDeniedError("connection has no recorded peer credentials");
     }
+    JobBudgets budgets;
+    if (request->has_param_budget()) budgets.param = BudgetFromWire(request->param_budget());
+    if (request->has_optimizer_budget()) {
+      budgets.optimizer = BudgetFromWire(request->optimizer_budget());
+    }
     auto opened = deps_.registry->OpenSession(request->job_id(), request->rank(),
-                                              request->world_size(), *peer);
+                                              request->world_size(), *peer, budgets);
     if (!opened.ok()) return opened.status();
     response->mutable_session()->set_session_id(opened->session_id);
     response->mutable_session()->set_token(

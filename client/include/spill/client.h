@@ -31,6 +31,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -43,6 +44,22 @@
 #include "spill/work.h"
 
 namespace spill::client {
+
+// One of DeepSpeed's offload blocks for the job's objects with home kNvme:
+// `offload_param` (parameter shards) or `offload_optimizer` (optimizer
+// states). Every field must be > 0.
+struct OffloadBudget {
+  // How many of the stream's objects may be acquired (pinned) or being read
+  // from NVMe at once (DeepSpeed's pinned swap buffers).
+  uint32_t buffer_count = 0;
+  // The largest object of the stream, in bytes; spilld refuses to register
+  // a larger one. At most spilld's pinned pool.
+  uint64_t buffer_size = 0;
+  // Bytes (DeepSpeed counts elements: multiply by the element size) of the
+  // stream's objects that may be resident in pinned memory at once; beyond
+  // it spilld evicts the job's clean, unpinned ones. At least buffer_size.
+  uint64_t max_in_cpu = 0;
+};
 
 struct SessionOptions {
   // spilld's Unix socket. Empty means DefaultSocketPath().
@@ -59,13 +76,21 @@ struct SessionOptions {
   // built with CUDA and a device is present). Registration pins the pages
   // and is what makes H2D/D2H copies run at full DMA speed.
   bool register_with_cuda = true;
+  // The job's offload budgets. Unset: spilld's defaults (no limit but its
+  // pinned pool). The job's first session sets them; a later session of the
+  // job may repeat them or leave them unset, while different ones make Open
+  // fail with FailedPrecondition naming both. They need spilld's NVMe tier
+  // (Open fails with FailedPrecondition on a spilld without --nvme-dirs).
+  std::optional<OffloadBudget> param_budget;
+  std::optional<OffloadBudget> optimizer_budget;
 };
 
 // $SPILL_SOCKET when set and non-empty, else "/run/spill/spilld.sock".
 SPILL_CLIENT_EXPORT std::string DefaultSocketPath();
 
 // Checks options without connecting: a non-empty job id, 0 <= rank <
-// world_size, a positive timeout and a socket path that fits a sockaddr_un.
+// world_size, a positive timeout, a socket path that fits a sockaddr_un and
+// budgets (when set) whose fields are > 0 with max_in_cpu >= buffer_size.
 // InvalidArgument naming the offending field. (Session::Open runs this.)
 SPILL_CLIENT_EXPORT absl::Status ValidateSessionOptions(const SessionOptions& options);
 
@@ -175,6 +200,19 @@ class SPILL_CLIENT_EXPORT Session {
   // AlreadyExists naming the difference. InvalidArgument for bad
   // hyper-parameters, dtypes or element counts (naming the member);
   // NotFound for an unknown object; ResourceExhausted past the quota.
+  // Parameter shards may have home kNvme (offload_param.device = nvme):
+  // spilld then acquires them itself for group creation and for each step
+  // (reading them back from NVMe when evicted), writes the stepped values,
+  // marks them written at the step number (written back to NVMe
+  // asynchronously; the object's version becomes the step) and releases
+  // them; Acquire after the step's Work completes returns the new values.
+  // Do not hold a parameter acquired across its group's step. A step takes
+  // all of its group's NVMe parameters at once: they must fit the job's
+  // param_budget together (buffer_count objects, max_in_cpu bytes), else the
+  // step fails with ResourceExhausted and changes nothing; a failed NVMe
+  // read fails it with the tier's status, naming the parameter, and changes
+  // nothing (retry the same step). Gradients must have home kPinned
+  // (FailedPrecondition naming the gradient).
   virtual absl::StatusOr<GroupInfo> CreateGroup(const GroupSpec& spec) = 0;
   // Frees the group's master, states and accumulators. NotFound if unknown.
   virtual absl::Status DropGroup(uint64_t group_id) = 0;
