@@ -25,7 +25,8 @@ const char kZero3Usage[] =
     "  --spilld=PATH         spilld binary (default $SPILL_SPILLD)\n"
     "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n"
     "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n"
-    "  --optim-nice=N        spilld's --optim-nice (default: spilld's)\n";
+    "  --optim-nice=N        spilld's --optim-nice (default: spilld's)\n"
+    "  --max-in-cpu=N        offload_param.max_in_cpu elements (nvme; default 1e9)\n";
 
 namespace {
 
@@ -46,6 +47,7 @@ absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flag
   else if (key == "optim-threads") f.optim_threads = static_cast<uint32_t>(n);
   else if (key == "steps-in-flight") f.steps_in_flight = static_cast<int>(n);
   else if (key == "optim-nice") f.optim_nice = static_cast<int>(n);
+  else if (key == "max-in-cpu") f.max_in_cpu = n;
   else f.shape[key] = n;  // layers, hidden, heads, vocab, seq
   return absl::OkStatus();
 }
@@ -70,7 +72,7 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
     }
   }
   else if (key == "steps" || key == "warmup" || key == "micro-batch" || key == "gas" ||
-           key == "optim-threads" || key == "steps-in-flight" || key == "optim-nice" ||
+           key == "optim-threads" || key == "steps-in-flight" || key == "optim-nice" || key == "max-in-cpu" ||
            key == "layers" || key == "hidden" || key == "heads" ||
            key == "vocab" || key == "seq") {
     return ParseNumber(key, v, f);
@@ -107,9 +109,16 @@ absl::Status ResolveRendezvous(worker::RendezvousInfo& info) {
 }
 
 std::string ConfigJson(const Zero3Flags& f) {
-  auto offload = [&](const std::string& device) {
-    return device == "nvme" ? absl::StrCat(R"({"device": "nvme", "nvme_path": ")", f.nvme_dir, R"("})")
-                            : absl::StrCat(R"({"device": ")", device, R"("})");
+  // NVMe parameters: buffers big enough for the 13B preset's embedding
+  // shard (50257 x 5120 elements); DeepSpeed's default 1e8 is too small for
+  // the tied embeddings of the larger presets.
+  auto offload = [&](const std::string& device, bool param) {
+    if (device != "nvme") return absl::StrCat(R"({"device": ")", device, R"("})");
+    return absl::StrCat(R"({"device": "nvme", "nvme_path": ")", f.nvme_dir, R"(")",
+                        param ? absl::StrCat(R"(, "buffer_count": 5, "buffer_size": 300000000,)",
+                                             R"( "max_in_cpu": )", f.max_in_cpu)
+                              : "",
+                        "}");
   };
   return absl::StrCat(R"({"train_micro_batch_size_per_gpu": )", f.micro_batch,
                       R"(, "gradient_accumulation_steps": )", f.gas,
@@ -118,7 +127,8 @@ std::string ConfigJson(const Zero3Flags& f) {
                       R"( "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95],)",
                       R"( "eps": 1e-8, "weight_decay": 0.1}},)",
                       R"( "zero_optimization": {"stage": 3, "offload_optimizer": )",
-                      offload(f.offload_optimizer), R"(, "offload_param": )", offload(f.offload_param),
+                      offload(f.offload_optimizer, false), R"(, "offload_param": )",
+                      offload(f.offload_param, true),
                       "}}");
 }
 

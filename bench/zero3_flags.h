@@ -31,6 +31,7 @@ struct Zero3Flags {
   uint32_t optim_threads = 0;  // 0: one per CPU
   int steps_in_flight = 2;     // EngineOptions::max_steps_in_flight
   int optim_nice = -1;         // spilld --optim-nice; -1: spilld's default
+  int64_t max_in_cpu = 1'000'000'000;  // offload_param.max_in_cpu (nvme)
 };
 
 // Parses --key=value flags (and --bf16). InvalidArgument naming the flag for

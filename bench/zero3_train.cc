@@ -354,6 +354,7 @@ int Bench(Run& run) {
   o.session.socket_path = SocketPath(run);
   o.device = run.device;
   o.max_steps_in_flight = run.flags.steps_in_flight;
+  o.ranks_per_node = run.info.world_size;  // zero3_train runs on one node.
   absl::StatusOr<std::unique_ptr<worker::Engine>> engine = worker::Engine::Create(o, coll->get());
   if (!engine.ok()) {
     const bool mode = engine.status().code() == absl::StatusCode::kUnimplemented;

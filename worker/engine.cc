@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -25,17 +26,12 @@ using client::ObjectKind;
 
 absl::Status CheckModes(const DeepSpeedConfig& c) {
   const OffloadDevice opt = c.zero.offload_optimizer.device, param = c.zero.offload_param.device;
-  if (param == OffloadDevice::kNvme) {
-    return absl::UnimplementedError(
-        "zero_optimization.offload_param.device=nvme: spilld's optimizer groups do not yet "
-        "step parameters whose home is the NVMe tier; use offload_param.device=cpu (with "
-        "offload_optimizer.device=nvme for the optimizer states)");
-  }
-  if (param == OffloadDevice::kCpu && opt == OffloadDevice::kNone) {
-    return absl::UnimplementedError(
-        "zero_optimization.offload_param.device=cpu with offload_optimizer.device=none: the "
-        "parameter shards would live in spilld while the optimizer runs on the GPU; offload "
-        "the optimizer too (offload_optimizer.device=cpu) or keep parameters on the GPU");
+  if (param != OffloadDevice::kNone && opt == OffloadDevice::kNone) {
+    return absl::UnimplementedError(absl::StrCat(
+        "zero_optimization.offload_param.device=", param == OffloadDevice::kNvme ? "nvme" : "cpu",
+        " with offload_optimizer.device=none: the parameter shards would live in spilld while "
+        "the optimizer runs on the GPU; offload the optimizer too (offload_optimizer.device=cpu "
+        "or nvme) or keep parameters on the GPU"));
   }
   if (c.fp16.enabled && c.bf16_enabled) {
     return absl::InvalidArgumentError("fp16.enabled and bf16.enabled are both true");
@@ -96,7 +92,8 @@ Engine::Engine(const EngineOptions& options, Collectives* collectives, GptModel 
       dtype_(ComputeDType(options.config)),
       local_(options.config.zero.offload_optimizer.device == OffloadDevice::kNone),
       param_on_device_(!local_ &&
-                       options.config.zero.offload_param.device == OffloadDevice::kNone) {}
+                       options.config.zero.offload_param.device == OffloadDevice::kNone),
+      param_nvme_(options.config.zero.offload_param.device == OffloadDevice::kNvme) {}
 
 Engine::~Engine() {
   // Copies in flight read or write memory this object owns or pinned.
@@ -165,6 +162,9 @@ absl::Status Engine::Build() {
   so.rank = collectives_->rank();
   so.world_size = collectives_->world_size();
   so.register_with_cuda = options_.device.is_cuda();
+  if (param_nvme_) {
+    SPILL_ASSIGN_OR_RETURN(so.param_budget, ParamBudget());
+  }
   SPILL_ASSIGN_OR_RETURN(session_, client::Session::Open(so));
   // Other ranks' sessions create the job too; only this rank's objects tell
   // that an earlier run left its shards there.
@@ -180,6 +180,35 @@ absl::Status Engine::Build() {
   for (size_t i = 0; i < layers_.size(); ++i) SPILL_RETURN_IF_ERROR(BuildLayer(i));
   resume_.reset();
   return absl::OkStatus();
+}
+
+// offload_param's budget for spilld, which keeps one per job and node:
+// DeepSpeed's per-rank counts times the ranks sharing the node's spilld, in
+// bytes. DeepSpeed's pinned memory for parameters is its swap buffers
+// (buffer_count x buffer_size) plus max_in_cpu elements kept in CPU memory;
+// spilld's max_in_cpu bounds everything resident, so it gets the sum.
+// InvalidArgument naming buffer_size when a layer's shard is larger
+// (DeepSpeed requires buffer_size >= the largest parameter).
+absl::StatusOr<client::OffloadBudget> Engine::ParamBudget() const {
+  const OffloadParamConfig& c = options_.config.zero.offload_param;
+  const int world = collectives_->world_size();
+  const int64_t ranks = options_.ranks_per_node > 0 ? options_.ranks_per_node : world;
+  const int64_t elem = static_cast<int64_t>(c10::elementSize(dtype_));
+  for (const auto& layer : model_.layers()) {
+    const int64_t shard = (layer->numel() + world - 1) / world;
+    if (shard > c.buffer_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "zero_optimization.offload_param.buffer_size=", c.buffer_size, " is smaller than the ",
+          shard, "-element parameter shard of layer ", layer->name(),
+          " (each shard must fit one buffer)"));
+    }
+  }
+  client::OffloadBudget b;
+  b.buffer_count = static_cast<uint32_t>(c.buffer_count * ranks);
+  b.buffer_size = static_cast<uint64_t>(c.buffer_size * elem);
+  b.max_in_cpu =
+      static_cast<uint64_t>((c.max_in_cpu + c.buffer_count * c.buffer_size) * elem * ranks);
+  return b;
 }
 
 absl::Status Engine::BuildLayer(size_t i) {
@@ -207,9 +236,13 @@ absl::Status Engine::BuildLayer(size_t i) {
   const std::string base = absl::StrCat("rank", rank, "/", layer.name());
   const DType dt = ToClientDType(dtype_);
   client::Session& s = *session_;
-  SPILL_ASSIGN_OR_RETURN(ls.param_object, s.Register(base + "/param", ObjectKind::kParamShard, dt, ls.shard));
+  SPILL_ASSIGN_OR_RETURN(ls.param_object,
+                         s.Register(base + "/param", ObjectKind::kParamShard, dt, ls.shard,
+                                    param_nvme_ ? client::ObjectHome::kNvme
+                                                : client::ObjectHome::kPinned));
   SPILL_ASSIGN_OR_RETURN(ls.grad_object, s.Register(base + "/grad", ObjectKind::kGradShard, dt, ls.shard));
-  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned, s.Acquire(ls.param_object.object_id)->Get(options_.timeout));
+  SPILL_ASSIGN_OR_RETURN(ObjectInfo pinned,
+                         AcquireParam(ls.param_object.object_id, /*for_write=*/true));
   SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, s.Bytes(pinned));
   std::memcpy(bytes.data(), mine.data_ptr(), bytes.size());
   SPILL_RETURN_IF_ERROR(Wait(s.WriteBack(ls.param_object.object_id, 0), "write back initial shard"));
@@ -294,7 +327,18 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   if (i >= step_works_.size() || step_works_[i] == nullptr) return absl::OkStatus();
   std::shared_ptr<client::Work> work = std::move(step_works_[i]);
   EngineClock::time_point t0 = EngineClock::now();
+  const EngineClock::time_point deadline = t0 + options_.timeout;
   absl::Status s = Wait(work, "optimizer step");
+  // NVMe parameters: every offload_param buffer may be taken by this job's
+  // gathers, prefetches and other steps; spilld then changed nothing, and
+  // the same step is sent again once buffers free up.
+  while (param_nvme_ && absl::IsResourceExhausted(s) && EngineClock::now() < deadline) {
+    (void)PollReleases(/*wait_all=*/true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    SendStep(i);
+    work = std::move(step_works_[i]);
+    s = Wait(work, "optimizer step");
+  }
   stats.optimizer_s += SecondsSince(t0);
   PumpSteps();
   if (s.ok() && work->step_outcome().applied == steps_overflow_) {

@@ -73,6 +73,9 @@ struct EngineOptions {
   // one <resume_dir>/latest names), saved by any world size.
   std::string resume_dir;
   std::string resume_tag;
+  // Ranks sharing this node's spilld (torchrun's LOCAL_WORLD_SIZE); 0: the
+  // world size. spilld's offload budgets are per job and node.
+  int ranks_per_node = 0;
 };
 
 struct MicroBatch {
@@ -222,6 +225,14 @@ class Engine {
   void QueueStep(size_t i);
   void PumpSteps();
   void SendStep(size_t i);
+  // Acquire of a parameter shard, retried while spilld answers
+  // ResourceExhausted for NVMe parameters (every offload_param buffer busy)
+  // until options_.timeout.
+  absl::StatusOr<client::ObjectInfo> AcquireParam(uint64_t object_id, bool for_write);
+  absl::StatusOr<client::OffloadBudget> ParamBudget() const;
+  // NVMe parameters: asks spilld to read ahead the shards of the next trace
+  // positions (a hint: a busy budget skips it).
+  void PrefetchFromNvme();
   // Sends layer i's queued step if it was not yet sent and waits for it
   // (all layers'); the step's error, or Internal when it was (not) applied
   // against the overflow flag.
@@ -246,6 +257,10 @@ class Engine {
   // offload_param none with the optimizer offloaded: a device copy of the
   // parameter shard, refreshed after each step.
   bool param_on_device_;
+  // offload_param.device=nvme: parameter shards have home NVMe in spilld.
+  bool param_nvme_;
+  size_t nvme_prefetch_pos_ = 0;  // Next trace position to read ahead.
+  std::vector<std::shared_ptr<client::Work>> nvme_prefetches_;
   std::optional<c10::Stream> copy_stream_;  // CUDA: H2D copies
   std::optional<c10::Stream> d2h_stream_;   // CUDA: gradient D2H copies
   int64_t step_ = 0;

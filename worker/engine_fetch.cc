@@ -38,8 +38,7 @@ absl::StatusOr<at::Tensor> Engine::SourceShard(size_t i, StepStats& stats) {
   SPILL_RETURN_IF_ERROR(FinishStep(i, stats));
   client::Session& s = *session_;
   EngineClock::time_point t0 = EngineClock::now();
-  absl::StatusOr<client::ObjectInfo> pinned =
-      s.Acquire(ls.param_object.object_id)->Get(options_.timeout);
+  absl::StatusOr<client::ObjectInfo> pinned = AcquireParam(ls.param_object.object_id, false);
   stats.spilld_wait_s += SecondsSince(t0);
   if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire parameter shard");
   PendingRelease release;
@@ -67,6 +66,44 @@ absl::StatusOr<at::Tensor> Engine::SourceShard(size_t i, StepStats& stats) {
     ls.device_shard_step = step_;
   }
   return dst;
+}
+
+absl::StatusOr<client::ObjectInfo> Engine::AcquireParam(uint64_t object_id, bool for_write) {
+  const EngineClock::time_point deadline = EngineClock::now() + options_.timeout;
+  for (;;) {
+    absl::StatusOr<client::ObjectInfo> pinned =
+        session_->Acquire(object_id, for_write)->Get(options_.timeout);
+    if (pinned.ok() || !param_nvme_ || !absl::IsResourceExhausted(pinned.status()) ||
+        EngineClock::now() >= deadline) {
+      return pinned;
+    }
+    // Every offload_param buffer is taken (pins of copies in flight, steps,
+    // read-aheads): let this rank's finished copies go and try again.
+    SPILL_RETURN_IF_ERROR(PollReleases(/*wait_all=*/true));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+void Engine::PrefetchFromNvme() {
+  if (!param_nvme_ || recording_) return;
+  // Half of this rank's buffers read ahead; the rest serve the gathers in
+  // flight and spilld's steps.
+  const size_t depth = static_cast<size_t>(
+      std::max<int64_t>(1, options_.config.zero.offload_param.buffer_count / 2));
+  nvme_prefetch_pos_ = std::max(nvme_prefetch_pos_, pos_);
+  for (; nvme_prefetch_pos_ < trace_.size() && nvme_prefetch_pos_ < pos_ + depth;
+       ++nvme_prefetch_pos_) {
+    const LayerState& ls = layers_[trace_[nvme_prefetch_pos_]];
+    if (ls.live) continue;
+    nvme_prefetches_.push_back(session_->Prefetch(ls.param_object.object_id));
+  }
+  // Read-aheads are hints: a full budget (ResourceExhausted) skips one;
+  // any other failure is this job's problem and shows at the next gather.
+  size_t kept = 0;
+  for (auto& w : nvme_prefetches_) {
+    if (!w->IsCompleted()) nvme_prefetches_[kept++] = std::move(w);
+  }
+  nvme_prefetches_.resize(kept);
 }
 
 absl::Status Engine::IssueGather(size_t i, StepStats& stats) {
@@ -135,6 +172,7 @@ absl::Status Engine::Require(size_t i, StepStats& stats) {
     inflight_elems_ -= ls.full.numel();
   }
   if (!recording_) Prefetch(pos_, stats);
+  PrefetchFromNvme();
   return PollReleases(/*wait_all=*/false);
 }
 
@@ -209,6 +247,7 @@ void Engine::EndMicroStep(StepStats& stats) {
     }
   }
   pos_ = 0;
+  nvme_prefetch_pos_ = 0;
 }
 
 absl::Status Engine::PollReleases(bool wait_all) {

@@ -208,6 +208,7 @@ struct Precision {
   const char* args = "";  // Extra spill-train flags.
   int world = kWorld;
   bool cuda = false;  // One GPU per rank, NCCL (skipped without enough GPUs).
+  const char* param_extra = "";  // Added to offload_param (nvme: its budget).
 };
 
 int CudaDevices() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
@@ -228,7 +229,7 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
   }
   std::vector<std::string> flags;
   std::filesystem::path nvme;
-  if (std::string(p.optimizer) == "nvme") {
+  if (std::string(p.optimizer) == "nvme" || std::string(p.param) == "nvme") {
     nvme = std::filesystem::path(NvmeBaseDir()) / ("spill_engine_nvme_" + std::to_string(getpid()));
     std::filesystem::create_directories(nvme);
     flags = {"--nvme-dirs=" + nvme.string(), "--nvme-capacity=256MiB"};
@@ -247,7 +248,9 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
                  std::string("\"offload_optimizer\": {\"device\": \"") + p.optimizer + "\"" +
                      (nvme.empty() ? "" : ", \"nvme_path\": \"" + nvme.string() + "\"") + "}");
   config.replace(config.find(param_key), param_key.size(),
-                 std::string("\"offload_param\": {\"device\": \"") + p.param + "\"}");
+                 std::string("\"offload_param\": {\"device\": \"") + p.param + "\"" +
+                     (std::string(p.param) == "nvme" ? ", \"nvme_path\": \"" + nvme.string() + "\"" : "") +
+                     p.param_extra + "}");
   const std::string config_path = Write("ds.json", config);
   const std::string params_path = (dir_ / "params.bin").string();
   std::string output;
@@ -304,6 +307,12 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
 // one ulp (2^-8 relative): rtol 1/128 (observed: bitwise equal). Offload
 // none runs torch's fused AdamW kernel on the shards instead of spilld's.
 constexpr char kBf16[] = "\"bf16\": {\"enabled\": true},";
+// Two 6400-element buffers and 1000 elements of cache per rank: less than
+// the rank's 4352 + 2 x 6352 + 32 elements of shards, so spilld evicts and
+// reads back every pass, and gathers, read-aheads and spilld's steps contend
+// for the buffers (whoever finds none waits and retries).
+constexpr char kParamNvmeBudget[] =
+    ", \"buffer_count\": 2, \"buffer_size\": 6400, \"max_in_cpu\": 1000";
 constexpr char kNoClip[] = "\"gradient_clipping\": 0,";
 constexpr char kFp16[] = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 12},";
 
@@ -321,7 +330,9 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
         Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
                   "--gradient_checkpointing", 2, true},
-        Precision{"gpu2_fp16", kFp16, 1.0 / 128, 1e-3, "cpu", "cpu", "", 2, true}),
+        Precision{"gpu2_fp16", kFp16, 1.0 / 128, 1e-3, "cpu", "cpu", "", 2, true},
+        Precision{"gpu2_bf16_param_nvme", kBf16, 1.0 / 32, 1e-4, "cpu", "nvme", "", 2, true,
+                  kParamNvmeBudget}),
     [](const ::testing::TestParamInfo<Precision>& info) { return std::string(info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(
@@ -347,7 +358,13 @@ INSTANTIATE_TEST_SUITE_P(
         // 93-98% bitwise equal, depending on the CPU). The logged gradient
         // norm (checked to 0.2%) is what proves the scale is removed.
         Precision{"fp16", kFp16, 1.0 / 512, 1e-3},
-        Precision{"fp32_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "cpu"}),
+        Precision{"fp32_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "cpu"},
+        // ZeRO-Infinity: parameter shards live on spilld's NVMe tier
+        // (kParamNvmeBudget), and with them the optimizer states.
+        Precision{"bf16_param_nvme", kBf16, 1.0 / 128, 1e-6, "cpu", "nvme", "", kWorld, false,
+                  kParamNvmeBudget},
+        Precision{"fp32_param_and_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "nvme", "", kWorld,
+                  false, kParamNvmeBudget}),
     [](const ::testing::TestParamInfo<Precision>& info) { return std::string(info.param.name); });
 
 TEST_F(EngineTest, UnsupportedOffloadModeFailsAtStartNamingTheKey) {
@@ -431,12 +448,21 @@ TEST_F(EngineApiTest, UnsupportedModesNameTheKey) {
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(e.status().message().find("offload_optimizer.device=none"), absl::string_view::npos);
-  options_.config.zero.offload_optimizer.device = OffloadDevice::kNvme;
-  options_.config.zero.offload_param.device = OffloadDevice::kNvme;
+  options_.config.zero.offload_param.device = OffloadDevice::kNvme;  // optimizer none
   e = Engine::Create(options_, collectives_.get());
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(e.status().message().find("offload_param.device=nvme"), absl::string_view::npos);
+  // Every shard must fit one offload_param buffer (checked before spilld is
+  // asked for anything).
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+  options_.config.zero.offload_param.buffer_size = 1000;
+  e = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("offload_param.buffer_size=1000"), absl::string_view::npos)
+      << e.status();
+  options_.config.zero.offload_param.buffer_size = 100'000'000;
   options_.config.zero.offload_optimizer.device = OffloadDevice::kNone;
   options_.config.zero.offload_param.device = OffloadDevice::kNone;
   options_.config.fp16.enabled = true;

@@ -214,6 +214,10 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
   o.session.socket_path = f.socket.empty() ? client::DefaultSocketPath() : f.socket;
   if (f.device == "cuda") o.device = at::Device(at::kCUDA, info.local_rank);
   o.gradient_checkpointing = f.gradient_checkpointing;
+  // torchrun's LOCAL_WORLD_SIZE: the ranks sharing this node's spilld.
+  if (const char* local = std::getenv("LOCAL_WORLD_SIZE"); local != nullptr) {
+    o.ranks_per_node = std::atoi(local);
+  }
   o.resume_dir = f.resume;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(o, coll->get());
   if (!engine.ok()) return engine.status();
