@@ -126,7 +126,9 @@ std::string ConfigJson(const Zero3Flags& f) {
                       R"( "bf16": {"enabled": )", f.bf16 ? "true" : "false", "},",
                       R"( "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95],)",
                       R"( "eps": 1e-8, "weight_decay": 0.1}},)",
-                      R"( "zero_optimization": {"stage": 3, "offload_optimizer": )",
+                      // HF's "auto": hidden^2 elements, i.e. one bucket per layer here.
+                      R"( "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto",)",
+                      R"( "offload_optimizer": )",
                       offload(f.offload_optimizer, false), R"(, "offload_param": )",
                       offload(f.offload_param, true),
                       "}}");

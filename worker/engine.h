@@ -217,6 +217,9 @@ class Engine {
   // Layer i's gradient is complete for this micro-step: reduce-scatter it
   // into the shard and hand it to spilld (or the local accumulator).
   absl::Status ReduceLayer(size_t i, uint32_t micro, StepStats& stats);
+  absl::Status FlushBucket(uint32_t micro, StepStats& stats);
+  absl::Status HandOffShard(size_t i, uint32_t micro, const at::Tensor& shard,
+                            const std::shared_ptr<Work>& rs, StepStats& stats);
   absl::Status PollGrads(bool wait_all, StepStats& stats);
   absl::Status Optimize(StepStats& stats);
   void LocalStep(double lr, double grad_scale);
@@ -277,6 +280,9 @@ class Engine {
   std::vector<PendingRelease> releases_;
   std::vector<std::shared_ptr<client::Work>> release_works_;  // Release answers to check
   std::vector<PendingGrad> grads_;
+  // Layers whose gradient waits in the reduce bucket, and its elements.
+  std::vector<size_t> bucket_;
+  int64_t bucket_elems_ = 0;
   // OptimizerStep per layer of step steps_step_, in flight until the
   // layer's next gather (or GatherParameters / SaveCheckpoint) waits for it.
   std::vector<std::shared_ptr<client::Work>> step_works_;

@@ -60,6 +60,8 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
   const double root_scale =
       scaler_.scale() / static_cast<double>(options_.config.gradient_accumulation_steps);
   at::Tensor tokens = mb.tokens.to(options_.device), targets = mb.targets.to(options_.device);
+  bucket_.clear();  // Left over only by a micro-step that failed.
+  bucket_elems_ = 0;
   std::vector<at::Tensor> inputs(n), outputs(n);
   at::Tensor loss;
   EngineClock::time_point t0 = EngineClock::now();
@@ -127,14 +129,64 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
   return loss.to(at::kFloat);
 }
 
+// Layer i's gradient joins the reduce bucket (DeepSpeed's rule: a layer
+// that would overflow reduce_bucket_size elements flushes the bucket first,
+// so an oversized layer goes alone); a full bucket, or the last layer of
+// backward (the embedding), is reduce-scattered at once.
 absl::Status Engine::ReduceLayer(size_t i, uint32_t micro, StepStats& stats) {
-  LayerState& ls = layers_[i];
-  at::Tensor g = ls.full.grad();
-  if (!g.defined()) g = at::zeros_like(ls.full.detach());
-  ls.full.mutable_grad() = at::Tensor();
-  at::Tensor shard = at::empty({ls.shard}, g.options());
+  const int64_t padded = layers_[i].shard * collectives_->world_size();
+  const int64_t limit = options_.config.zero.reduce_bucket_size;
+  if (!bucket_.empty() && bucket_elems_ + padded > limit) {
+    SPILL_RETURN_IF_ERROR(FlushBucket(micro, stats));
+  }
+  bucket_.push_back(i);
+  bucket_elems_ += padded;
+  if (i == 0 || bucket_elems_ >= limit) return FlushBucket(micro, stats);
+  return absl::OkStatus();
+}
+
+// One reduce-scatter for the bucket's layers: rank r's chunk of the input
+// is every layer's r-th shard side by side, so the output is this rank's
+// shards of all of them, handed on layer by layer. Without overlap_comm the
+// compute stream waits for it (DeepSpeed reduces in line then).
+absl::Status Engine::FlushBucket(uint32_t micro, StepStats& stats) {
+  if (bucket_.empty()) return absl::OkStatus();
+  const int64_t world = collectives_->world_size();
+  std::vector<size_t> layers = std::move(bucket_);
+  bucket_.clear();
+  bucket_elems_ = 0;
+  std::vector<at::Tensor> grads;
+  int64_t total = 0;
+  for (size_t i : layers) {
+    LayerState& ls = layers_[i];
+    at::Tensor g = ls.full.grad();
+    if (!g.defined()) g = at::zeros_like(ls.full.detach());
+    ls.full.mutable_grad() = at::Tensor();
+    grads.push_back(g.view({world, ls.shard}));
+    total += ls.shard;
+  }
+  at::Tensor input = grads.size() == 1 ? grads[0].view({-1}) : at::cat(grads, 1).view({-1});
+  grads.clear();
+  at::Tensor out = at::empty({total}, input.options());
   std::shared_ptr<Work> rs = collectives_->ReduceScatter(
-      shard, g, ReduceOp::kAvg, ToScalarType(options_.config.communication_data_type));
+      out, input, ReduceOp::kAvg, ToScalarType(options_.config.communication_data_type));
+  if (!options_.config.zero.overlap_comm) {
+    SPILL_RETURN_IF_ERROR(PrefixStatus(rs->StreamWait(options_.timeout), "reduce-scatter gradients"));
+  }
+  int64_t offset = 0;
+  for (size_t i : layers) {
+    at::Tensor shard = out.narrow(0, offset, layers_[i].shard);
+    offset += layers_[i].shard;
+    SPILL_RETURN_IF_ERROR(HandOffShard(i, micro, shard, rs, stats));
+  }
+  return absl::OkStatus();
+}
+
+// Layer i's reduced shard (rs writes it): into the local accumulator, or
+// D2H into spilld's gradient object on the D2H stream.
+absl::Status Engine::HandOffShard(size_t i, uint32_t micro, const at::Tensor& shard,
+                                  const std::shared_ptr<Work>& rs, StepStats& stats) {
+  LayerState& ls = layers_[i];
   if (local_) {
     SPILL_RETURN_IF_ERROR(PrefixStatus(rs->StreamWait(options_.timeout), "reduce-scatter gradients"));
     at::Tensor g32 = shard.to(at::kFloat);

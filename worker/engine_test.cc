@@ -209,6 +209,7 @@ struct Precision {
   int world = kWorld;
   bool cuda = false;  // One GPU per rank, NCCL (skipped without enough GPUs).
   const char* param_extra = "";  // Added to offload_param (nvme: its budget).
+  const char* zero_extra = "";   // Added to zero_optimization.
 };
 
 int CudaDevices() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
@@ -242,6 +243,8 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
     config.erase(config.find(clip_key), clip_key.size());
   }
   config.insert(1, p.config_extra);
+  const std::string stage_key = "\"stage\": 3,";
+  config.insert(config.find(stage_key) + stage_key.size(), p.zero_extra);
   const std::string opt_key = "\"offload_optimizer\": {\"device\": \"cpu\"}";
   const std::string param_key = "\"offload_param\": {\"device\": \"cpu\"}";
   config.replace(config.find(opt_key), opt_key.size(),
@@ -313,6 +316,7 @@ constexpr char kBf16[] = "\"bf16\": {\"enabled\": true},";
 // for the buffers (whoever finds none waits and retries).
 constexpr char kParamNvmeBudget[] =
     ", \"buffer_count\": 2, \"buffer_size\": 6400, \"max_in_cpu\": 1000";
+constexpr char kSmallBuckets[] = " \"reduce_bucket_size\": 13000, \"overlap_comm\": false,";
 constexpr char kNoClip[] = "\"gradient_clipping\": 0,";
 constexpr char kFp16[] = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 12},";
 
@@ -364,7 +368,12 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"bf16_param_nvme", kBf16, 1.0 / 128, 1e-6, "cpu", "nvme", "", kWorld, false,
                   kParamNvmeBudget},
         Precision{"fp32_param_and_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "nvme", "", kWorld,
-                  false, kParamNvmeBudget}),
+                  false, kParamNvmeBudget},
+        // Every other variant reduces all layers in one bucket (DeepSpeed's
+        // default 5e8 elements); here head + block.1 share one, block.0 and
+        // the embedding go alone, in line with compute (overlap_comm off).
+        Precision{"fp32_reduce_buckets", "", 1e-4, 2e-6, "cpu", "cpu", "", kWorld, false, "",
+                  kSmallBuckets}),
     [](const ::testing::TestParamInfo<Precision>& info) { return std::string(info.param.name); });
 
 TEST_F(EngineTest, UnsupportedOffloadModeFailsAtStartNamingTheKey) {
