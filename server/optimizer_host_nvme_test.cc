@@ -22,13 +22,6 @@ using storage::test_util::TempDir;
 constexpr int kBF16 = 3;
 constexpr uint64_t kN = 5000;  // Five pieces of 1024 elements.
 
-// The bf16 of f, truncated (the tests need values, not rounding).
-uint16_t Bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 class OptimizerHostNvmeTest : public ::testing::Test {
  protected:
   // Opens the tier (with an optional fault plan), the registry and the host.
@@ -37,15 +30,7 @@ class OptimizerHostNvmeTest : public ::testing::Test {
     nvme.dirs = {dir_.Sub("d0"), dir_.Sub("d1")};
     nvme.capacity_bytes = 8 << 20;
     nvme.block_size = 4096;
-    std::function<absl::StatusOr<std::unique_ptr<storage::IoBackend>>(int)> factory;
-    if (plan != nullptr) {
-      factory = [plan](int) -> absl::StatusOr<std::unique_ptr<storage::IoBackend>> {
-        auto inner = storage::MakeUringBackend({.queue_depth = 8});
-        if (!inner.ok()) return inner.status();
-        return storage::MakeFaultyBackend(std::move(*inner), *plan);
-      };
-    }
-    auto tier = storage::NvmeTier::Open(nvme, factory);
+    auto tier = storage::test_util::OpenTierWithFaults(nvme, plan);
     if (!tier.ok() && tier.status().code() == absl::StatusCode::kFailedPrecondition) {
       skip_ = std::string(tier.status().message());
       return;
@@ -92,7 +77,7 @@ class OptimizerHostNvmeTest : public ::testing::Test {
     std::mt19937 rng(5);
     std::normal_distribution<float> dist(0, 1);
     for (uint64_t i = 0; i < kN; ++i) {
-      uint16_t b = Bf16(dist(rng));
+      uint16_t b = storage::test_util::TruncatedBf16(dist(rng));
       std::memcpy(Data(params_[0]) + 2 * i, &b, 2);
     }
     std::memcpy(Data(params_[1]), Data(params_[0]), kN * 2);
@@ -118,7 +103,7 @@ class OptimizerHostNvmeTest : public ::testing::Test {
   void Gradients(uint64_t step, int only = -1) {
     std::normal_distribution<float> dist(0, 0.1f);
     for (uint64_t i = 0; i < kN; ++i) {
-      uint16_t b = Bf16(dist(rng_));
+      uint16_t b = storage::test_util::TruncatedBf16(dist(rng_));
       std::memcpy(Data(grads_[0]) + 2 * i, &b, 2);
       std::memcpy(Data(grads_[1]) + 2 * i, &b, 2);
     }

@@ -34,12 +34,6 @@ constexpr uint64_t kBytes = kN * 2;
 constexpr int kMembers = 3;
 constexpr uint64_t kMiB = 1 << 20;
 
-uint16_t Bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 class OptimizerParamTest : public ::testing::Test {
  protected:
   // The job's param budget holds exactly one group's parameters
@@ -52,15 +46,7 @@ class OptimizerParamTest : public ::testing::Test {
     nvme.block_size = 4096;
     nvme.queue_depth = 8;
     nvme.thread_count = 1;
-    std::function<absl::StatusOr<std::unique_ptr<storage::IoBackend>>(int)> factory;
-    if (plan != nullptr) {
-      factory = [plan](int) -> absl::StatusOr<std::unique_ptr<storage::IoBackend>> {
-        auto inner = storage::MakeUringBackend({.queue_depth = 8});
-        if (!inner.ok()) return inner.status();
-        return storage::MakeFaultyBackend(std::move(*inner), *plan);
-      };
-    }
-    auto tier = storage::NvmeTier::Open(nvme, factory);
+    auto tier = storage::test_util::OpenTierWithFaults(nvme, plan);
     if (!tier.ok() && absl::IsFailedPrecondition(tier.status())) {
       skip_ = std::string(tier.status().message());
       return;
@@ -148,7 +134,7 @@ class OptimizerParamTest : public ::testing::Test {
     for (int m = 0; m < kMembers; ++m) {
       std::vector<uint8_t> init(kBytes);
       for (uint64_t i = 0; i < kN; ++i) {
-        uint16_t b = Bf16(dist(rng_));
+        uint16_t b = storage::test_util::TruncatedBf16(dist(rng_));
         std::memcpy(init.data() + 2 * i, &b, 2);
       }
       for (int g = 0; g < 2; ++g) {
@@ -179,7 +165,7 @@ class OptimizerParamTest : public ::testing::Test {
     std::normal_distribution<float> dist(0, 0.1f);
     for (int m = 0; m < kMembers; ++m) {
       for (uint64_t i = 0; i < kN; ++i) {
-        uint16_t b = Bf16(dist(rng_));
+        uint16_t b = storage::test_util::TruncatedBf16(dist(rng_));
         std::memcpy(arena_->Data(grads_[0][m].extent) + 2 * i, &b, 2);
         std::memcpy(arena_->Data(grads_[1][m].extent) + 2 * i, &b, 2);
       }

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <memory>
 #include <random>
@@ -15,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "storage/io_backend.h"
 #include "storage/nvme_tier.h"
 
 namespace spill::storage::test_util {
@@ -78,6 +81,28 @@ inline absl::Status ReadSync(NvmeTier& tier, const NvmeExtent& e,
   std::promise<absl::Status> p;
   tier.Read(e, crcs, dst, n, what, [&p](absl::Status s) { p.set_value(std::move(s)); });
   return p.get_future().get();
+}
+
+// Opens a tier whose rings inject plan's faults (no plan: plain io_uring).
+// FailedPrecondition (no O_DIRECT, no io_uring) is for the caller to skip on.
+inline absl::StatusOr<std::unique_ptr<NvmeTier>> OpenTierWithFaults(const NvmeOptions& options,
+                                                                    const FaultPlan* plan) {
+  std::function<absl::StatusOr<std::unique_ptr<IoBackend>>(int)> factory;
+  if (plan != nullptr) {
+    factory = [plan](int) -> absl::StatusOr<std::unique_ptr<IoBackend>> {
+      auto inner = MakeUringBackend({.queue_depth = 8});
+      if (!inner.ok()) return inner.status();
+      return MakeFaultyBackend(std::move(*inner), *plan);
+    };
+  }
+  return NvmeTier::Open(options, factory);
+}
+
+// The bf16 of f, truncated (tests need exact values, not rounding).
+inline uint16_t TruncatedBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>(bits >> 16);
 }
 
 // Opens a tier; a file system without O_DIRECT or a kernel without the

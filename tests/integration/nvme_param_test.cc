@@ -55,18 +55,10 @@ double MetricValue(SpilldProcess& d, const std::string& name) {
 class NvmeParamTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const char* env = std::getenv("SPILL_TEST_NVME_DIR");
-    std::string tmpl = std::string(env != nullptr && *env ? env : "/var/tmp") +
-                       "/spill-nvparam-it-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << "cannot make a scratch dir: " << tmpl;
-    dir_ = tmpl;
-    const std::string probe = dir_ + "/probe";
-    int fd = ::open(probe.c_str(), O_CREAT | O_RDWR | O_DIRECT, 0600);
-    if (fd < 0) {
-      GTEST_SKIP() << dir_ << " has no O_DIRECT (" << std::strerror(errno)
-                   << "); set SPILL_TEST_NVME_DIR to a directory on a disk file system";
-    }
-    ::close(fd);
+    absl::StatusOr<std::string> dir = MakeNvmeScratchDir("spill-nvparam-it");
+    if (absl::IsFailedPrecondition(dir.status())) GTEST_SKIP() << dir.status().message();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
     std::filesystem::create_directories(dir_ + "/nvme");
     auto d = SpilldProcess::Start({"--pinned-bytes=16MiB", "--segment-bytes=4MiB",
                                    "--nvme-dirs=" + dir_ + "/nvme", "--nvme-capacity=256MiB",

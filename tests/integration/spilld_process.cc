@@ -205,4 +205,25 @@ absl::StatusOr<spill::v1::JobsResponse> SpilldProcess::Jobs() {
   return out;
 }
 
+absl::StatusOr<std::string> MakeNvmeScratchDir(const std::string& prefix) {
+  const char* env = std::getenv("SPILL_TEST_NVME_DIR");
+  std::string tmpl = std::string(env != nullptr && *env ? env : "/var/tmp") + "/" + prefix + "-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot make a scratch dir ", tmpl, ": ",
+                                            std::strerror(errno)));
+  }
+  const std::string probe = tmpl + "/probe";
+  const int fd = ::open(probe.c_str(), O_CREAT | O_RDWR | O_DIRECT, 0600);
+  if (fd < 0) {
+    const int err = errno;
+    std::error_code ec;
+    std::filesystem::remove_all(tmpl, ec);
+    return absl::FailedPreconditionError(
+        absl::StrCat(tmpl, " has no O_DIRECT (", std::strerror(err),
+                     "); set SPILL_TEST_NVME_DIR to a directory on a disk file system"));
+  }
+  ::close(fd);
+  return tmpl;
+}
+
 }  // namespace spill::testing

@@ -32,6 +32,12 @@ int WaitExit(pid_t pid);
 // Reads everything from fd until EOF (or the deadline), then closes it.
 std::string ReadAll(int fd, std::chrono::milliseconds deadline = std::chrono::seconds(20));
 
+// A fresh directory <$SPILL_TEST_NVME_DIR or /var/tmp>/<prefix>-XXXXXX for
+// an NVMe tier. FailedPrecondition naming the reason when its file system
+// has no O_DIRECT (tmpfs): the test skips with it; Internal when it cannot
+// be made. The caller removes it.
+absl::StatusOr<std::string> MakeNvmeScratchDir(const std::string& prefix);
+
 class SpilldProcess {
  public:
   // Starts spilld with --socket in a fresh temp dir plus the given flags
