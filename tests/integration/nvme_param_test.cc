@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "spill/client.h"
+#include "tests/integration/metric_value.h"
 #include "tests/integration/spilld_process.h"
 
 namespace spill::testing {
@@ -36,21 +37,6 @@ constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kN = 64 * kKiB;  // bf16 elements: 128 KiB per object
 constexpr uint64_t kBytes = 2 * kN;
 constexpr int kMembers = 2;
-
-// The value of an unlabelled sample on spilld's metrics endpoint, or -1.
-double MetricValue(SpilldProcess& d, const std::string& name) {
-  auto stats = d.Stats();
-  if (!stats.ok()) return -1;
-  const std::string& address = stats->metrics_address();
-  size_t colon = address.rfind(':');
-  httplib::Client http(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
-  auto res = http.Get("/metrics");
-  if (!res || res->status != 200) return -1;
-  const std::string key = "\n" + name + " ";
-  size_t at = res->body.find(key);
-  if (at == std::string::npos) return -1;
-  return std::stod(res->body.substr(at + key.size()));
-}
 
 class NvmeParamTest : public ::testing::Test {
  protected:

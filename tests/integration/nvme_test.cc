@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "spill/client.h"
+#include "tests/integration/metric_value.h"
 #include "tests/integration/spilld_process.h"
 
 namespace spill::testing {
@@ -136,21 +137,6 @@ class NvmeTest : public ::testing::Test {
   std::string dir_;
   std::unique_ptr<SpilldProcess> daemon_;
 };
-
-// The value of an unlabelled sample on spilld's metrics endpoint, or -1.
-double MetricValue(SpilldProcess& d, const std::string& name) {
-  auto stats = d.Stats();
-  if (!stats.ok()) return -1;
-  const std::string& address = stats->metrics_address();
-  size_t colon = address.rfind(':');
-  httplib::Client http(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
-  auto res = http.Get("/metrics");
-  if (!res || res->status != 200) return -1;
-  const std::string key = "\n" + name + " ";
-  size_t at = res->body.find(key);
-  if (at == std::string::npos) return -1;
-  return std::stod(res->body.substr(at + key.size()));
-}
 
 TEST_F(NvmeTest, ObjectsLargerThanThePinnedPoolAreEvictedAndReadBack) {
   StartDaemon({"--metrics-address=127.0.0.1:0"});
