@@ -268,8 +268,10 @@ absl::Status Engine::BuildLayer(size_t i) {
   ls.group_id = group->group_id;
   ls.member = group->members[0];
   // spilld copied the master from the 16-bit shard; DeepSpeed's master is
-  // the fp32 initialisation itself.
-  if (dtype_ != at::kFloat || resume_ != nullptr) {
+  // the fp32 initialisation itself. A group with its states on NVMe has no
+  // master object to write: its master starts from the 16-bit values
+  // (resuming such a group is refused in OpenResume).
+  if ((dtype_ != at::kFloat || resume_ != nullptr) && !spec.states_on_nvme) {
     SPILL_RETURN_IF_ERROR(WriteObject(ls.member.master_object_id, mine32, "write fp32 master"));
   }
   if (param_on_device_) {
