@@ -122,13 +122,18 @@ class RegistryTiersTest : public ::testing::Test {
   std::unique_ptr<Registry> registry_;
 };
 
-TEST(RegistryNoTiersTest, NvmeHomeWithoutTierIsRefusedByName) {
+// A 2 MiB arena of 1 MiB segments, not locked, for registries without tiers.
+std::unique_ptr<storage::PinnedArena> SmallUnlockedArena() {
   storage::ArenaOptions ao;
   ao.total_bytes = 2 * kMiB;
   ao.segment_bytes = kMiB;
   ao.huge_pages = storage::HugePageMode::kOff;
   ao.lock = false;
-  auto arena = storage::PinnedArena::Create(ao).value();
+  return storage::PinnedArena::Create(ao).value();
+}
+
+TEST(RegistryNoTiersTest, NvmeHomeWithoutTierIsRefusedByName) {
+  auto arena = SmallUnlockedArena();
   Registry registry(arena.get(), RegistryOptions{},
                     [] { return std::chrono::steady_clock::now(); });
   auto s = registry.OpenSession("j", 0, 1, PeerCreds{1, 1000, 1000}).value();
@@ -351,12 +356,7 @@ JobBudgets ParamBudget(uint32_t count, uint64_t size, uint64_t max_in_cpu) {
 }
 
 TEST(RegistryNoTiersTest, BudgetsWithoutATierAreRefused) {
-  storage::ArenaOptions ao;
-  ao.total_bytes = 2 * kMiB;
-  ao.segment_bytes = kMiB;
-  ao.huge_pages = storage::HugePageMode::kOff;
-  ao.lock = false;
-  auto arena = storage::PinnedArena::Create(ao).value();
+  auto arena = SmallUnlockedArena();
   Registry registry(arena.get(), RegistryOptions{},
                     [] { return std::chrono::steady_clock::now(); });
   auto refused = registry.OpenSession("j", 0, 1, PeerCreds{1, 1000, 1000},
