@@ -98,6 +98,12 @@ struct GroupInfo {
   bool existed = false;
 };
 
+// Direction of Session::CopyGroupState.
+enum class GroupStateDirection : int {
+  kExport = 1,  // The member's master and states -> the caller's objects.
+  kImport = 2,  // The caller's objects -> the member's master and states.
+};
+
 struct StepOutcome {
   uint64_t step = 0;
   bool applied = false;
