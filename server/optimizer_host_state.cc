@@ -167,6 +167,13 @@ absl::Status OptimizerHost::CopyNvmeState(const Group& group, Member& member,
       status = Wait([&](auto done) { member.nvme->WriteAsync(begin, count, master, state, done); });
     }
   }
+  if (!status.ok()) {
+    status = absl::Status(status.code(),
+                          absl::StrCat("optimizer group '", group.info.name, "' member ",
+                                       &member - group.members.data(),
+                                       direction == StateCopy::kExport ? " export" : " import",
+                                       " failed; the group keeps its state: ", status.message()));
+  }
   if (direction == StateCopy::kImport) {
     if (status.ok()) {
       member.nvme->Commit();
