@@ -308,6 +308,35 @@ TEST_F(OptimizerHostNvmeTest, ImportIntoAResumedGroupThenStepEqualsTheTwin) {
   EXPECT_EQ(Bytes(check), Bytes(PinnedStateIds(groups_[0])));
 }
 
+// Any state imported into the pinned group and into the NVMe group makes
+// them step alike (the pinned path copies into the group's own objects).
+TEST_F(OptimizerHostNvmeTest, ImportedStateStepsAlikeInPinnedAndNvmeGroups) {
+  Start();
+  if (!skip_.empty()) GTEST_SKIP() << skip_;
+  MakeTwins();
+  StepTwinsAndCompare(1);
+  const std::vector<uint64_t> incoming = Buffers("in");
+  std::normal_distribution<float> dist(0, 1);
+  for (int a = 0; a < 3; ++a) {
+    float* f = reinterpret_cast<float*>(DataOf(incoming[a]));
+    for (uint64_t i = 0; i < kN; ++i) {
+      const float x = dist(rng_);
+      f[i] = a == 0 ? x : a == 1 ? 0.01f * x : 1e-4f * x * x;
+    }
+  }
+  for (int g = 0; g < 2; ++g) {
+    ASSERT_TRUE(Copy(groups_[g].group_id, StateCopy::kImport, incoming).ok()) << g;
+  }
+  EXPECT_EQ(Bytes(PinnedStateIds(groups_[0])), Bytes(incoming));
+  const std::vector<uint64_t> out = Buffers("out");
+  ASSERT_TRUE(Copy(groups_[1].group_id, StateCopy::kExport, out).ok());
+  EXPECT_EQ(Bytes(out), Bytes(incoming));
+  StepTwinsAndCompare(2, /*first=*/2);
+  ASSERT_TRUE(Copy(groups_[1].group_id, StateCopy::kExport, out).ok());
+  EXPECT_EQ(Bytes(out), Bytes(PinnedStateIds(groups_[0])));
+  EXPECT_NE(Bytes(out), Bytes(incoming));
+}
+
 TEST_F(OptimizerHostNvmeTest, AFailedImportWriteKeepsTheOldState) {
   storage::FaultPlan plan;
   // Creation writes 5 pieces x 3 arrays; fail the 8th write of the import.
