@@ -4,6 +4,7 @@
 // Adam moments exported over the wire equal those of a pinned twin group,
 // and imported into a fresh group resumed at the same step they step on
 // exactly like the twin. Refused copies name what is wrong.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -57,8 +58,12 @@ class GroupStateTest : public ::testing::Test {
     s_ = std::move(*s);
   }
   void TearDown() override {
-    if (s_) EXPECT_TRUE(s_->Close().ok());
-    if (daemon_) EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    if (s_) {
+      EXPECT_TRUE(s_->Close().ok());
+    }
+    if (daemon_) {
+      EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    }
     std::error_code ec;
     if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
   }
@@ -180,7 +185,9 @@ TEST_F(GroupStateTest, ExportImportRoundTripThroughTheWire) {
   auto groups = s_->ListGroups();
   ASSERT_TRUE(groups.ok());
   for (const client::GroupInfo& g : *groups) {
-    if (g.group_id == resumed.group_id) EXPECT_EQ(g.applied_steps, 3u);
+    if (g.group_id == resumed.group_id) {
+      EXPECT_EQ(g.applied_steps, 3u);
+    }
   }
 }
 
@@ -215,6 +222,23 @@ TEST_F(GroupStateTest, RefusedCopiesNameWhatIsWrong) {
   auto bf16 = Held("bf16", ObjectKind::kOther, DType::kBFloat16);
   code(nvme.group_id, 0, GroupStateDirection::kImport, {bf16.object_id, ids[1], ids[2]},
        absl::StatusCode::kInvalidArgument, "'bf16'");
+  // Over raw gRPC, an unspecified direction is refused by spilld itself.
+  spill::v1::OpenSessionRequest open;
+  open.set_job_id("raw");
+  open.set_world_size(1);
+  spill::v1::OpenSessionResponse opened;
+  grpc::ClientContext open_ctx;
+  ASSERT_TRUE(daemon_->worker().OpenSession(&open_ctx, open, &opened).ok());
+  spill::v1::CopyGroupStateRequest raw;
+  *raw.mutable_session() = opened.session();
+  raw.set_group_id(1);
+  for (uint64_t id : ids) raw.add_object_ids(id);
+  spill::v1::CopyGroupStateResponse raw_response;
+  grpc::ClientContext raw_ctx;
+  grpc::Status refused = daemon_->worker().CopyGroupState(&raw_ctx, raw, &raw_response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("not EXPORT or IMPORT"), std::string::npos)
+      << refused.error_message();
   // The state is as it was.
   ASSERT_TRUE(s_->CopyGroupState(nvme.group_id, 0, GroupStateDirection::kExport, Ids(ok)).ok());
   EXPECT_EQ(Bytes(ok), state);
