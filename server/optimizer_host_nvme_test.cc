@@ -169,7 +169,9 @@ class OptimizerHostNvmeTest : public ::testing::Test {
                             ids);
   }
   GroupInfo Group(uint64_t group_id) {
-    for (const GroupInfo& g : host_->ListGroups(session_.session_id, session_.token).value()) {
+    const std::vector<GroupInfo> groups =
+        host_->ListGroups(session_.session_id, session_.token).value();
+    for (const GroupInfo& g : groups) {
       if (g.group_id == group_id) return g;
     }
     return GroupInfo();

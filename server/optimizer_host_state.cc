@@ -183,7 +183,9 @@ absl::Status OptimizerHost::CopyNvmeState(const Group& group, Member& member,
     }
   } else if (!status.ok()) {
     for (size_t a = 0; a < arrays; ++a) {
-      std::memcpy(object(a, 0), saved[a].data(), saved[a].size() * sizeof(float));
+      if (!saved[a].empty()) {
+        std::memcpy(object(a, 0), saved[a].data(), saved[a].size() * sizeof(float));
+      }
     }
   }
   ReturnBuffer(std::move(buffer), floats);
