@@ -393,6 +393,34 @@ absl::StatusOr<std::vector<GroupInfo>> GrpcSession::ListGroups() {
   return groups;
 }
 
+absl::Status GrpcSession::CopyGroupState(uint64_t group_id, uint32_t member_index,
+                                         GroupStateDirection direction,
+                                         const std::vector<uint64_t>& object_ids) {
+  SPILL_RETURN_IF_ERROR(Usable());
+  v1::CopyGroupStateRequest request;
+  *request.mutable_session() = ref_;
+  request.set_group_id(group_id);
+  request.set_member_index(member_index);
+  switch (direction) {
+    case GroupStateDirection::kExport:
+      request.set_direction(v1::GROUP_STATE_DIRECTION_EXPORT);
+      break;
+    case GroupStateDirection::kImport:
+      request.set_direction(v1::GROUP_STATE_DIRECTION_IMPORT);
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "group state direction ", static_cast<int>(direction), " is not kExport or kImport"));
+  }
+  for (uint64_t id : object_ids) request.add_object_ids(id);
+  v1::CopyGroupStateResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status status = stub_->CopyGroupState(&context, request, &response);
+  if (!status.ok()) return RpcError("CopyGroupState", status);
+  return absl::OkStatus();
+}
+
 std::shared_ptr<Work> GrpcSession::GradReady(uint64_t group_id, uint64_t grad_object_id,
                                              uint64_t step, uint32_t micro_step) {
   v1::StreamRequest request;

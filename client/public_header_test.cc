@@ -45,6 +45,10 @@ class NullSession final : public spill::client::Session {
   absl::StatusOr<std::vector<spill::client::GroupInfo>> ListGroups() override {
     return std::vector<spill::client::GroupInfo>();
   }
+  absl::Status CopyGroupState(uint64_t, uint32_t, spill::client::GroupStateDirection,
+                              const std::vector<uint64_t>&) override {
+    return absl::OkStatus();
+  }
   std::shared_ptr<spill::client::Work> GradReady(uint64_t, uint64_t, uint64_t, uint32_t) override {
     return nullptr;
   }

@@ -134,6 +134,12 @@ struct StepOutcome {
   double seconds = 0;
 };
 
+// Direction of OptimizerHost::CopyState.
+enum class StateCopy {
+  kExport,  // The member's master and states -> the caller's objects.
+  kImport,  // The caller's objects -> the member's master and states.
+};
+
 struct OptimizerStats {
   uint64_t steps_applied = 0;
   uint64_t steps_skipped = 0;
@@ -184,6 +190,38 @@ class OptimizerHost {
   absl::StatusOr<StepOutcome> Step(uint64_t session_id, uint64_t group_id, uint64_t step,
                                    float lr, float grad_scale, bool skip);
 
+  // Checkpoint / restore of member `member_index`'s fp32 master and
+  // optimizer states: object_ids are objects of the session's job, the
+  // master's first, then one per state (GroupMemberInfo::state_object_ids
+  // order; Adam: exp_avg, exp_avg_sq), each fp32, home PINNED and exactly
+  // the member's num_elements. kExport copies the member's values into
+  // them; kImport makes their values the member's. Works for states_on_nvme
+  // groups (pieces read from / written to the member's NvmeStateStore
+  // through a 4 KiB aligned staging buffer of at most (1 + states) *
+  // sub_group_size floats) and for pinned groups (a copy from / to the
+  // master and state objects). Holds the group's lock for the whole copy;
+  // the group's step counters and gradient progress do not change.
+  //
+  // All or nothing. kImport on an NVMe group writes every piece to shadow
+  // extents and commits them only when all were written (else aborts: the
+  // old state stays). kExport restores the objects' previous bytes when a
+  // read fails (this costs a heap copy of what it overwrote).
+  //
+  // Errors, each changing nothing: Unauthenticated / NotFound for a bad
+  // session; NotFound for an unknown (or dropped) group, a member_index out
+  // of range, or an object id the job does not have (an object of another
+  // job included); InvalidArgument for an unspecified direction, the wrong
+  // number of objects, an object named twice, an object that is a group's
+  // parameter or gradient shard, or an object whose dtype is not fp32 or
+  // whose element count is not the member's (naming the object and the
+  // expected count); FailedPrecondition for an object with home NVME;
+  // ResourceExhausted when no staging buffer or NVMe room for the shadow
+  // extents is available; the NVMe tier's status for a failed read or
+  // write (DataLoss for a CRC mismatch), naming the member and the piece.
+  absl::Status CopyState(uint64_t session_id, const Token& token, uint64_t group_id,
+                         uint32_t member_index, StateCopy direction,
+                         const std::vector<uint64_t>& object_ids);
+
   OptimizerStats Stats() const;
 
  private:
@@ -213,6 +251,14 @@ class OptimizerHost {
   absl::Status InitializeNvmeStates(const std::string& job_id, Group& group);
   absl::Status RunStreamedStep(const std::string& job_id, Group& group,
                                const optim::StepArgs& args, float lr, uint64_t version);
+  // CopyState's parts (optimizer_host_state.cc); the group's lock is held.
+  absl::Status CheckStateTargets(const std::string& job_id, const Group& group,
+                                 uint32_t member_index, const std::vector<uint64_t>& ids) const;
+  absl::Status CopyPinnedState(const std::string& job_id, const Member& member,
+                               uint64_t version, StateCopy direction,
+                               const std::vector<ComputeView>& objects);
+  absl::Status CopyNvmeState(const Group& group, Member& member, StateCopy direction,
+                             const std::vector<ComputeView>& objects);
   // Frees the NVMe states of groups whose job was freed (OnJobFreed runs
   // under the registry's lock, so it only moves them here).
   void ReapDeadGroups();

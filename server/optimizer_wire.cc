@@ -46,6 +46,16 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const spill::v1::CreateGroupRequest
   return spec;
 }
 
+absl::StatusOr<StateCopy> StateCopyFromProto(spill::v1::GroupStateDirection direction) {
+  switch (direction) {
+    case spill::v1::GROUP_STATE_DIRECTION_EXPORT: return StateCopy::kExport;
+    case spill::v1::GROUP_STATE_DIRECTION_IMPORT: return StateCopy::kImport;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "group state direction ", static_cast<int>(direction), " is not EXPORT or IMPORT"));
+  }
+}
+
 void ToProto(const optim::Hyper& h, spill::v1::OptimizerParams* out) {
   switch (h.algo) {
     case optim::Algo::kAdamW: out->set_type(spill::v1::OPTIMIZER_TYPE_ADAMW); break;

@@ -13,6 +13,9 @@ namespace spill::server {
 absl::StatusOr<optim::Hyper> HyperFromProto(const spill::v1::OptimizerParams& params);
 absl::StatusOr<GroupSpec> GroupSpecFromProto(const spill::v1::CreateGroupRequest& request);
 
+// InvalidArgument for an unspecified or unknown direction.
+absl::StatusOr<StateCopy> StateCopyFromProto(spill::v1::GroupStateDirection direction);
+
 void ToProto(const optim::Hyper& hyper, spill::v1::OptimizerParams* out);
 void ToProto(const GroupInfo& group, spill::v1::GroupInfo* out);
 void ToProto(const StepOutcome& outcome, spill::v1::StepOutcome* out);

@@ -639,6 +639,21 @@ grpc::ServerUnaryReactor* WorkerService::ListGroups(grpc::CallbackServerContext*
   });
 }
 
+grpc::ServerUnaryReactor* WorkerService::CopyGroupState(
+    grpc::CallbackServerContext* ctx, const spill::v1::CopyGroupStateRequest* request,
+    spill::v1::CopyGroupStateResponse* /*response*/) {
+  return RunUnary(ctx, "copy_group_state", [this, request]() -> absl::Status {
+    auto token = TokenOf(request->session());
+    if (!token.ok()) return token.status();
+    auto direction = StateCopyFromProto(request->direction());
+    if (!direction.ok()) return direction.status();
+    std::vector<uint64_t> ids(request->object_ids().begin(), request->object_ids().end());
+    return deps_.optimizer->CopyState(request->session().session_id(), *token,
+                                      request->group_id(), request->member_index(), *direction,
+                                      ids);
+  });
+}
+
 grpc::ServerBidiReactor<StreamRequest, StreamEvent>* WorkerService::Session(
     grpc::CallbackServerContext* /*ctx*/) {
   {

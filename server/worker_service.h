@@ -77,6 +77,10 @@ class WorkerService final : public spill::v1::Worker::CallbackService {
   grpc::ServerUnaryReactor* ListGroups(grpc::CallbackServerContext* ctx,
                                        const spill::v1::ListGroupsRequest* request,
                                        spill::v1::ListGroupsResponse* response) override;
+  // Runs on the pool (it blocks on NVMe I/O for states_on_nvme groups).
+  grpc::ServerUnaryReactor* CopyGroupState(grpc::CallbackServerContext* ctx,
+                                           const spill::v1::CopyGroupStateRequest* request,
+                                           spill::v1::CopyGroupStateResponse* response) override;
   grpc::ServerBidiReactor<spill::v1::StreamRequest, spill::v1::StreamEvent>* Session(
       grpc::CallbackServerContext* ctx) override;
 

@@ -217,6 +217,29 @@ class SPILL_CLIENT_EXPORT Session {
   // Frees the group's master, states and accumulators. NotFound if unknown.
   virtual absl::Status DropGroup(uint64_t group_id) = 0;
   virtual absl::StatusOr<std::vector<GroupInfo>> ListGroups() = 0;
+  // Checkpoint / restore of member member_index's fp32 master and optimizer
+  // states, for groups that keep them on NVMe (states_on_nvme) as for pinned
+  // ones. object_ids: objects of this job, the master's first, then one per
+  // state in GroupMember::state_object_ids order (Adam: exp_avg,
+  // exp_avg_sq); each kFloat32, home kPinned, exactly the member's
+  // num_elements. kExport copies the member's values into them (then
+  // Acquire and read them; their version becomes the group's last_step);
+  // kImport makes their values the member's (write them and WriteBack
+  // first). The group's step counters do not change: to resume at step S,
+  // create the group with resume_step / resume_applied_steps and import.
+  // Do not run the group's steps meanwhile (calls on a group serialise).
+  // Blocks up to options().timeout. All or nothing; errors change nothing:
+  // NotFound for an unknown group, member or object (one of another job
+  // included); InvalidArgument for the wrong number of objects, a repeated
+  // object, a group's parameter or gradient shard, a dtype other than
+  // kFloat32 or another element count (naming the object and the count);
+  // FailedPrecondition for an object with home kNvme; ResourceExhausted
+  // without NVMe room for the imported state (it needs the member's NVMe
+  // bytes a second time until committed); the NVMe tier's error for a
+  // failed read or write (DataLoss for a checksum mismatch).
+  virtual absl::Status CopyGroupState(uint64_t group_id, uint32_t member_index,
+                                      GroupStateDirection direction,
+                                      const std::vector<uint64_t>& object_ids) = 0;
   // The gradient shard grad_object_id now holds micro-step micro_step of
   // step `step`; the Work's sum_squares() is the member's accumulated sum of
   // squares. Do not overwrite the shard before the Work completes.

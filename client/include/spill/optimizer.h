@@ -68,7 +68,9 @@ struct GroupSpec {
   uint64_t sub_group_size = 0;
   // Resuming from a checkpoint: the next step is resume_step + 1, and
   // resume_applied_steps steps were applied to the states the worker then
-  // writes into the master and state objects (bias correction counts them).
+  // writes into the master and state objects, or imports with
+  // Session::CopyGroupState (states_on_nvme groups); bias correction counts
+  // them.
   // InvalidArgument when resume_applied_steps > resume_step.
   uint64_t resume_step = 0;
   uint64_t resume_applied_steps = 0;
@@ -96,6 +98,12 @@ struct GroupInfo {
   uint64_t sub_group_size = 0;
   // CreateGroup found the group already defined (a re-attaching worker).
   bool existed = false;
+};
+
+// Direction of Session::CopyGroupState.
+enum class GroupStateDirection : int {
+  kExport = 1,  // The member's master and states -> the caller's objects.
+  kImport = 2,  // The caller's objects -> the member's master and states.
 };
 
 struct StepOutcome {
