@@ -267,17 +267,15 @@ absl::Status Engine::BuildLayer(size_t i) {
   }
   ls.group_id = group->group_id;
   ls.member = group->members[0];
-  // spilld copied the master from the 16-bit shard; DeepSpeed's master is
-  // the fp32 initialisation itself. A group with its states on NVMe has no
-  // master object to write: its master starts from the 16-bit values
-  // (resuming such a group is refused in OpenResume).
-  if ((dtype_ != at::kFloat || resume_ != nullptr) && !spec.states_on_nvme) {
-    SPILL_RETURN_IF_ERROR(WriteObject(ls.member.master_object_id, mine32, "write fp32 master"));
-  }
   if (param_on_device_) {
     ls.device_shard = mine.to(options_.device);
     ls.device_shard_step = step_;
   }
+  // spilld copied the master from the 16-bit shard; DeepSpeed's master is
+  // the fp32 initialisation itself (or the checkpoint's master).
+  if (dtype_ == at::kFloat && resume_ == nullptr) return absl::OkStatus();
+  if (spec.states_on_nvme) return RestoreNvmeStates(i, mine32);
+  SPILL_RETURN_IF_ERROR(WriteObject(ls.member.master_object_id, mine32, "write fp32 master"));
   return RestoreStates(i);
 }
 
@@ -299,6 +297,21 @@ absl::Status Engine::WriteObject(uint64_t object_id, const at::Tensor& values, c
   absl::Status rel = Wait(s.Release(object_id), what);
   SPILL_RETURN_IF_ERROR(st);
   return rel;
+}
+
+absl::StatusOr<at::Tensor> Engine::ReadObject(uint64_t object_id, const char* what) {
+  client::Session& s = *session_;
+  absl::StatusOr<ObjectInfo> pinned = s.Acquire(object_id)->Get(options_.timeout);
+  if (!pinned.ok()) return PrefixStatus(pinned.status(), what);
+  absl::StatusOr<absl::Span<float>> data = s.Data<float>(*pinned);
+  at::Tensor out;
+  if (data.ok()) {
+    out = at::from_blob(data->data(), {static_cast<int64_t>(data->size())}, at::kFloat).clone();
+  }
+  absl::Status rel = Wait(s.Release(object_id), what);
+  if (!data.ok()) return PrefixStatus(data.status(), what);
+  SPILL_RETURN_IF_ERROR(rel);
+  return out;
 }
 
 void Engine::QueueStep(size_t i) {
@@ -359,6 +372,11 @@ absl::Status Engine::FinishSteps(StepStats& stats) {
     if (first.ok()) first = s;
   }
   return first;
+}
+
+absl::Status Engine::WaitForOptimizer() {
+  StepStats unused;
+  return FinishSteps(unused);
 }
 
 absl::StatusOr<std::vector<at::Tensor>> Engine::GatherParameters() {

@@ -122,7 +122,7 @@ class Engine {
   // group per layer. `collectives` must outlive the Engine. With offload
   // none/none no spilld session is opened and the shards stay on
   // options.device. Unimplemented naming the keys for modes the engine
-  // lacks (offload_param nvme, offload_param without offload_optimizer);
+  // lacks (offload_param without offload_optimizer);
   // InvalidArgument for a bad shape, scheduler or fp16 block;
   // FailedPrecondition when spilld already holds this rank's objects of the
   // job; spilld's error (with the object's name) otherwise.
@@ -151,10 +151,16 @@ class Engine {
   // stage3_gather_16bit_weights_on_model_save rank 0 also writes the whole
   // model in the training dtype as <dir>/<tag>/model.safetensors. Collective:
   // every rank calls it between steps; <dir> must be shared by the ranks.
-  // Returns the tag. Unimplemented with offload_optimizer.device=nvme (the
-  // states live in spilld's NVMe tier); AlreadyExists for a published tag;
+  // Returns the tag. With offload_optimizer.device=nvme the states are
+  // exported from spilld's NVMe tier one layer at a time through pinned
+  // staging objects. AlreadyExists for a published tag;
   // the first failing rank's error otherwise (nothing published).
   absl::StatusOr<std::string> SaveCheckpoint(const std::string& dir, const std::string& tag = "");
+
+  // Waits until spilld has finished every optimizer step sent so far (they
+  // run on after TrainStep returns, overlapping the next forward). Not
+  // collective. spilld's error of the first failed step.
+  absl::Status WaitForOptimizer();
 
   // Optimizer steps taken so far (skipped fp16 steps included).
   int64_t step() const { return step_; }
@@ -182,10 +188,28 @@ class Engine {
   // Resuming: writes the checkpoint's optimizer states of layer i into
   // spilld's state objects (or the local tensors).
   absl::Status RestoreStates(size_t i);
+  // A group with its states on NVMe (offload_optimizer.device=nvme): sets
+  // its master to master32 and its moments to the checkpoint's (zeros
+  // when not resuming) through CopyNvmeStates.
+  absl::Status RestoreNvmeStates(size_t i, const at::Tensor& master32);
+  // The checkpoint's optimizer state k (StateNames() order) of layer i,
+  // this rank's shard.
+  absl::StatusOr<at::Tensor> CheckpointState(size_t i, size_t k);
+  // Layer i's fp32 master and optimizer states on the CPU, in StateNames()
+  // order, from the local tensors, spilld's pinned objects or its NVMe tier.
+  absl::StatusOr<std::vector<at::Tensor>> ReadStates(size_t i);
+  // Moves a states_on_nvme group's master and moments (fp32, shard
+  // elements each, master first) between spilld and `values` through
+  // pinned staging objects registered for the call and freed after it.
+  // to_spilld: import `values`; else export into `values`.
+  absl::Status CopyNvmeStates(size_t i, bool to_spilld, std::vector<at::Tensor>* values);
   // Overwrites a spilld object (same byte size) with `values`, e.g. the
   // fp32 master spilld made from the 16-bit shard with the exact fp32
   // initial values (DeepSpeed's master is the fp32 initialisation).
   absl::Status WriteObject(uint64_t object_id, const at::Tensor& values, const char* what);
+  // An fp32 spilld object's values, copied to a CPU tensor.
+  absl::StatusOr<at::Tensor> ReadObject(uint64_t object_id, const char* what);
+  bool states_on_nvme() const;
   // Every rank's outcome: `mine` when it failed, Aborted naming how many
   // other ranks failed, OK when none did (collective).
   absl::Status AgreeAll(const absl::Status& mine, const char* what);

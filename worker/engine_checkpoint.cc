@@ -18,6 +18,9 @@
 namespace spill::worker {
 namespace {
 
+using client::ObjectInfo;
+using client::ObjectKind;
+
 const std::vector<std::string>& StateNames() {
   static const std::vector<std::string> names = {"master", "exp_avg", "exp_avg_sq"};
   return names;
@@ -42,11 +45,6 @@ absl::Status Engine::AgreeAll(const absl::Status& mine, const char* what) {
 }
 
 absl::StatusOr<std::string> Engine::SaveCheckpoint(const std::string& dir, const std::string& tag_in) {
-  if (options_.config.zero.offload_optimizer.device == OffloadDevice::kNvme) {
-    return absl::UnimplementedError(
-        "checkpoints with zero_optimization.offload_optimizer.device=nvme: the optimizer states "
-        "live in spilld's NVMe tier, which does not export them yet");
-  }
   StepStats unused;
   SPILL_RETURN_IF_ERROR(FinishSteps(unused));
   const std::string tag = tag_in.empty() ? absl::StrCat("global_step", step_) : tag_in;
@@ -78,28 +76,12 @@ absl::StatusOr<std::string> Engine::SaveCheckpoint(const std::string& dir, const
   std::vector<CkptArray> arrays;
   absl::Status st;
   for (size_t i = 0; i < layers_.size() && st.ok(); ++i) {
-    LayerState& ls = layers_[i];
-    std::vector<at::Tensor> values;
-    if (local_) {
-      values = {ls.master, ls.exp_avg, ls.exp_avg_sq};
-    } else {
-      std::vector<uint64_t> ids = {ls.member.master_object_id};
-      ids.insert(ids.end(), ls.member.state_object_ids.begin(), ls.member.state_object_ids.end());
-      for (uint64_t id : ids) {
-        absl::StatusOr<client::ObjectInfo> pinned = session_->Acquire(id)->Get(options_.timeout);
-        if (!pinned.ok()) {
-          st = PrefixStatus(pinned.status(), "checkpoint: acquire optimizer state");
-          break;
-        }
-        absl::StatusOr<absl::Span<float>> data = session_->Data<float>(*pinned);
-        if (data.ok()) {
-          values.push_back(at::from_blob(data->data(), {static_cast<int64_t>(data->size())},
-                                         at::kFloat).clone());
-        }
-        absl::Status rel = Wait(session_->Release(id), "checkpoint: release optimizer state");
-        if (st.ok()) st = data.ok() ? rel : data.status();
-      }
+    absl::StatusOr<std::vector<at::Tensor>> read = ReadStates(i);
+    if (!read.ok()) {
+      st = PrefixStatus(read.status(), "checkpoint");
+      break;
     }
+    const std::vector<at::Tensor>& values = *read;
     for (size_t k = 0; k < values.size() && k < StateNames().size(); ++k) {
       keep.push_back(values[k].to(at::kCPU, at::kFloat).contiguous());
       arrays.push_back({layer_name(i), StateNames()[k],
@@ -178,11 +160,6 @@ absl::Status Engine::OpenResume() {
     return absl::DataLossError(absl::StrCat(where, ": engine state has step ", step_,
                                             " and applied_steps ", applied_steps_));
   }
-  if (!local_ && options_.config.zero.offload_optimizer.device == OffloadDevice::kNvme) {
-    return absl::UnimplementedError(
-        "resuming with zero_optimization.offload_optimizer.device=nvme: spilld's NVMe-resident "
-        "optimizer states cannot be written from a checkpoint yet; resume with device=cpu");
-  }
   resume_ = std::make_unique<CheckpointReader>(std::move(reader));
   return absl::OkStatus();
 }
@@ -205,14 +182,108 @@ absl::StatusOr<at::Tensor> Engine::InitialMaster(size_t i) {
   return flat.narrow(0, rank * ls.shard, ls.shard);
 }
 
+absl::StatusOr<at::Tensor> Engine::CheckpointState(size_t i, size_t k) {
+  at::Tensor t = at::empty({layers_[i].shard}, at::kFloat);
+  SPILL_RETURN_IF_ERROR(resume_->ReadShardInto(
+      layer_name(i), StateNames()[k], collectives_->rank(), collectives_->world_size(),
+      absl::Span<float>(t.data_ptr<float>(), static_cast<size_t>(t.numel()))));
+  return t;
+}
+
+bool Engine::states_on_nvme() const {
+  return !local_ && options_.config.zero.offload_optimizer.device == OffloadDevice::kNvme;
+}
+
+absl::Status Engine::RestoreNvmeStates(size_t i, const at::Tensor& master32) {
+  std::vector<at::Tensor> values = {master32.to(at::kCPU, at::kFloat).contiguous()};
+  for (size_t k = 1; k < StateNames().size(); ++k) {
+    if (resume_ == nullptr) {
+      values.push_back(at::zeros({layers_[i].shard}, at::kFloat));
+      continue;
+    }
+    SPILL_ASSIGN_OR_RETURN(at::Tensor t, CheckpointState(i, k));
+    values.push_back(std::move(t));
+  }
+  return CopyNvmeStates(i, /*to_spilld=*/true, &values);
+}
+
+absl::StatusOr<std::vector<at::Tensor>> Engine::ReadStates(size_t i) {
+  LayerState& ls = layers_[i];
+  std::vector<at::Tensor> values;
+  if (local_) {
+    for (const at::Tensor& t : {ls.master, ls.exp_avg, ls.exp_avg_sq}) {
+      values.push_back(t.to(at::kCPU, at::kFloat).contiguous());
+    }
+    return values;
+  }
+  if (states_on_nvme()) {
+    SPILL_RETURN_IF_ERROR(CopyNvmeStates(i, /*to_spilld=*/false, &values));
+    return values;
+  }
+  std::vector<uint64_t> ids = {ls.member.master_object_id};
+  ids.insert(ids.end(), ls.member.state_object_ids.begin(), ls.member.state_object_ids.end());
+  for (uint64_t id : ids) {
+    SPILL_ASSIGN_OR_RETURN(at::Tensor t, ReadObject(id, "read optimizer state"));
+    values.push_back(std::move(t));
+  }
+  return values;
+}
+
+absl::Status Engine::CopyNvmeStates(size_t i, bool to_spilld, std::vector<at::Tensor>* values) {
+  const LayerState& ls = layers_[i];
+  client::Session& s = *session_;
+  if (to_spilld && values->size() != StateNames().size()) {
+    return absl::InternalError(absl::StrCat("optimizer state of ", layer_name(i), ": ",
+                                            values->size(), " arrays, expected ",
+                                            StateNames().size()));
+  }
+  std::vector<uint64_t> ids;
+  absl::Status st;
+  for (size_t k = 0; k < StateNames().size() && st.ok(); ++k) {
+    absl::StatusOr<ObjectInfo> o = s.Register(
+        absl::StrCat("rank", collectives_->rank(), "/", layer_name(i), "/staging/",
+                     StateNames()[k]),
+        ObjectKind::kOther, client::DType::kFloat32, ls.shard);
+    if (o.ok()) {
+      ids.push_back(o->object_id);
+    } else {
+      st = PrefixStatus(o.status(), "optimizer state staging object");
+    }
+  }
+  for (size_t k = 0; to_spilld && k < ids.size() && st.ok(); ++k) {
+    st = WriteObject(ids[k], (*values)[k], "stage optimizer state");
+  }
+  if (st.ok()) {
+    st = PrefixStatus(
+        s.CopyGroupState(ls.group_id, 0,
+                         to_spilld ? client::GroupStateDirection::kImport
+                                   : client::GroupStateDirection::kExport,
+                         ids),
+        absl::StrCat("optimizer state of ", layer_name(i)));
+  }
+  if (st.ok() && !to_spilld) {
+    values->clear();
+    for (size_t k = 0; k < ids.size() && st.ok(); ++k) {
+      absl::StatusOr<at::Tensor> t = ReadObject(ids[k], "read exported optimizer state");
+      if (t.ok()) {
+        values->push_back(*std::move(t));
+      } else {
+        st = t.status();
+      }
+    }
+  }
+  for (uint64_t id : ids) {
+    absl::Status freed = s.Free(id);
+    if (st.ok()) st = PrefixStatus(freed, "free optimizer state staging object");
+  }
+  return st;
+}
+
 absl::Status Engine::RestoreStates(size_t i) {
   if (resume_ == nullptr) return absl::OkStatus();
   LayerState& ls = layers_[i];
   for (size_t k = 1; k < StateNames().size(); ++k) {
-    at::Tensor t = at::empty({ls.shard}, at::kFloat);
-    SPILL_RETURN_IF_ERROR(resume_->ReadShardInto(
-        layer_name(i), StateNames()[k], collectives_->rank(), collectives_->world_size(),
-        absl::Span<float>(t.data_ptr<float>(), static_cast<size_t>(ls.shard))));
+    SPILL_ASSIGN_OR_RETURN(at::Tensor t, CheckpointState(i, k));
     if (local_) {
       (k == 1 ? ls.exp_avg : ls.exp_avg_sq).copy_(t);
       continue;

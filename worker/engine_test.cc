@@ -24,6 +24,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "worker/checkpoint.h"
 #include "worker/config.h"
 #include "worker/testing/free_port.h"
 #include "worker/data.h"
@@ -153,11 +154,8 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
 // (bf16: the bf16 copy of the fp32 master, as the engine's shards hold).
 // On `device` (the engine's: GPU kernels round differently from the CPU's).
 // *first_norm: the gradient norm of step 1 (what the engine logs).
-// master_from_16bit: the fp32 master starts from the initialisation rounded
-// to the training dtype (what spilld does for states kept on NVMe).
 std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, int world, at::Device device,
-                                  std::vector<at::Tensor>* initial, double* first_norm,
-                                  bool master_from_16bit = false) {
+                                  std::vector<at::Tensor>* initial, double* first_norm) {
   const at::ScalarType dtype =
       c.fp16.enabled ? at::kHalf : c.bf16_enabled ? at::kBFloat16 : at::kFloat;
   // fp16: the dynamic scaler's initial scale (no overflow in these steps).
@@ -168,7 +166,6 @@ std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, int world, at::Devic
   for (const auto& layer : model->layers()) {
     at::Tensor t = at::zeros({layer->numel()});
     EXPECT_TRUE(layer->Initialize(t, kSeed).ok());
-    if (master_from_16bit) t = t.to(dtype).to(at::kFloat);
     initial->push_back(t.clone());
     flat.push_back(t.to(device).requires_grad_(true));
   }
@@ -280,8 +277,7 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
   double first_norm = 0;
   std::vector<at::Tensor> expected =
       Reference(loaded->config, p.world, p.cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU),
-                &initial, &first_norm,
-                std::string(p.optimizer) == "nvme" && loaded->config.bf16_enabled);
+                &initial, &first_norm);
   // The gradient norm the engine logged for step 1 (unscaled: this checks
   // the fp16 loss scale is taken out again).
   const size_t at_norm = output.find("grad_norm ", output.find("step 1 loss"));
@@ -372,9 +368,8 @@ INSTANTIATE_TEST_SUITE_P(
         // norm (checked to 0.2%) is what proves the scale is removed.
         Precision{"fp16", kFp16, 1.0 / 512, 1e-3},
         Precision{"fp32_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "cpu"},
-        // NVMe-resident states: spilld initialises the fp32 master from the
-        // bf16 shard, so the reference starts its master from the bf16
-        // initialisation too.
+        // NVMe-resident states: the engine imports the exact fp32 master
+        // (CopyGroupState) over the one spilld made from the bf16 shard.
         Precision{"bf16_optimizer_nvme", kBf16, 1.0 / 128, 1e-6, "nvme", "cpu"},
         // ZeRO-Infinity: parameter shards live on spilld's NVMe tier
         // (kParamNvmeBudget), and with them the optimizer states.
@@ -704,6 +699,66 @@ TEST_F(EngineApiTest, ResumeFromACheckpointIsExact) {
   ExpectResumeIsExact(options_, collectives_.get(), dir / "spilld");
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
   std::filesystem::remove_all(dir);
+}
+
+// offload_optimizer.device=nvme: the states live in spilld's NVMe tier and
+// travel through CopyGroupState. Resuming is exact, and a checkpoint saved
+// from NVMe-resident states continues on pinned ones (and back) exactly as
+// the run that saved it.
+TEST_F(EngineApiTest, ResumeWithOptimizerStatesOnNvmeIsExact) {
+  const std::string tag = std::to_string(getpid());
+  const auto dir = std::filesystem::temp_directory_path() / ("spill_engine_nvckpt_" + tag);
+  const auto nvme = std::filesystem::path(NvmeBaseDir()) / ("spill_engine_nvckpt_tier_" + tag);
+  std::filesystem::create_directories(nvme);
+  auto spilld = testing::SpilldFixture::Start(
+      {"--nvme-dirs=" + nvme.string(), "--nvme-capacity=256MiB"});
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.bf16_enabled = true;
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kNvme;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.session.socket_path = (*spilld)->socket_path();
+  options_.session.job_id = "nvme-states";
+  ExpectResumeIsExact(options_, collectives_.get(), dir / "nvme");
+
+  // The same run on pinned states from the NVMe checkpoint: steps 3 and 4
+  // give what the NVMe run gave.
+  std::vector<std::vector<at::Tensor>> finals;
+  for (OffloadDevice device : {OffloadDevice::kNvme, OffloadDevice::kCpu}) {
+    EngineOptions o = options_;
+    o.config.zero.offload_optimizer.device = device;
+    o.resume_dir = (dir / "nvme").string();
+    o.session.job_id = std::string("cross-") + (device == OffloadDevice::kNvme ? "nvme" : "cpu");
+    auto engine = Engine::Create(o, collectives_.get());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    finals.push_back(Train(**engine, 4, nullptr));
+    // Saved again from this mode: its master and moments equal the other's.
+    auto saved = (*engine)->SaveCheckpoint((dir / o.session.job_id).string());
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    // Nothing stays behind: the staging objects of every copy were freed.
+    auto objects = (*engine)->session()->List();
+    ASSERT_TRUE(objects.ok()) << objects.status();
+    for (const client::ObjectInfo& info : *objects) {
+      EXPECT_EQ(info.name.find("/staging/"), std::string::npos) << info.name;
+    }
+  }
+  ASSERT_EQ(finals[0].size(), finals[1].size());
+  for (size_t i = 0; i < finals[0].size(); ++i) {
+    EXPECT_TRUE(finals[0][i].equal(finals[1][i])) << "layer " << i;
+  }
+  auto a = CheckpointReader::Open((dir / "cross-nvme").string(), "");
+  auto b = CheckpointReader::Open((dir / "cross-cpu").string(), "");
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  for (const CkptLayer& l : a->meta().layers) {
+    for (const char* state : {"master", "exp_avg", "exp_avg_sq"}) {
+      std::vector<float> x(static_cast<size_t>(l.numel)), y(x.size());
+      ASSERT_TRUE(a->ReadShardInto(l.name, state, 0, 1, absl::MakeSpan(x)).ok());
+      ASSERT_TRUE(b->ReadShardInto(l.name, state, 0, 1, absl::MakeSpan(y)).ok());
+      EXPECT_EQ(x, y) << l.name << " " << state;
+    }
+  }
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(nvme);
 }
 
 TEST_F(EngineApiTest, ResumeRefusesAMissingOrForeignCheckpoint) {

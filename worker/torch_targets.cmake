@@ -77,7 +77,7 @@ if(SPILL_BUILD_TESTS)
 
   # A spilld for worker tests behind a protobuf-free header.
   add_library(spill_worker_spilld_fixture STATIC testing/spilld_fixture.cc)
-  target_link_libraries(spill_worker_spilld_fixture PRIVATE spill_test_harness)
+  target_link_libraries(spill_worker_spilld_fixture PRIVATE spill_test_harness PkgConfig::HTTPLIB)
   target_link_libraries(spill_worker_spilld_fixture PUBLIC absl::statusor spill::common)
 
   add_executable(worker_torch_spilld_test torch_spilld_test.cc)

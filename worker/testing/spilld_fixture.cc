@@ -1,5 +1,6 @@
 #include "worker/testing/spilld_fixture.h"
 
+#include "tests/integration/metric_value.h"
 #include "tests/integration/spilld_process.h"
 
 namespace spill::worker::testing {
@@ -11,6 +12,7 @@ class Fixture final : public SpilldFixture {
   const std::string& socket_path() const override { return p_->socket_path(); }
   int Stop() override { return p_->Stop(); }
   std::string output() const override { return p_->output(); }
+  double Metric(const std::string& name) override { return spill::testing::MetricValue(*p_, name); }
 
  private:
   std::unique_ptr<spill::testing::SpilldProcess> p_;

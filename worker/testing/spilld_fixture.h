@@ -23,6 +23,9 @@ class SpilldFixture {
   virtual int Stop() = 0;
   // spilld's output (after Stop).
   virtual std::string output() const = 0;
+  // An unlabelled sample of spilld's metrics endpoint (started with
+  // --metrics-address), or -1 when there is none.
+  virtual double Metric(const std::string& name) = 0;
 };
 
 }  // namespace spill::worker::testing
