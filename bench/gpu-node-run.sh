@@ -165,6 +165,8 @@ if want train; then
     train_run 1gpu-1.3B-noclip-w1 1 "${args13[@]}" --clip=0 --steps-in-flight=1
     train_run 1gpu-1.3B-noclip-w4 1 "${args13[@]}" --clip=0 --steps-in-flight=4
     train_run 1gpu-1.3B-noclip-nice0 1 "${args13[@]}" --clip=0 --optim-nice=0
+    # spilld's optimizer on one thread per physical core of a 2-way SMT host.
+    train_run 1gpu-1.3B-noclip-t16 1 "${args13[@]}" --clip=0 --optim-threads=16
     train_run 1gpu-6.7B-noclip 1 "${args67[@]}" --clip=0
     train_run 2gpu-1.3B 2 "${args13[@]}"
     train_run 2gpu-1.3B-noclip 2 "${args13[@]}" --clip=0

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -190,7 +191,8 @@ std::vector<std::string> SpilldFlags(const Run& run) {
   std::vector<std::string> flags = {
       "--socket=" + SocketPath(run), absl::StrCat("--pinned-bytes=", run.spilld_pinned),
       absl::StrCat("--segment-bytes=", run.spilld_segment),
-      absl::StrCat("--optim-threads=", run.flags.optim_threads)};
+      absl::StrCat("--optim-threads=", run.flags.optim_threads),
+      "--metrics-address=127.0.0.1:0"};
   if (run.flags.optim_nice >= 0) flags.push_back(absl::StrCat("--optim-nice=", run.flags.optim_nice));
   if (!run.flags.nvme_dir.empty()) {
     flags.push_back("--nvme-dirs=" + run.flags.nvme_dir);
@@ -227,10 +229,24 @@ struct Totals {
   int64_t tokens = 0;
   int steps = 0;
   worker::StepStats split;  // Sums of the time fields.
+  // spilld's optimizer over the measured steps (rank 0 with spilld; -1
+  // when not read): wall time with a step or gradient pass running, and
+  // the sums of the step and gradient passes' own times.
+  double optimizer_busy_s = -1, optimizer_step_s = -1, optimizer_grad_s = -1;
 };
 
+// spilld's optimizer counters (seconds), -1 each without spilld.
+std::array<double, 3> OptimizerSeconds(worker::testing::SpilldFixture* spilld) {
+  if (spilld == nullptr) return {-1, -1, -1};
+  return {spilld->Metric("spill_optimizer_busy_seconds_total"),
+          spilld->Metric("spill_optimizer_step_seconds_total"),
+          spilld->Metric("spill_optimizer_grad_ready_seconds_total")};
+}
+
 // Warm-up and measured steps. A Failure on error (OOM included).
-std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& totals) {
+std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& totals,
+                             worker::testing::SpilldFixture* spilld) {
+  std::array<double, 3> before{-1, -1, -1};
   absl::StatusOr<worker::ByteDataset> data = worker::ByteDataset::Open(worker::DefaultDataPath());
   if (!data.ok()) return Failure{kFailed, "error", std::string(data.status().message())};
   const int64_t gas = run.config.gradient_accumulation_steps;
@@ -244,6 +260,7 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
       micro.push_back({at::tensor(b->tokens, at::kLong).view({mb, seq}).to(run.device),
                        at::tensor(b->targets, at::kLong).view({mb, seq}).to(run.device)});
     }
+    if (step == run.flags.warmup) before = OptimizerSeconds(spilld);
     const auto t0 = std::chrono::steady_clock::now();
     absl::StatusOr<worker::StepStats> s;
     try {
@@ -265,6 +282,20 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     totals.split.reduce_s += s->reduce_s;
     totals.split.spilld_wait_s += s->spilld_wait_s;
     totals.split.optimizer_s += s->optimizer_s;
+  }
+  // The last step's optimizer passes run on after TrainStep returns; the
+  // counters are read once they are done, so the window is measured steps
+  // plus that tail (and minus the warm-up's tail).
+  if (spilld != nullptr && before[0] >= 0) {
+    if (absl::Status w = engine.WaitForOptimizer(); !w.ok()) {
+      return Failure{kFailed, "error", w.ToString()};
+    }
+    const std::array<double, 3> after = OptimizerSeconds(spilld);
+    if (after[0] >= 0) {
+      totals.optimizer_busy_s = after[0] - before[0];
+      totals.optimizer_step_s = after[1] - before[1];
+      totals.optimizer_grad_s = after[2] - before[2];
+    }
   }
   return std::nullopt;
 }
@@ -321,6 +352,15 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
   EmitLine(run, "reduce_s", totals.split.reduce_s / n, "s/step");
   EmitLine(run, "spilld_wait_s", totals.split.spilld_wait_s / n, "s/step");
   EmitLine(run, "optimizer_s", totals.split.optimizer_s / n, "s/step");
+  if (totals.optimizer_busy_s >= 0) {
+    // How much of the step spilld's CPU optimizer had work: busy ≈ step
+    // time means the CPU lane itself is slower in training than alone;
+    // busy < step means it waited for gradients or requests.
+    EmitLine(run, "spilld_optimizer_busy_s", totals.optimizer_busy_s / n, "s/step",
+             {{"step_pass_s", totals.optimizer_step_s / n},
+              {"grad_pass_s", totals.optimizer_grad_s / n},
+              {"busy_fraction", totals.optimizer_busy_s / totals.seconds}});
+  }
   EmitLine(run, "lane_gpu_compute_s", lanes.gpu_compute_s, "s/step",
            {{"flops_per_rank", t.flops}, {"gemm_flops_per_s", r.gemm_flops_per_s},
             {"compute_device", run.device.str()}});
@@ -364,7 +404,9 @@ int Bench(Run& run) {
     return EmitFailure(run, f), f.code;
   }
   Totals totals;
-  if (std::optional<Failure> f = Train(run, **engine, totals)) return EmitFailure(run, *f), f->code;
+  if (std::optional<Failure> f = Train(run, **engine, totals, spilld->get())) {
+    return EmitFailure(run, *f), f->code;
+  }
   const double tokens_per_rank_step = static_cast<double>(totals.tokens) / totals.steps / run.info.world_size;
   const worker::GptModel& model = (*engine)->model();
   const StepTraffic traffic = TrafficPerStep(

@@ -484,12 +484,19 @@ absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t gr
   SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));
   const uint64_t n = member->info.num_elements;
   const auto grad_dtype = static_cast<DType>(member->grad_dtype);
-  absl::StatusOr<double> sum =
-      accumulate ? optim::Accumulate(grad_dtype, v[0].data, reinterpret_cast<float*>(v[1].data),
-                                     n, /*assign=*/micro_step == 0, 1.0f, executor_,
-                                     options_.threads_per_job)
-                 : optim::SumSquares(grad_dtype, v[0].data, n, executor_,
-                                     options_.threads_per_job);
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<double> sum;
+  {
+    BusyClock::Scope busy(busy_);
+    sum = accumulate ? optim::Accumulate(grad_dtype, v[0].data,
+                                         reinterpret_cast<float*>(v[1].data), n,
+                                         /*assign=*/micro_step == 0, 1.0f, executor_,
+                                         options_.threads_per_job)
+                     : optim::SumSquares(grad_dtype, v[0].data, n, executor_,
+                                         options_.threads_per_job);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   registry_->UnpinCompute(job_id, ids, 0);
   if (!sum.ok()) return sum.status();
   member->ready_step = step;
@@ -497,6 +504,7 @@ absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t gr
   member->sum_squares = *sum;
   std::lock_guard<std::mutex> stats_lock(mu_);
   ++stats_.grad_ready;
+  stats_.grad_ready_seconds += seconds;
   return *sum;
 }
 
@@ -558,8 +566,11 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
     optim::StepArgs args;
     args.step = info.applied_steps + 1;
     args.grad_scale = grad_scale;
-    SPILL_RETURN_IF_ERROR(info.states_on_nvme ? RunStreamedStep(job_id, *group, args, lr, step)
-                                              : RunStep(job_id, *group, args, lr, step));
+    {
+      BusyClock::Scope busy(busy_);
+      SPILL_RETURN_IF_ERROR(info.states_on_nvme ? RunStreamedStep(job_id, *group, args, lr, step)
+                                                : RunStep(job_id, *group, args, lr, step));
+    }
     outcome.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     outcome.applied = true;
@@ -737,7 +748,9 @@ absl::Status OptimizerHost::RunStreamedStep(const std::string& job_id, Group& gr
 
 OptimizerStats OptimizerHost::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  OptimizerStats s = stats_;
+  s.busy_seconds = busy_.Seconds();
+  return s;
 }
 
 }  // namespace spill::server

@@ -54,6 +54,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/busy_clock.h"
 #include "server/optim/executor.h"
 #include "server/optim/optimizer.h"
 #include "server/registry.h"
@@ -146,6 +147,11 @@ struct OptimizerStats {
   uint64_t steps_repeated = 0;
   uint64_t grad_ready = 0;
   double step_seconds = 0;       // Sum over applied steps.
+  double grad_ready_seconds = 0;  // Sum over GradReady passes.
+  // Wall time with at least one step or GradReady pass running (overlapping
+  // ones counted once): busy / elapsed is how much of the time the CPU
+  // optimizer had work.
+  double busy_seconds = 0;
   uint64_t elements_stepped = 0;  // Sum of member elements over applied steps.
   uint32_t groups = 0;
 };
@@ -275,6 +281,7 @@ class OptimizerHost {
   std::vector<std::shared_ptr<Group>> dead_;
   std::vector<std::pair<uint64_t, std::shared_ptr<float>>> buffers_;  // Free ones, by size.
   OptimizerStats stats_;
+  BusyClock busy_;
 };
 
 }  // namespace spill::server

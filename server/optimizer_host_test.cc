@@ -186,6 +186,13 @@ TEST_F(OptimizerHostTest, StepMatchesTheKernelOnCopiesAndIsAppliedOnce) {
   EXPECT_TRUE(outcome->applied);
   EXPECT_FALSE(outcome->repeated);
   EXPECT_EQ(outcome->applied_steps, 1u);
+  // The passes ran one after another: busy time is their sum (measured
+  // around the same calls, so within the clock reads between them).
+  const OptimizerStats stats = host_->Stats();
+  EXPECT_EQ(stats.grad_ready, 2u);
+  EXPECT_GT(stats.grad_ready_seconds, 0);
+  EXPECT_GT(stats.busy_seconds, 0);
+  EXPECT_LE(stats.busy_seconds, stats.step_seconds + stats.grad_ready_seconds + 1e-3);
   optim::Hyper hyper = Spec({}).hyper;
   hyper.lr = 2e-3f;
   for (size_t i = 0; i < copies.size(); ++i) {

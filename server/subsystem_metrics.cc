@@ -88,6 +88,11 @@ void OptimizerMetricsCollector::Collect(MetricsWriter& out) const {
   out.Sample({{"outcome", "repeated"}}, static_cast<double>(s.steps_repeated));
   Counter(out, "spill_optimizer_step_seconds_total", "Wall time of applied optimizer steps.",
           s.step_seconds);
+  Counter(out, "spill_optimizer_grad_ready_seconds_total",
+          "Wall time of gradient accumulation and sum-of-squares passes.", s.grad_ready_seconds);
+  Counter(out, "spill_optimizer_busy_seconds_total",
+          "Wall time with at least one optimizer step or gradient pass running.",
+          s.busy_seconds);
   Counter(out, "spill_optimizer_stepped_elements_total",
           "Parameter elements updated by applied steps.", static_cast<double>(s.elements_stepped));
   Counter(out, "spill_optimizer_grad_ready_total", "Gradient shards accumulated or summed.",

@@ -23,6 +23,8 @@
 //   spill_optimizer_groups                                        gauge
 //   spill_optimizer_steps_total{outcome="applied"|"skipped"|"repeated"}  counter
 //   spill_optimizer_step_seconds_total                            counter
+//   spill_optimizer_grad_ready_seconds_total                      counter
+//   spill_optimizer_busy_seconds_total                            counter
 //   spill_optimizer_stepped_elements_total                        counter
 //   spill_optimizer_grad_ready_total                              counter
 #ifndef SPILL_SERVER_SUBSYSTEM_METRICS_H_
