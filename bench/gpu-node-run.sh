@@ -167,6 +167,9 @@ if want train; then
     train_run 1gpu-1.3B-noclip-nice0 1 "${args13[@]}" --clip=0 --optim-nice=0
     # spilld's optimizer on one thread per physical core of a 2-way SMT host.
     train_run 1gpu-1.3B-noclip-t16 1 "${args13[@]}" --clip=0 --optim-threads=16
+    # Activation checkpointing, its checkpoints on the GPU and in host memory.
+    train_run 1gpu-1.3B-noclip-ckpt 1 "${args13[@]}" --clip=0 --gradient-checkpointing
+    train_run 1gpu-1.3B-noclip-cpuckpt 1 "${args13[@]}" --clip=0 --cpu-checkpointing
     train_run 1gpu-6.7B-noclip 1 "${args67[@]}" --clip=0
     train_run 2gpu-1.3B 2 "${args13[@]}"
     train_run 2gpu-1.3B-noclip 2 "${args13[@]}" --clip=0

@@ -19,6 +19,8 @@ const char kZero3Usage[] =
     "  --preset=125M|350M|1.3B|2.7B|6.7B|13B   model shape (default 1.3B)\n"
     "  --layers= --hidden= --heads= --vocab= --seq=   override the shape\n"
     "  --steps=N (10)  --warmup=N (2)  --micro-batch=N (1)  --gas=N (1)  --bf16\n"
+    "  --gradient-checkpointing   recompute each layer in backward\n"
+    "  --cpu-checkpointing   the same, its checkpoints kept in host memory\n"
     "  --offload-optimizer=cpu|none|nvme (cpu)  --offload-param=cpu|none|nvme (cpu)\n"
     "  --nvme-dir=DIR        NVMe tier directory (nvme modes)\n"
     "  --device=cuda|cpu     (default: cuda when a GPU is present)\n"
@@ -124,6 +126,8 @@ std::string ConfigJson(const Zero3Flags& f) {
                       R"(, "gradient_accumulation_steps": )", f.gas,
                       R"(, "gradient_clipping": )", f.clip, R"(, "steps_per_print": 1000000000,)",
                       R"( "bf16": {"enabled": )", f.bf16 ? "true" : "false", "},",
+                      R"( "activation_checkpointing": {"cpu_checkpointing": )",
+                      f.cpu_checkpointing ? "true" : "false", "},",
                       R"( "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95],)",
                       R"( "eps": 1e-8, "weight_decay": 0.1}},)",
                       // HF's "auto": hidden^2 elements, i.e. one bucket per layer here.
@@ -141,6 +145,11 @@ absl::Status ParseZero3Flags(int argc, char** argv, Zero3Flags& f) {
     const std::string a = argv[i];
     if (a == "--bf16") {
       f.bf16 = true;
+      continue;
+    }
+    if (a == "--gradient-checkpointing" || a == "--cpu-checkpointing") {
+      f.gradient_checkpointing = true;
+      f.cpu_checkpointing = f.cpu_checkpointing || a == "--cpu-checkpointing";
       continue;
     }
     const size_t eq = a.find('=');

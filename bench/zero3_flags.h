@@ -23,6 +23,9 @@ struct Zero3Flags {
   int warmup = 2;
   std::string offload_optimizer = "cpu", offload_param = "cpu";
   bool bf16 = false;
+  // --gradient-checkpointing; --cpu-checkpointing also keeps the
+  // checkpoints in host memory (activation_checkpointing.cpu_checkpointing).
+  bool gradient_checkpointing = false, cpu_checkpointing = false;
   double clip = 1.0;  // gradient_clipping (0: none; layers then step during backward)
   int64_t micro_batch = 1, gas = 1;
   std::string device;  // "cuda" or "cpu"; empty: cuda when a GPU is present
@@ -34,7 +37,7 @@ struct Zero3Flags {
   int64_t max_in_cpu = 1'000'000'000;  // offload_param.max_in_cpu (nvme)
 };
 
-// Parses --key=value flags (and --bf16). InvalidArgument naming the flag for
+// Parses --key=value flags (and --bf16, --gradient-checkpointing, --cpu-checkpointing). InvalidArgument naming the flag for
 // an unknown flag, a malformed or out-of-range number, or a bad choice.
 absl::Status ParseZero3Flags(int argc, char** argv, Zero3Flags& flags);
 

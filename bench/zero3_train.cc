@@ -335,13 +335,21 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
       {"offload_param", worker::OffloadDeviceName(run.config.zero.offload_param.device)},
       {"bf16", run.config.bf16_enabled}, {"micro_batch", run.config.train_micro_batch_size_per_gpu},
       {"gas", run.config.gradient_accumulation_steps}, {"gradient_clipping", run.config.gradient_clipping}, {"seq", run.shape.seq_len},
-      {"params", run.total_params}, {"steps", totals.steps}, {"device", run.device.str()}};
+      {"params", run.total_params}, {"steps", totals.steps}, {"device", run.device.str()},
+      // The bound and TFLOP/s count model work: no recomputation, no
+      // activation copies.
+      {"gradient_checkpointing", run.flags.gradient_checkpointing},
+      {"cpu_checkpointing", run.flags.cpu_checkpointing}};
   Result headline{kBench, "tokens_per_s", tokens_per_s, "tokens/s", "lane_bound",
               lanes.bound_s > 0 ? tokens_per_step / lanes.bound_s : 0, mode};
   headline.extra["preset"] = run.shape.name;
   headline.extra["world_size"] = run.info.world_size;
   headline.extra["bound_lane"] = lanes.bound_lane;
   headline.extra["target_ratio"] = ">= 0.8";
+  if (const int64_t peak = worker::DevicePeakBytes(run.device.is_cuda() ? run.device.index() : -1);
+      peak >= 0) {
+    headline.extra["gpu_peak_gib"] = peak / 1073741824.0;
+  }
   Emit(headline, run.machine);
   EmitLine(run, "tflops", tokens_per_s * flops_per_token / 1e12, "TFLOP/s",
            {{"per_gpu", tokens_per_s * flops_per_token / 1e12 / run.info.world_size}});
@@ -394,6 +402,7 @@ int Bench(Run& run) {
   o.session.socket_path = SocketPath(run);
   o.device = run.device;
   o.max_steps_in_flight = run.flags.steps_in_flight;
+  o.gradient_checkpointing = run.flags.gradient_checkpointing;
   o.ranks_per_node = run.info.world_size;  // zero3_train runs on one node.
   absl::StatusOr<std::unique_ptr<worker::Engine>> engine = worker::Engine::Create(o, coll->get());
   if (!engine.ok()) {

@@ -117,6 +117,9 @@ bool NcclAvailable();
 // ", gpu N: allocated X GiB (peak Y GiB)" from LibTorch's caching allocator
 // for a CUDA device; empty when built without CUDA or for device < 0.
 std::string DeviceMemorySummary(int device);
+// The caching allocator's peak of allocated bytes on `device` since the
+// process started; -1 without CUDA or for device < 0.
+int64_t DevicePeakBytes(int device);
 
 // NCCL communicator over all ranks (unique id from rank 0 through the
 // TCPStore), bound to CUDA device `device` and issuing every collective on

@@ -258,6 +258,13 @@ std::string DeviceMemorySummary(int device) {
                          allocated.current / 1073741824.0, allocated.peak / 1073741824.0);
 }
 
+int64_t DevicePeakBytes(int device) {
+  if (device < 0) return -1;
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device))
+      .allocated_bytes[0]
+      .peak;
+}
+
 absl::StatusOr<std::unique_ptr<Collectives>> CreateNcclCollectives(
     const RendezvousInfo& info, int device, void* stream, std::chrono::milliseconds timeout) {
   int count = 0;

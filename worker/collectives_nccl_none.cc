@@ -6,6 +6,7 @@ namespace spill::worker {
 bool NcclAvailable() { return false; }
 
 std::string DeviceMemorySummary(int) { return ""; }
+int64_t DevicePeakBytes(int) { return -1; }
 
 absl::StatusOr<std::unique_ptr<Collectives>> CreateNcclCollectives(const RendezvousInfo&, int,
                                                                    void*,

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <thread>
 #include <utility>
 
@@ -117,6 +118,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
                                                    options.max_steps_in_flight));
   }
   SPILL_RETURN_IF_ERROR(CheckModes(options.config));
+  const ActivationCheckpointingConfig& ac = options.config.activation_checkpointing;
+  if (collectives->rank() == 0 && ac.cpu_checkpointing && !options.gradient_checkpointing) {
+    std::cerr << "spill-train: activation_checkpointing.cpu_checkpointing has no effect without "
+                 "--gradient_checkpointing (no activation is checkpointed)\n";
+  }
+  if (collectives->rank() == 0 && ac.partition_activations) {
+    std::cerr << "spill-train: activation_checkpointing.partition_activations: no model "
+                 "parallelism here, so each checkpoint stays whole on its rank (DeepSpeed "
+                 "splits them across the model-parallel group)\n";
+  }
   SPILL_ASSIGN_OR_RETURN(GptModel model, GptModel::Create(options.shape));
   SPILL_ASSIGN_OR_RETURN(LrSchedule schedule,
                          LrSchedule::Create(options.config.scheduler, options.config.optimizer.lr));

@@ -111,6 +111,9 @@ struct StepStats {
   // Bytes copied host→device and device→host this step.
   int64_t h2d_bytes = 0;
   int64_t d2h_bytes = 0;
+  // cpu_checkpointing: bytes of layer inputs kept in host memory between
+  // forward and recomputation (on CUDA also counted in d2h and h2d).
+  int64_t activation_host_bytes = 0;
 };
 
 class Engine {
@@ -174,6 +177,7 @@ class Engine {
   struct LayerState;
   struct PendingGrad;
   struct PendingRelease;
+  struct HostActivation;
   Engine(const EngineOptions& options, Collectives* collectives, GptModel model,
          LrSchedule schedule, LossScaler scaler);
   absl::Status Build();
@@ -245,6 +249,17 @@ class Engine {
   absl::Status HandOffShard(size_t i, uint32_t micro, const at::Tensor& shard,
                             const std::shared_ptr<Work>& rs, StepStats& stats);
   absl::Status PollGrads(bool wait_all, StepStats& stats);
+
+  // --- activation checkpoints in host memory (engine_activations.cc) ---
+  // activation_checkpointing.cpu_checkpointing with gradient checkpointing.
+  bool CpuCheckpointing() const;
+  // Copies layer i's input x to host memory (D2H stream); the caller drops x.
+  void OffloadActivation(size_t i, const at::Tensor& x, StepStats& stats);
+  // Starts bringing layer i's input back (copy stream); no-op when already.
+  void LoadActivation(size_t i, StepStats& stats);
+  // Layer i's input on the device, ordered before the compute stream's next
+  // work; its host copy is released.
+  at::Tensor TakeActivation(size_t i, StepStats& stats);
   absl::Status Optimize(StepStats& stats);
   void LocalStep(double lr, double grad_scale);
   // Layer i's step of steps_step_ may go out (QueueStep); PumpSteps sends
@@ -290,6 +305,7 @@ class Engine {
   std::vector<std::shared_ptr<client::Work>> nvme_prefetches_;
   std::optional<c10::Stream> copy_stream_;  // CUDA: H2D copies
   std::optional<c10::Stream> d2h_stream_;   // CUDA: gradient D2H copies
+  std::vector<HostActivation> host_acts_;   // cpu_checkpointing, by layer
   int64_t step_ = 0;
   int64_t applied_steps_ = 0;  // Steps not skipped (Adam's bias correction).
   std::unique_ptr<CheckpointReader> resume_;  // While building from a checkpoint.

@@ -57,10 +57,15 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
                                              StepStats& stats) {
   const size_t n = layers_.size();
   const bool ckpt = options_.gradient_checkpointing;
+  // cpu_checkpointing: the inputs of layers 1 .. n-2 wait in host memory
+  // (the embedding's are the tokens; the head's is needed first).
+  const bool to_host = CpuCheckpointing();
+  auto on_host = [&](size_t i) { return to_host && i > 0 && i + 1 < n; };
   const double root_scale =
       scaler_.scale() / static_cast<double>(options_.config.gradient_accumulation_steps);
   at::Tensor tokens = mb.tokens.to(options_.device), targets = mb.targets.to(options_.device);
   bucket_.clear();  // Left over only by a micro-step that failed.
+  host_acts_.clear();
   bucket_elems_ = 0;
   std::vector<at::Tensor> inputs(n), outputs(n);
   at::Tensor loss;
@@ -73,6 +78,10 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
       // Each layer gets a leaf input, so backward runs layer by layer.
       inputs[i] = i == 0 ? tokens : ckpt ? x.detach() : x.detach().requires_grad_(true);
       SPILL_ASSIGN_OR_RETURN(at::Tensor out, RunLayer(i, inputs[i], targets, stats));
+      if (on_host(i)) {
+        OffloadActivation(i, inputs[i], stats);
+        inputs[i] = at::Tensor();
+      }
       Done(i);
       if (i + 1 == n) {
         Done(0);
@@ -91,6 +100,8 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
     const bool head = i + 1 == n;
     at::Tensor out;
     if (ckpt) {
+      if (on_host(i)) inputs[i] = TakeActivation(i, stats);
+      if (i > 1 && on_host(i - 1)) LoadActivation(i - 1, stats);  // Overlaps this layer.
       if (i > 0) inputs[i] = inputs[i].detach().requires_grad_(true);
       SPILL_ASSIGN_OR_RETURN(out, RunLayer(i, inputs[i], targets, stats));
       if (head) out = out * root_scale;

@@ -70,6 +70,15 @@ struct Engine::PendingGrad {
   std::shared_ptr<client::Work> ready;  // GradReady, once sent
 };
 
+// A layer's input kept in host memory between forward and its
+// recomputation (cpu_checkpointing).
+struct Engine::HostActivation {
+  at::Tensor host;                   // pinned on CUDA
+  std::optional<c10::Event> copied;  // CUDA D2H done
+  at::Tensor device;                 // brought back for backward
+  std::optional<c10::Event> loaded;  // CUDA H2D done
+};
+
 // Releases the storage of `t` (every view of it keeps its metadata) and
 // allocates it again with the storage's own allocator (on CUDA: the current
 // stream's caching-allocator pool).

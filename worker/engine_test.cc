@@ -323,6 +323,8 @@ constexpr char kParamNvmeBudget[] =
     ", \"buffer_count\": 2, \"buffer_size\": 6400, \"max_in_cpu\": 1000";
 constexpr char kSmallBuckets[] = " \"reduce_bucket_size\": 13000, \"overlap_comm\": false,";
 constexpr char kNoClip[] = "\"gradient_clipping\": 0,";
+constexpr char kBf16CpuCkpt[] =
+    "\"bf16\": {\"enabled\": true}, \"activation_checkpointing\": {\"cpu_checkpointing\": true},";
 constexpr char kFp16[] = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 12},";
 
 // The same on GPUs (NCCL; label gpu), against the reference computed on
@@ -338,6 +340,8 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"gpu2_fp32_offload_none", "", 1e-4, 2e-6, "none", "none", "", 2, true},
         Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
         Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
+                  "--gradient_checkpointing", 2, true},
+        Precision{"gpu2_bf16_cpu_checkpointing", kBf16CpuCkpt, 1.0 / 32, 1e-4, "cpu", "cpu",
                   "--gradient_checkpointing", 2, true},
         Precision{"gpu2_fp16", kFp16, 1.0 / 128, 1e-3, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_bf16_param_nvme", kBf16, 1.0 / 32, 1e-4, "cpu", "nvme", "", 2, true,
@@ -358,6 +362,9 @@ INSTANTIATE_TEST_SUITE_P(
         // ZeRO-Offload: optimizer in spilld, parameter shards kept on the device.
         Precision{"bf16_param_on_device", kBf16, 1.0 / 128, 1e-6, "cpu", "none"},
         Precision{"bf16_checkpointing", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu",
+                  "--gradient_checkpointing"},
+        // The checkpointed layer inputs wait in host memory.
+        Precision{"bf16_cpu_checkpointing", kBf16CpuCkpt, 1.0 / 128, 1e-6, "cpu", "cpu",
                   "--gradient_checkpointing"},
         // fp16 with the dynamic scaler at 2^12. Gradients this small reach
         // fp16's subnormal range, which the fp16 reduction and the CPU's
@@ -573,10 +580,25 @@ TEST_F(EngineApiTest, GradientCheckpointingRecomputesTheSameGradients) {
   options_.gradient_checkpointing = true;
   auto ckpt = Engine::Create(options_, collectives_.get());
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  std::vector<at::Tensor> got = Train(**ckpt, 2, nullptr);
+  std::vector<StepStats> kept_stats;
+  std::vector<at::Tensor> got = Train(**ckpt, 2, &kept_stats);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_TRUE(at::allclose(got[i], want[i], 0, 1e-6)) << i;
+  }
+  for (const StepStats& s : kept_stats) EXPECT_EQ(s.activation_host_bytes, 0);
+  // cpu_checkpointing: the inputs of every block but the last layer's wait
+  // in host memory; the result is the same bit for bit.
+  options_.config.activation_checkpointing.cpu_checkpointing = true;
+  auto host = Engine::Create(options_, collectives_.get());
+  ASSERT_TRUE(host.ok()) << host.status();
+  std::vector<StepStats> host_stats;
+  std::vector<at::Tensor> on_host = Train(**host, 2, &host_stats);
+  ASSERT_EQ(on_host.size(), got.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(on_host[i].equal(got[i])) << i;
+  const int64_t per_input = kMicro * kShape.seq_len * kShape.hidden * 4;  // fp32
+  for (const StepStats& s : host_stats) {
+    EXPECT_EQ(s.activation_host_bytes, kGas * kShape.layers * per_input);
   }
 }
 
