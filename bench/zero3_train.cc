@@ -282,6 +282,8 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     totals.split.reduce_s += s->reduce_s;
     totals.split.spilld_wait_s += s->spilld_wait_s;
     totals.split.optimizer_s += s->optimizer_s;
+    totals.split.steps_sent_in_backward += s->steps_sent_in_backward;
+    totals.split.steps_done_in_backward += s->steps_done_in_backward;
   }
   // The last step's optimizer passes run on after TrainStep returns; the
   // counters are read once they are done, so the window is measured steps
@@ -359,7 +361,10 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
   EmitLine(run, "backward_s", totals.split.backward_s / n, "s/step");
   EmitLine(run, "reduce_s", totals.split.reduce_s / n, "s/step");
   EmitLine(run, "spilld_wait_s", totals.split.spilld_wait_s / n, "s/step");
-  EmitLine(run, "optimizer_s", totals.split.optimizer_s / n, "s/step");
+  EmitLine(run, "optimizer_s", totals.split.optimizer_s / n, "s/step",
+           {{"layers", run.shape.layers + 2},
+            {"steps_sent_in_backward", totals.split.steps_sent_in_backward / n},
+            {"steps_done_in_backward", totals.split.steps_done_in_backward / n}});
   if (totals.optimizer_busy_s >= 0) {
     // How much of the step spilld's CPU optimizer had work: busy ≈ step
     // time means the CPU lane itself is slower in training than alone;

@@ -443,6 +443,10 @@ absl::Status Engine::Optimize(StepStats& stats) {
     // Layers whose step was not already queued while backward ran. The
     // steps run in spilld while the next step's forward starts: a layer's
     // next gather waits for its own step (FinishStep).
+    for (const auto& w : step_works_) {
+      stats.steps_sent_in_backward += w != nullptr ? 1 : 0;
+      stats.steps_done_in_backward += w != nullptr && w->IsCompleted() ? 1 : 0;
+    }
     steps_step_ = step;
     steps_overflow_ = overflow;
     steps_lr_ = static_cast<float>(stats.lr);

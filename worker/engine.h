@@ -114,6 +114,10 @@ struct StepStats {
   // cpu_checkpointing: bytes of layer inputs kept in host memory between
   // forward and recomputation (on CUDA also counted in d2h and h2d).
   int64_t activation_host_bytes = 0;
+  // Layers whose optimizer step had gone out to spilld, and had finished,
+  // when backward ended (steps overlap backward only without clipping).
+  int64_t steps_sent_in_backward = 0;
+  int64_t steps_done_in_backward = 0;
 };
 
 class Engine {
