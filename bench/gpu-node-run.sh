@@ -22,6 +22,9 @@
 #      python3 -m torch.distributed.run; each run bounded by
 #      $SPILL_TRAIN_TIMEOUT seconds (default 540). $SPILL_TRAIN_RUNS picks
 #      runs (default "1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B").
+#   nvgpu (not in the default list): nvme_gpu, a parameter prefetch NVMe ->
+#      spilld's pinned tier -> GPU against O_DIRECT reads + cudaMemcpyAsync
+#      on the node's disk (about 2 minutes at 1 GB/s).
 #   $SPILL_NODE_STEPS (default "selftest tests optim python h2d nvme") picks
 #   steps, e.g. SPILL_NODE_STEPS="selftest worker train".
 set -uo pipefail
@@ -96,6 +99,12 @@ fi
 if want h2d && [ -x "$root/bin/h2d_shm" ]; then
   log "h2d_shm"
   "$root/bin/h2d_shm" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+fi
+
+if want nvgpu && [ -x "$root/bin/nvme_gpu" ]; then
+  log "nvme_gpu"
+  "$root/bin/nvme_gpu" --dir=/var/tmp/spill-nvme-gpu-bench --total=$((4 << 30)) --repeat=2 \
+    2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 fi
 
 mkdir -p /var/tmp/spill-nvme-bench
