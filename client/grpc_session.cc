@@ -432,6 +432,18 @@ std::shared_ptr<Work> GrpcSession::GradReady(uint64_t group_id, uint64_t grad_ob
   return Submit(WorkOp::kGradReady, grad_object_id, std::move(request));
 }
 
+std::shared_ptr<Work> GrpcSession::GradReadySummed(uint64_t group_id, uint64_t grad_object_id,
+                                                   uint64_t step, double sum_squares) {
+  v1::StreamRequest request;
+  v1::GradReady* g = request.mutable_grad_ready();
+  g->set_group_id(group_id);
+  g->set_grad_object_id(grad_object_id);
+  g->set_step(step);
+  g->set_micro_step(0);
+  g->set_sum_squares(sum_squares);
+  return Submit(WorkOp::kGradReady, grad_object_id, std::move(request));
+}
+
 std::shared_ptr<Work> GrpcSession::OptimizerStep(uint64_t group_id, uint64_t step, float lr,
                                                  float grad_scale, bool skip) {
   v1::StreamRequest request;

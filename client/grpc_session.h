@@ -59,6 +59,8 @@ class GrpcSession final : public Session {
   absl::Status CopyGroupState(uint64_t group_id, uint32_t member_index,
                               GroupStateDirection direction,
                               const std::vector<uint64_t>& object_ids) override;
+  std::shared_ptr<Work> GradReadySummed(uint64_t group_id, uint64_t grad_object_id,
+                                        uint64_t step, double sum_squares) override;
   std::shared_ptr<Work> GradReady(uint64_t group_id, uint64_t grad_object_id, uint64_t step,
                                   uint32_t micro_step) override;
   std::shared_ptr<Work> OptimizerStep(uint64_t group_id, uint64_t step, float lr,

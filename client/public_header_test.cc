@@ -52,6 +52,10 @@ class NullSession final : public spill::client::Session {
   std::shared_ptr<spill::client::Work> GradReady(uint64_t, uint64_t, uint64_t, uint32_t) override {
     return nullptr;
   }
+  std::shared_ptr<spill::client::Work> GradReadySummed(uint64_t, uint64_t, uint64_t,
+                                                       double) override {
+    return nullptr;
+  }
   std::shared_ptr<spill::client::Work> OptimizerStep(uint64_t, uint64_t, float, float,
                                                      bool) override {
     return nullptr;

@@ -445,7 +445,8 @@ absl::StatusOr<std::vector<GroupInfo>> OptimizerHost::ListGroups(uint64_t sessio
 
 absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t group_id,
                                                 uint64_t grad_object_id, uint64_t step,
-                                                uint32_t micro_step) {
+                                                uint32_t micro_step,
+                                                std::optional<double> client_sum_squares) {
   SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->StreamJob(session_id));
   SPILL_ASSIGN_OR_RETURN(std::shared_ptr<Group> group, FindGroup(job_id, group_id));
   std::lock_guard<std::mutex> lock(group->mu);
@@ -479,6 +480,20 @@ absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t gr
         ": expected micro_step ", expected, ", got ", micro_step));
   }
   const bool accumulate = member->info.accumulator_object_id != 0;
+  if (client_sum_squares.has_value()) {
+    if (accumulate) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sum_squares from the worker is only for groups without accumulation; optimizer "
+          "group '", info.name, "' accumulates ", info.gradient_accumulation_steps,
+          " micro-steps"));
+    }
+    member->ready_step = step;
+    member->micro_done = micro_step + 1;
+    member->sum_squares = *client_sum_squares;
+    std::lock_guard<std::mutex> stats_lock(mu_);
+    ++stats_.grad_ready;
+    return *client_sum_squares;
+  }
   std::vector<uint64_t> ids = {grad_object_id};
   if (accumulate) ids.push_back(member->info.accumulator_object_id);
   SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> v, registry_->PinForCompute(job_id, ids));

@@ -47,6 +47,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -185,9 +186,12 @@ class OptimizerHost {
   // GradReady: FailedPrecondition for a step other than the group's next, a
   // micro-step out of order, or a step already applied; InvalidArgument for
   // micro_step >= the accumulation count; NotFound for an unknown group or
-  // a grad object that is not a member's.
+  // a grad object that is not a member's. client_sum_squares (groups
+  // without accumulation; InvalidArgument otherwise): the caller's sum of
+  // squares of the shard, recorded instead of a pass over it.
   absl::StatusOr<double> GradReady(uint64_t session_id, uint64_t group_id,
-                                   uint64_t grad_object_id, uint64_t step, uint32_t micro_step);
+                                   uint64_t grad_object_id, uint64_t step, uint32_t micro_step,
+                                   std::optional<double> client_sum_squares = std::nullopt);
   // Step: FailedPrecondition for a step past the next one, an incomplete
   // gradient (naming the member and the micro-steps received), or a
   // repeated step older than the recorded history; InvalidArgument for a

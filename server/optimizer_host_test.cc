@@ -348,6 +348,59 @@ TEST_F(OptimizerHostTest, NonFiniteGradientIsRefusedUnlessTheStepIsSkipped) {
   EXPECT_EQ(next.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A worker's own sum of squares (groups without accumulation) stands in for
+// spilld's pass: the same step follows, nothing reads the shard, and a
+// non-finite sum refuses the step like a non-finite gradient.
+TEST_F(OptimizerHostTest, AWorkersSumOfSquaresReplacesThePass) {
+  GroupMemberSpec a = Pair("a", 257), b = Pair("b", 257);
+  for (auto [from, to] : {std::pair{a.param_object_id, b.param_object_id},
+                          std::pair{a.grad_object_id, b.grad_object_id}}) {
+    std::vector<uint8_t> bytes = Bytes(from);
+    std::memcpy(arena_->Data(Record(to).extent), bytes.data(), bytes.size());
+  }
+  GroupSpec sa = Spec({a}), sb = Spec({b});
+  sa.name = "twin-a";
+  sb.name = "twin-b";
+  GroupInfo ga = Create(sa), gb = Create(sb);
+  auto own = host_->GradReady(session_.session_id, ga.group_id, a.grad_object_id, 1, 0);
+  ASSERT_TRUE(own.ok()) << own.status();
+  const double pass_seconds = host_->Stats().grad_ready_seconds;
+  auto given = host_->GradReady(session_.session_id, gb.group_id, b.grad_object_id, 1, 0, *own);
+  ASSERT_TRUE(given.ok()) << given.status();
+  EXPECT_EQ(*given, *own);
+  EXPECT_EQ(host_->Stats().grad_ready_seconds, pass_seconds);  // No pass ran.
+  EXPECT_EQ(host_->Stats().grad_ready, 2u);
+  ASSERT_TRUE(host_->Step(session_.session_id, ga.group_id, 1, 1e-3f, 0.5f, false).ok());
+  ASSERT_TRUE(host_->Step(session_.session_id, gb.group_id, 1, 1e-3f, 0.5f, false).ok());
+  EXPECT_EQ(Bytes(a.param_object_id), Bytes(b.param_object_id));
+  EXPECT_EQ(Bytes(ga.members[0].master_object_id), Bytes(gb.members[0].master_object_id));
+
+  // A non-finite sum: the step is refused and changes nothing.
+  ASSERT_TRUE(host_->GradReady(session_.session_id, gb.group_id, b.grad_object_id, 2, 0,
+                               std::numeric_limits<double>::quiet_NaN())
+                  .ok());
+  auto before = Snapshot();
+  auto refused = host_->Step(session_.session_id, gb.group_id, 2, 1e-3f, 1.0f, false);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("non-finite"), std::string::npos);
+  EXPECT_EQ(Snapshot(), before);
+
+  // A group that accumulates must read its shards itself: refused, and the
+  // micro-step is still expected.
+  GroupMemberSpec c = Pair("c", 64, kBF16, kF32);
+  GroupSpec sc = Spec({c}, /*gas=*/2);
+  sc.name = "accumulating";
+  GroupInfo gc = Create(sc);
+  before = Snapshot();
+  auto accumulating =
+      host_->GradReady(session_.session_id, gc.group_id, c.grad_object_id, 1, 0, 1.0);
+  EXPECT_EQ(accumulating.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(accumulating.status().message().find("accumulates 2 micro-steps"), std::string::npos)
+      << accumulating.status();
+  EXPECT_EQ(Snapshot(), before);
+  EXPECT_TRUE(host_->GradReady(session_.session_id, gc.group_id, c.grad_object_id, 1, 0).ok());
+}
+
 TEST_F(OptimizerHostTest, BadGroupsAreRefusedAndLeaveNothingBehind) {
   GroupMemberSpec a = Pair("a", 100);
   GroupMemberSpec short_grad{a.param_object_id, Pair("b", 99).grad_object_id};

@@ -3,6 +3,7 @@
 #include <deque>
 #include <vector>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -386,8 +387,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       }
       case StreamRequest::kGradReady: {
         const auto& g = request.grad_ready();
-        auto sum = deps_.optimizer->GradReady(session, g.group_id(), g.grad_object_id(),
-                                              g.step(), g.micro_step());
+        auto sum = deps_.optimizer->GradReady(
+            session, g.group_id(), g.grad_object_id(), g.step(), g.micro_step(),
+            g.has_sum_squares() ? std::optional<double>(g.sum_squares()) : std::nullopt);
         if (!sum.ok()) return sum.status();
         event->set_sum_squares(*sum);
         return absl::OkStatus();

@@ -69,6 +69,11 @@ struct EngineOptions {
   // turn go out lowest layer first, the order the next forward needs them,
   // and spilld's compute pool keeps room for gradient-ready requests.
   int max_steps_in_flight = 2;
+  // Without gradient accumulation, each reduced gradient shard's sum of
+  // squares is computed on the device (one small kernel on the D2H stream)
+  // and sent with GradReady, sparing spilld's CPU a pass over every
+  // gradient byte. false: spilld computes it (the result is the same).
+  bool grad_sum_on_device = true;
   // Resume from the checkpoint <resume_dir>/<resume_tag> (tag empty: the
   // one <resume_dir>/latest names), saved by any world size.
   std::string resume_dir;
@@ -253,6 +258,10 @@ class Engine {
   absl::Status HandOffShard(size_t i, uint32_t micro, const at::Tensor& shard,
                             const std::shared_ptr<Work>& rs, StepStats& stats);
   absl::Status PollGrads(bool wait_all, StepStats& stats);
+  // Gradient shards' sums of squares computed where the shard is (the GPU)
+  // and sent with GradReady, so spilld skips its pass: options_
+  // .grad_sum_on_device, offloaded, without gradient accumulation.
+  bool GradSumOnDevice() const;
 
   // --- activation checkpoints in host memory (engine_activations.cc) ---
   // activation_checkpointing.cpu_checkpointing with gradient checkpointing.

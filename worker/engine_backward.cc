@@ -28,7 +28,19 @@ std::optional<at::ScalarType> ToScalarType(CommDType d) {
   return std::nullopt;
 }
 
+// Sum of squares of a gradient shard, each square exact (bf16/fp16 in
+// fp32, fp32 in double) and summed in double, as spilld's own pass does.
+at::Tensor ShardSumSquares(const at::Tensor& shard) {
+  const at::Tensor x = shard.to(shard.scalar_type() == at::kFloat ? at::kDouble : at::kFloat);
+  return x.square().sum(at::kDouble);
+}
+
 }  // namespace
+
+bool Engine::GradSumOnDevice() const {
+  return options_.grad_sum_on_device && !local_ &&
+         options_.config.gradient_accumulation_steps == 1;
+}
 
 // Gathers layer i (and, for the tied head, the embedding), runs it on x and
 // returns its output; for the head, the micro-step's scaled loss, with the
@@ -220,12 +232,14 @@ absl::Status Engine::HandOffShard(size_t i, uint32_t micro, const at::Tensor& sh
     c10::StreamGuard guard(*d2h_stream_);
     SPILL_RETURN_IF_ERROR(PrefixStatus(rs->StreamWait(options_.timeout), "reduce-scatter gradients"));
     dst.copy_(shard, /*non_blocking=*/true);
+    if (GradSumOnDevice()) p.sum_squares = ShardSumSquares(shard);
     p.copied.emplace(options_.device.type());
     p.copied->record(*d2h_stream_);
     p.shard = shard;  // The copy reads it on the D2H stream.
   } else {
     SPILL_RETURN_IF_ERROR(Wait(rs, "reduce-scatter gradients"));
     dst.copy_(shard);
+    if (GradSumOnDevice()) p.sum_squares = ShardSumSquares(shard);
   }
   stats.d2h_bytes += static_cast<int64_t>(bytes.size());
   grads_.push_back(std::move(p));
@@ -245,8 +259,12 @@ absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
     if (p.ready != nullptr || (p.copied && !wait_all && !p.copied->query())) continue;
     if (p.copied) p.copied->synchronize();
     p.shard = at::Tensor();
-    p.ready = session_->GradReady(layers_[p.layer].group_id,
-                                  layers_[p.layer].grad_object.object_id, step, p.micro);
+    const LayerState& ls = layers_[p.layer];
+    p.ready = p.sum_squares.defined()
+                  ? session_->GradReadySummed(ls.group_id, ls.grad_object.object_id, step,
+                                              p.sum_squares.item<double>())
+                  : session_->GradReady(ls.group_id, ls.grad_object.object_id, step, p.micro);
+    p.sum_squares = at::Tensor();
   }
   size_t kept = 0;
   absl::Status first;

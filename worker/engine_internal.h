@@ -67,6 +67,9 @@ struct Engine::PendingGrad {
   uint32_t micro = 0;
   at::Tensor shard;                  // device; kept until the copy finished
   std::optional<c10::Event> copied;  // CUDA D2H done
+  // Its sum of squares (a double scalar on the shard's device, computed on
+  // the D2H stream before `copied`) when GradSumOnDevice().
+  at::Tensor sum_squares;
   std::shared_ptr<client::Work> ready;  // GradReady, once sent
 };
 

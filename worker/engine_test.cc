@@ -649,6 +649,64 @@ TEST_F(EngineApiTest, Fp16OverflowSkipsTheStepInSpilldToo) {
 // How many optimizer steps are in flight, and whether they overlap backward
 // (no clipping) or follow it, changes the order spilld runs them in, never
 // the result. A window below 1 is refused.
+// Without accumulation the engine sends each gradient shard's sum of squares
+// with GradReady: spilld runs no pass over the gradients (its pass time
+// stays 0); parameters equal those of spilld's own pass bit for bit and
+// the logged norms to double rounding, clipped or not, bf16 or fp32.
+TEST_F(EngineApiTest, GradientSumsFromTheWorkerEqualSpilldsOwn) {
+  auto spilld = testing::SpilldFixture::Start({"--metrics-address=127.0.0.1:0"});
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.config.gradient_accumulation_steps = 1;
+  options_.session.socket_path = (*spilld)->socket_path();
+  ByteDataset data = *ByteDataset::Open(DefaultDataPath());
+  int job = 0;
+  for (bool bf16 : {false, true}) {
+    for (double clip : {0.5, 0.0}) {
+      std::vector<std::vector<at::Tensor>> params;
+      std::vector<std::vector<double>> norms;
+      for (bool on_device : {false, true}) {
+        const double pass_before = (*spilld)->Metric("spill_optimizer_grad_ready_seconds_total");
+        options_.config.bf16_enabled = bf16;
+        options_.config.gradient_clipping = clip;
+        options_.grad_sum_on_device = on_device;
+        options_.session.job_id = "grad-sums-" + std::to_string(job++);
+        auto engine = Engine::Create(options_, collectives_.get());
+        ASSERT_TRUE(engine.ok()) << engine.status();
+        norms.emplace_back();
+        for (int step = 0; step < 3; ++step) {
+          TokenBatch b = *data.Batch(step, 0, kMicro, kShape.seq_len, kSeed);
+          auto s = (*engine)->TrainStep(
+              {{at::tensor(b.tokens, at::kLong).view({kMicro, kShape.seq_len}),
+                at::tensor(b.targets, at::kLong).view({kMicro, kShape.seq_len})}});
+          ASSERT_TRUE(s.ok()) << s.status();
+          norms.back().push_back(s->grad_norm);
+        }
+        auto p = (*engine)->GatherParameters();
+        ASSERT_TRUE(p.ok()) << p.status();
+        params.push_back(*p);
+        const double pass = (*spilld)->Metric("spill_optimizer_grad_ready_seconds_total");
+        ASSERT_GE(pass_before, 0);
+        if (on_device) {
+          EXPECT_EQ(pass, pass_before) << "spilld read the gradients itself";
+        } else {
+          EXPECT_GT(pass, pass_before);
+        }
+      }
+      // Both sum in double, in different orders: equal to rounding.
+      for (size_t k = 0; k < norms[0].size(); ++k) {
+        EXPECT_NEAR(norms[0][k], norms[1][k], 1e-12 * norms[0][k]) << "bf16 " << bf16 << " clip " << clip;
+      }
+      for (size_t i = 0; i < params[0].size(); ++i) {
+        EXPECT_TRUE(params[0][i].equal(params[1][i])) << "bf16 " << bf16 << " clip " << clip
+                                                      << " layer " << i;
+      }
+    }
+  }
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+}
+
 TEST_F(EngineApiTest, TheStepWindowChangesTheOrderNotTheResult) {
   auto spilld = testing::SpilldFixture::Start();
   ASSERT_TRUE(spilld.ok()) << spilld.status();

@@ -241,6 +241,23 @@ TEST_F(OptimizerTest, BadOptimizerRequestsGetClearErrors) {
   auto unknown_grad = s->GradReady(12345, shard.grad.object_id, 1, 0);
   EXPECT_EQ(unknown_grad->Wait(seconds(30)).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(s->DropGroup(12345).code(), absl::StatusCode::kNotFound);
+  // A worker's own sum of squares is for groups without accumulation.
+  spec = Spec("x", shard);
+  ASSERT_GT(spec.gradient_accumulation_steps, 1u);
+  auto accumulating = s->CreateGroup(spec);
+  ASSERT_TRUE(accumulating.ok()) << accumulating.status();
+  auto summed = s->GradReadySummed(accumulating->group_id, shard.grad.object_id, 1, 2.5);
+  const absl::Status refused = summed->Wait(seconds(30));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("accumulates"), std::string::npos) << refused;
+  Shard single = MakeShard(*s, "y", 100);
+  spec = Spec("y", single);
+  spec.gradient_accumulation_steps = 1;
+  auto plain = s->CreateGroup(spec);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  auto echoed = s->GradReadySummed(plain->group_id, single.grad.object_id, 1, 2.5);
+  ASSERT_TRUE(echoed->Wait(seconds(30)).ok());
+  EXPECT_EQ(echoed->sum_squares(), 2.5);
   // The stream is still healthy after the errors.
   EXPECT_TRUE(s->Ping()->Wait(seconds(10)).ok());
   EXPECT_TRUE(s->Close().ok());

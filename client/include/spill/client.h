@@ -245,6 +245,12 @@ class SPILL_CLIENT_EXPORT Session {
   // squares. Do not overwrite the shard before the Work completes.
   virtual std::shared_ptr<Work> GradReady(uint64_t group_id, uint64_t grad_object_id,
                                           uint64_t step, uint32_t micro_step) = 0;
+  // The same for a group without accumulation, with the shard's sum of
+  // squares computed by the caller (e.g. on the GPU before the copy): spilld
+  // records it instead of reading the shard, and the Work's sum_squares()
+  // echoes it. InvalidArgument for a group that accumulates.
+  virtual std::shared_ptr<Work> GradReadySummed(uint64_t group_id, uint64_t grad_object_id,
+                                                uint64_t step, double sum_squares) = 0;
   // Runs the group's optimizer step `step` (its last step + 1) with this
   // learning rate, every gradient element multiplied by grad_scale (clip
   // coefficient / loss scale); skip records an overflowed step without
