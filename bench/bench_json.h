@@ -50,6 +50,12 @@ inline void Emit(const Result& r, const std::string& machine) {
   std::fflush(stdout);
 }
 
+// The value of `arg` when it is --name=VALUE, else nullptr (points into arg).
+inline const char* FlagValue(const char* arg, const char* name) {
+  const std::string prefix = std::string("--") + name + "=";
+  return std::string(arg).rfind(prefix, 0) == 0 ? arg + prefix.size() : nullptr;
+}
+
 }  // namespace spill::bench
 
 #endif  // SPILL_BENCH_BENCH_JSON_H_

@@ -534,10 +534,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
   std::string sizes, total;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto val = [&](const char* name) -> const char* {
-      const std::string p = std::string("--") + name + "=";
-      return a.rfind(p, 0) == 0 ? argv[i] + p.size() : nullptr;
-    };
+    auto val = [&](const char* name) { return spill::bench::FlagValue(argv[i], name); };
     if (const char* v = val("dir")) {
       f->dir = v;
     } else if (const char* v = val("sizes")) {
