@@ -116,7 +116,8 @@ class EngineTest : public ::testing::Test {
 // and halved in 16 bits (the reduce-scatter), added into an fp32
 // accumulator (spilld's).
 void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t index, int world,
-                        at::ScalarType dtype, double scale, const std::vector<at::Tensor>& master) {
+                        at::ScalarType dtype, double scale, int64_t gas,
+                        const std::vector<at::Tensor>& master) {
   std::vector<at::Tensor> tokens, targets;
   const at::Device device = master[0].device();
   for (int r = 0; r < world; ++r) {
@@ -126,7 +127,7 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
   }
   if (dtype == at::kFloat) {
     at::Tensor loss = GptModel::Loss(model.Logits(at::cat(tokens), master), at::cat(targets));
-    (loss / static_cast<double>(kGas)).backward();
+    (loss / static_cast<double>(gas)).backward();
     return;
   }
   std::vector<at::Tensor> reduced(master.size());
@@ -134,7 +135,7 @@ void ReferenceMicroStep(const GptModel& model, const ByteDataset& data, int64_t 
     std::vector<at::Tensor> half;
     for (const at::Tensor& m : master) half.push_back(m.detach().to(dtype).requires_grad_(true));
     at::Tensor loss = GptModel::Loss(model.Logits(tokens[r], half), targets[r]);
-    (loss * (scale / static_cast<double>(kGas))).backward();
+    (loss * (scale / static_cast<double>(gas))).backward();
     for (size_t i = 0; i < half.size(); ++i) {
       at::Tensor g = half[i].grad().to(at::kFloat);
       reduced[i] = r == 0 ? g : (reduced[i] + g).to(dtype).to(at::kFloat);
@@ -178,8 +179,9 @@ std::vector<at::Tensor> Reference(const DeepSpeedConfig& c, int world, at::Devic
   ByteDataset data = *ByteDataset::Open(DefaultDataPath());
   for (int64_t step = 1; step <= kSteps; ++step) {
     opt.zero_grad();
-    for (int64_t k = 0; k < kGas; ++k) {
-      ReferenceMicroStep(*model, data, (step - 1) * kGas + k, world, dtype, scale, flat);
+    const int64_t gas = c.gradient_accumulation_steps;
+    for (int64_t k = 0; k < gas; ++k) {
+      ReferenceMicroStep(*model, data, (step - 1) * gas + k, world, dtype, scale, gas, flat);
     }
     if (scale != 1.0) {
       for (at::Tensor& t : flat) t.mutable_grad() = t.grad() / scale;
@@ -211,6 +213,7 @@ struct Precision {
   bool cuda = false;  // One GPU per rank, NCCL (skipped without enough GPUs).
   const char* param_extra = "";  // Added to offload_param (nvme: its budget).
   const char* zero_extra = "";   // Added to zero_optimization.
+  int gas = kGas;  // gradient_accumulation_steps (1: GradReadySummed).
 };
 
 int CudaDevices() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
@@ -243,6 +246,9 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
   if (std::string(p.config_extra).find("gradient_clipping") != std::string::npos) {
     config.erase(config.find(clip_key), clip_key.size());
   }
+  const std::string gas_key = "\"gradient_accumulation_steps\": 2";
+  config.replace(config.find(gas_key), gas_key.size(),
+                 "\"gradient_accumulation_steps\": " + std::to_string(p.gas));
   config.insert(1, p.config_extra);
   const std::string stage_key = "\"stage\": 3,";
   config.insert(config.find(stage_key) + stage_key.size(), p.zero_extra);
@@ -341,6 +347,8 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
         Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
                   "--gradient_checkpointing", 2, true},
+        // Without accumulation: gradient sums computed on the GPU.
+        Precision{"gpu2_bf16_gas1", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu", "", 2, true, "", "", 1},
         Precision{"gpu2_bf16_cpu_checkpointing", kBf16CpuCkpt, 1.0 / 32, 1e-4, "cpu", "cpu",
                   "--gradient_checkpointing", 2, true},
         Precision{"gpu2_fp16", kFp16, 1.0 / 128, 1e-3, "cpu", "cpu", "", 2, true},
@@ -363,6 +371,10 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"bf16_param_on_device", kBf16, 1.0 / 128, 1e-6, "cpu", "none"},
         Precision{"bf16_checkpointing", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu",
                   "--gradient_checkpointing"},
+        // Without accumulation the engine sends each gradient's sum of
+        // squares with GradReady (spilld reads no gradient byte).
+        Precision{"bf16_gas1", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu", "", kWorld, false, "", "", 1},
+        Precision{"fp32_gas1", "", 1e-4, 2e-6, "cpu", "cpu", "", kWorld, false, "", "", 1},
         // The checkpointed layer inputs wait in host memory.
         Precision{"bf16_cpu_checkpointing", kBf16CpuCkpt, 1.0 / 128, 1e-6, "cpu", "cpu",
                   "--gradient_checkpointing"},
