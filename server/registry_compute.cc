@@ -95,8 +95,16 @@ absl::Status Registry::AcquireTierViews(const std::string& job_id,
     views[i].data = arena_->Data(*extent);
   }
   if (!status.ok()) {
+    // Reads still in flight are waited for (up to the deadline), so a
+    // failed pin leaves no pin behind when it returns; one that outlives
+    // the deadline is dropped by its callback.
     for (size_t i = 0; i < views.size(); ++i) {
-      if (waits[i] != nullptr) Abandon(tiers_, job_id, views[i].record.id, *waits[i]);
+      if (waits[i] == nullptr) continue;
+      {
+        std::unique_lock<std::mutex> lock(waits[i]->mu);
+        waits[i]->cv.wait_until(lock, deadline, [&] { return waits[i]->done; });
+      }
+      Abandon(tiers_, job_id, views[i].record.id, *waits[i]);
     }
   }
   return status;
