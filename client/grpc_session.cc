@@ -1,6 +1,7 @@
 #include "client/grpc_session.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -421,27 +422,33 @@ absl::Status GrpcSession::CopyGroupState(uint64_t group_id, uint32_t member_inde
   return absl::OkStatus();
 }
 
-std::shared_ptr<Work> GrpcSession::GradReady(uint64_t group_id, uint64_t grad_object_id,
-                                             uint64_t step, uint32_t micro_step) {
+namespace {
+
+// A GradReady stream request; sum_squares only when the worker computed it.
+v1::StreamRequest GradReadyRequest(uint64_t group_id, uint64_t grad_object_id, uint64_t step,
+                                   uint32_t micro_step, std::optional<double> sum_squares) {
   v1::StreamRequest request;
   v1::GradReady* g = request.mutable_grad_ready();
   g->set_group_id(group_id);
   g->set_grad_object_id(grad_object_id);
   g->set_step(step);
   g->set_micro_step(micro_step);
-  return Submit(WorkOp::kGradReady, grad_object_id, std::move(request));
+  if (sum_squares.has_value()) g->set_sum_squares(*sum_squares);
+  return request;
+}
+
+}  // namespace
+
+std::shared_ptr<Work> GrpcSession::GradReady(uint64_t group_id, uint64_t grad_object_id,
+                                             uint64_t step, uint32_t micro_step) {
+  return Submit(WorkOp::kGradReady, grad_object_id,
+                GradReadyRequest(group_id, grad_object_id, step, micro_step, std::nullopt));
 }
 
 std::shared_ptr<Work> GrpcSession::GradReadySummed(uint64_t group_id, uint64_t grad_object_id,
                                                    uint64_t step, double sum_squares) {
-  v1::StreamRequest request;
-  v1::GradReady* g = request.mutable_grad_ready();
-  g->set_group_id(group_id);
-  g->set_grad_object_id(grad_object_id);
-  g->set_step(step);
-  g->set_micro_step(0);
-  g->set_sum_squares(sum_squares);
-  return Submit(WorkOp::kGradReady, grad_object_id, std::move(request));
+  return Submit(WorkOp::kGradReady, grad_object_id,
+                GradReadyRequest(group_id, grad_object_id, step, 0, sum_squares));
 }
 
 std::shared_ptr<Work> GrpcSession::OptimizerStep(uint64_t group_id, uint64_t step, float lr,

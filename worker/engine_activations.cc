@@ -21,7 +21,8 @@ void Engine::OffloadActivation(size_t i, const at::Tensor& x, StepStats& stats) 
   if (host_acts_.size() != layers_.size()) host_acts_.resize(layers_.size());
   HostActivation& a = host_acts_[i];
   a = HostActivation{};
-  stats.activation_host_bytes += static_cast<int64_t>(x.numel()) * x.element_size();
+  const auto bytes = static_cast<int64_t>(x.nbytes());
+  stats.activation_host_bytes += bytes;
   if (!options_.device.is_cuda()) {
     a.host = x.clone();  // Already host memory: a copy of its own all the same.
     return;
@@ -40,7 +41,7 @@ void Engine::OffloadActivation(size_t i, const at::Tensor& x, StepStats& stats) 
   }
   // The D2H stream reads x after the caller drops it.
   impl.recordDataPtrOnStream(x.storage().data_ptr(), *d2h_stream_);
-  stats.d2h_bytes += static_cast<int64_t>(x.numel()) * x.element_size();
+  stats.d2h_bytes += bytes;
 }
 
 void Engine::LoadActivation(size_t i, StepStats& stats) {
@@ -63,7 +64,7 @@ void Engine::LoadActivation(size_t i, StepStats& stats) {
   a.device.copy_(a.host, /*non_blocking=*/true);
   a.loaded.emplace(options_.device.type());
   a.loaded->record(*copy_stream_);
-  stats.h2d_bytes += static_cast<int64_t>(a.host.numel()) * a.host.element_size();
+  stats.h2d_bytes += static_cast<int64_t>(a.host.nbytes());
 }
 
 at::Tensor Engine::TakeActivation(size_t i, StepStats& stats) {
