@@ -28,7 +28,11 @@ const char kZero3Usage[] =
     "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n"
     "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n"
     "  --optim-nice=N        spilld's --optim-nice (default: spilld's)\n"
-    "  --max-in-cpu=N        offload_param.max_in_cpu elements (nvme; default 1e9)\n";
+    "  --max-in-cpu=N        offload_param.max_in_cpu elements (nvme; default 1e9)\n"
+    "  --profile=PATH        timeline of the last measured steps: PATH.rank<R>.json\n"
+    "                        (LibTorch profiler) and PATH.rank<R>.steps.json (spilld's\n"
+    "                        optimizer steps); bench/zero3_timeline.py reads both\n"
+    "  --profile-steps=N     steps in the timeline (default 2)\n";
 
 namespace {
 
@@ -50,6 +54,7 @@ absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flag
   else if (key == "steps-in-flight") f.steps_in_flight = static_cast<int>(n);
   else if (key == "optim-nice") f.optim_nice = static_cast<int>(n);
   else if (key == "max-in-cpu") f.max_in_cpu = n;
+  else if (key == "profile-steps") f.profile_steps = static_cast<int>(n);
   else f.shape[key] = n;  // layers, hidden, heads, vocab, seq
   return absl::OkStatus();
 }
@@ -68,6 +73,7 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
     f.device = v;
   } else if (key == "spilld") f.spilld = v;
   else if (key == "nvme-dir") f.nvme_dir = v;
+  else if (key == "profile") f.profile = v;
   else if (key == "clip") {
     if (!absl::SimpleAtod(v, &f.clip) || !(f.clip >= 0)) {
       return absl::InvalidArgumentError(absl::StrCat("--clip must be a number >= 0, got '", v, "'"));
@@ -75,6 +81,7 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
   }
   else if (key == "steps" || key == "warmup" || key == "micro-batch" || key == "gas" ||
            key == "optim-threads" || key == "steps-in-flight" || key == "optim-nice" || key == "max-in-cpu" ||
+           key == "profile-steps" ||
            key == "layers" || key == "hidden" || key == "heads" ||
            key == "vocab" || key == "seq") {
     return ParseNumber(key, v, f);

@@ -35,6 +35,9 @@ struct Zero3Flags {
   int steps_in_flight = 2;     // EngineOptions::max_steps_in_flight
   int optim_nice = -1;         // spilld --optim-nice; -1: spilld's default
   int64_t max_in_cpu = 1'000'000'000;  // offload_param.max_in_cpu (nvme)
+  // A timeline of the last profile_steps measured steps (bench/zero3_profile.h).
+  std::string profile;
+  int profile_steps = 2;
 };
 
 // Parses --key=value flags (and --bf16, --gradient-checkpointing, --cpu-checkpointing). InvalidArgument naming the flag for

@@ -41,6 +41,7 @@
 #include "bench/bench_json.h"
 #include "bench/zero3_flags.h"
 #include "bench/zero3_lanes.h"
+#include "bench/zero3_profile.h"
 #include "common/status_macros.h"
 #include "worker/collectives.h"
 #include "worker/config.h"
@@ -252,7 +253,10 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
   const int64_t gas = run.config.gradient_accumulation_steps;
   const int64_t mb = run.config.train_micro_batch_size_per_gpu;
   const int64_t seq = run.shape.seq_len;
-  for (int step = 0; step < run.flags.warmup + run.flags.steps; ++step) {
+  const int total_steps = run.flags.warmup + run.flags.steps;
+  StepProfiler profiler(run.flags.profile, run.info.rank, run.device.is_cuda());
+  const int profile_from = total_steps - std::min(run.flags.profile_steps, run.flags.steps);
+  for (int step = 0; step < total_steps; ++step) {
     std::vector<worker::MicroBatch> micro;
     for (int64_t k = 0; k < gas; ++k) {
       absl::StatusOr<worker::TokenBatch> b = data->Batch(step * gas + k, run.info.rank, mb, seq, 1);
@@ -261,6 +265,10 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
                        at::tensor(b->targets, at::kLong).view({mb, seq}).to(run.device)});
     }
     if (step == run.flags.warmup) before = OptimizerSeconds(spilld);
+    if (step == profile_from) {
+      engine.TakeOptimizerSpans();  // Only the profiled steps' spans.
+      profiler.Start();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     absl::StatusOr<worker::StepStats> s;
     try {
@@ -285,6 +293,12 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     totals.split.steps_sent_in_backward += s->steps_sent_in_backward;
     totals.split.steps_done_in_backward += s->steps_done_in_backward;
   }
+  if (profiler.started()) {
+    // The profiled steps' spans end with the last step's optimizer passes.
+    absl::Status p = engine.WaitForOptimizer();
+    if (p.ok()) p = profiler.Finish(engine.TakeOptimizerSpans());
+    if (!p.ok()) return Failure{kFailed, "error", "profile: " + p.ToString()};
+  }
   // The last step's optimizer passes run on after TrainStep returns; the
   // counters are read once they are done, so the window is measured steps
   // plus that tail (and minus the warm-up's tail).
@@ -292,6 +306,7 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     if (absl::Status w = engine.WaitForOptimizer(); !w.ok()) {
       return Failure{kFailed, "error", w.ToString()};
     }
+
     const std::array<double, 3> after = OptimizerSeconds(spilld);
     if (after[0] >= 0) {
       totals.optimizer_busy_s = after[0] - before[0];
@@ -396,7 +411,7 @@ int Bench(Run& run) {
   if (std::optional<Failure> f = CheckFits(run)) return EmitFailure(run, *f), f->code;
   absl::StatusOr<std::unique_ptr<worker::Collectives>> coll =
       run.device.is_cuda() ? worker::CreateNcclCollectives(run.info, run.device.index())
-                           : worker::CreateGlooCollectives(run.info);
+                           : worker::CreateGlooCollectives(run.info, worker::EngineOptions().timeout);
   if (!coll.ok()) return EmitFailure(run, {kFailed, "error", coll.status().ToString()}), kFailed;
   auto spilld = StartSpilld(run, **coll);
   if (!spilld.ok()) return EmitFailure(run, {kFailed, "error", spilld.status().ToString()}), kFailed;
@@ -409,6 +424,7 @@ int Bench(Run& run) {
   o.max_steps_in_flight = run.flags.steps_in_flight;
   o.gradient_checkpointing = run.flags.gradient_checkpointing;
   o.ranks_per_node = run.info.world_size;  // zero3_train runs on one node.
+  o.record_optimizer_spans = !run.flags.profile.empty();
   absl::StatusOr<std::unique_ptr<worker::Engine>> engine = worker::Engine::Create(o, coll->get());
   if (!engine.ok()) {
     const bool mode = engine.status().code() == absl::StatusCode::kUnimplemented;

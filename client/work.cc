@@ -30,7 +30,8 @@ const char* WorkOpName(WorkOp op) {
   return "unknown";
 }
 
-Work::Work(WorkOp op, uint64_t object_id) : op_(op), object_id_(object_id) {}
+Work::Work(WorkOp op, uint64_t object_id)
+    : op_(op), object_id_(object_id), sent_at_(std::chrono::steady_clock::now()) {}
 
 Work::~Work() = default;
 
@@ -73,6 +74,11 @@ double Work::sum_squares() const {
   return done_ && status_.ok() ? result_.sum_squares : 0;
 }
 
+std::chrono::steady_clock::time_point Work::completed_at() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return completed_at_;
+}
+
 StepOutcome Work::step_outcome() const {
   std::lock_guard<std::mutex> lock(mu_);
   return done_ && status_.ok() ? result_.step : StepOutcome();
@@ -90,6 +96,7 @@ bool Work::Complete(absl::Status status, WorkResult result) {
     if (done_) return false;
     status_ = std::move(status);
     if (status_.ok()) result_ = std::move(result);
+    completed_at_ = std::chrono::steady_clock::now();
     done_ = true;
   }
   done_cv_.notify_all();

@@ -59,6 +59,22 @@ TEST(WorkTableTest, CompletionCarriesStatusAndObject) {
   EXPECT_EQ(table.pending(), 0u);
 }
 
+TEST(WorkTableTest, SendAndCompletionTimesAreRecorded) {
+  WorkTable table;
+  const auto before = std::chrono::steady_clock::now();
+  WorkTable::Started w = table.Start(WorkOp::kOptimizerStep, 0);
+  EXPECT_GE(w.work->sent_at(), before);
+  EXPECT_EQ(w.work->completed_at(), std::chrono::steady_clock::time_point());
+  std::this_thread::sleep_for(milliseconds(5));
+  ASSERT_TRUE(table.Complete(w.tag, absl::OkStatus(), {}));
+  EXPECT_GE(w.work->completed_at() - w.work->sent_at(), milliseconds(5));
+  EXPECT_LE(w.work->completed_at(), std::chrono::steady_clock::now());
+  // A repeated completion is refused and leaves the time alone.
+  const auto first = w.work->completed_at();
+  EXPECT_FALSE(table.Complete(w.tag, absl::OkStatus(), {}));
+  EXPECT_EQ(w.work->completed_at(), first);
+}
+
 TEST(WorkTableTest, UnknownOrRepeatedTagsAreRejected) {
   WorkTable table;
   WorkTable::Started started = table.Start(WorkOp::kPing, 0);

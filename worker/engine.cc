@@ -150,6 +150,7 @@ absl::Status Engine::Wait(const std::shared_ptr<client::Work>& work, const char*
 
 void Engine::SyncCompute() {
   if (!options_.device.is_cuda()) return;
+  TraceScope trace("spill::sync_compute");
   c10::impl::VirtualGuardImpl impl(options_.device.type());
   impl.getStream(options_.device).synchronize();
 }
@@ -352,6 +353,7 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   PumpSteps();
   if (i >= step_works_.size() || step_works_[i] == nullptr) return absl::OkStatus();
   std::shared_ptr<client::Work> work = std::move(step_works_[i]);
+  TraceScope trace("spill::wait_step", i);
   EngineClock::time_point t0 = EngineClock::now();
   const EngineClock::time_point deadline = t0 + options_.timeout;
   absl::Status s = Wait(work, "optimizer step");
@@ -366,6 +368,9 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
     s = Wait(work, "optimizer step");
   }
   stats.optimizer_s += SecondsSince(t0);
+  if (s.ok() && options_.record_optimizer_spans) {
+    optimizer_spans_.push_back({i, steps_step_, work->sent_at(), work->completed_at()});
+  }
   PumpSteps();
   if (s.ok() && work->step_outcome().applied == steps_overflow_) {
     s = absl::InternalError(absl::StrCat("optimizer step ", steps_step_, " of layer ",
@@ -412,6 +417,7 @@ bool Engine::OverlapStep() const {
 }
 
 absl::Status Engine::Optimize(StepStats& stats) {
+  TraceScope trace("spill::optimize");
   EngineClock::time_point t0 = EngineClock::now();
   at::Tensor total;
   if (local_) {

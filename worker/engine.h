@@ -36,6 +36,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -81,6 +82,17 @@ struct EngineOptions {
   // Ranks sharing this node's spilld (torchrun's LOCAL_WORLD_SIZE); 0: the
   // world size. spilld's offload budgets are per job and node.
   int ranks_per_node = 0;
+  // Keep an OptimizerSpan of every layer step (TakeOptimizerSpans), for a
+  // timeline of where a step's time goes.
+  bool record_optimizer_spans = false;
+};
+
+// One layer's optimizer step as this rank saw it: when the request went to
+// spilld and when its answer arrived.
+struct OptimizerSpan {
+  size_t layer = 0;
+  uint64_t step = 0;
+  std::chrono::steady_clock::time_point sent, answered;
 };
 
 struct MicroBatch {
@@ -181,6 +193,9 @@ class Engine {
   client::Session* session() { return session_.get(); }
   // The recorded access order (layer indices of one micro-step's gathers).
   const std::vector<int>& trace() const { return trace_; }
+  // With options.record_optimizer_spans: the layer steps that finished
+  // since the last call, in the order the engine saw them finish.
+  std::vector<OptimizerSpan> TakeOptimizerSpans() { return std::exchange(optimizer_spans_, {}); }
 
  private:
   struct LayerState;
@@ -343,6 +358,7 @@ class Engine {
   uint64_t steps_step_ = 0;
   bool steps_overflow_ = false;
   float steps_lr_ = 0, steps_grad_scale_ = 1;
+  std::vector<OptimizerSpan> optimizer_spans_;  // record_optimizer_spans
   double sum_squares_ = 0;  // This rank's, from the last micro-step's GradReady.
   at::Tensor loss_sum_;     // Device: sum of micro-step losses.
 };

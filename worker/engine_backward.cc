@@ -89,6 +89,7 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
     for (size_t i = 0; i < n; ++i) {
       // Each layer gets a leaf input, so backward runs layer by layer.
       inputs[i] = i == 0 ? tokens : ckpt ? x.detach() : x.detach().requires_grad_(true);
+      TraceScope trace("spill::forward", i);
       SPILL_ASSIGN_OR_RETURN(at::Tensor out, RunLayer(i, inputs[i], targets, stats));
       if (on_host(i)) {
         OffloadActivation(i, inputs[i], stats);
@@ -110,6 +111,7 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
   at::Tensor grad;
   for (size_t i = n; i-- > 0;) {
     const bool head = i + 1 == n;
+    TraceScope trace("spill::backward", i);
     at::Tensor out;
     if (ckpt) {
       if (on_host(i)) inputs[i] = TakeActivation(i, stats);
@@ -223,7 +225,11 @@ absl::Status Engine::HandOffShard(size_t i, uint32_t micro, const at::Tensor& sh
   EngineClock::time_point t0 = EngineClock::now();
   std::shared_ptr<client::Work> pin = std::move(ls.grad_pin);
   if (pin == nullptr) pin = session_->Acquire(ls.grad_object.object_id, /*for_write=*/true);
-  absl::StatusOr<client::ObjectInfo> pinned = pin->Get(options_.timeout);
+  absl::StatusOr<client::ObjectInfo> pinned;
+  {
+    TraceScope trace("spill::acquire_grad", i);
+    pinned = pin->Get(options_.timeout);
+  }
   stats.spilld_wait_s += SecondsSince(t0);
   if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire gradient shard");
   SPILL_ASSIGN_OR_RETURN(absl::Span<uint8_t> bytes, session_->Bytes(*pinned));
@@ -257,7 +263,10 @@ absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
   const uint64_t step = static_cast<uint64_t>(step_ + 1);
   for (PendingGrad& p : grads_) {
     if (p.ready != nullptr || (p.copied && !wait_all && !p.copied->query())) continue;
-    if (p.copied) p.copied->synchronize();
+    if (p.copied) {
+      TraceScope trace("spill::d2h_wait", p.layer);
+      p.copied->synchronize();
+    }
     p.shard = at::Tensor();
     const LayerState& ls = layers_[p.layer];
     p.ready = p.sum_squares.defined()
@@ -277,7 +286,11 @@ absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
       continue;
     }
     EngineClock::time_point t0 = EngineClock::now();
-    absl::Status s = Wait(p.ready, "gradient ready");
+    absl::Status s;
+    {
+      TraceScope trace("spill::grad_ready", p.layer);
+      s = Wait(p.ready, "gradient ready");
+    }
     stats.spilld_wait_s += SecondsSince(t0);
     release_works_.push_back(session_->Release(ls.grad_object.object_id));
     if (s.ok() && p.micro == last_micro) {

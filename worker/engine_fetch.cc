@@ -38,7 +38,11 @@ absl::StatusOr<at::Tensor> Engine::SourceShard(size_t i, StepStats& stats) {
   SPILL_RETURN_IF_ERROR(FinishStep(i, stats));
   client::Session& s = *session_;
   EngineClock::time_point t0 = EngineClock::now();
-  absl::StatusOr<client::ObjectInfo> pinned = AcquireParam(ls.param_object.object_id, false);
+  absl::StatusOr<client::ObjectInfo> pinned;
+  {
+    TraceScope trace("spill::acquire_param", i);
+    pinned = AcquireParam(ls.param_object.object_id, false);
+  }
   stats.spilld_wait_s += SecondsSince(t0);
   if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire parameter shard");
   PendingRelease release;
@@ -266,6 +270,7 @@ absl::Status Engine::PollReleases(bool wait_all) {
   }
   releases_.resize(kept);
   if (!wait_all) return absl::OkStatus();
+  TraceScope trace("spill::release_wait");
   absl::Status first;
   for (const auto& w : release_works_) {
     absl::Status s = Wait(w, "release parameter shard or send the access order");

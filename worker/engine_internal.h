@@ -4,6 +4,7 @@
 #define SPILL_WORKER_ENGINE_INTERNAL_H_
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/core/Event.h>
 
 #include <chrono>
@@ -23,6 +24,25 @@ using EngineClock = std::chrono::steady_clock;
 inline double SecondsSince(EngineClock::time_point t0) {
   return std::chrono::duration<double>(EngineClock::now() - t0).count();
 }
+
+// A span of the engine's host thread in a profiler trace (a user-scope
+// RecordFunction, as torch.profiler.record_function makes): free when no
+// profiler is active, and the name is only built when one is.
+class TraceScope {
+ public:
+  explicit TraceScope(const char* name) : rf_(at::RecordScope::USER_SCOPE) {
+    if (rf_.isActive()) rf_.before(name);
+  }
+  // "<name> <layer>".
+  TraceScope(const char* name, size_t layer) : rf_(at::RecordScope::USER_SCOPE) {
+    if (rf_.isActive()) rf_.before(std::string(name) + " " + std::to_string(layer));
+  }
+  TraceScope(const TraceScope&) = delete;
+  TraceScope& operator=(const TraceScope&) = delete;
+
+ private:
+  at::RecordFunction rf_;
+};
 
 struct Engine::LayerState {
   int64_t numel = 0;

@@ -200,9 +200,12 @@ void LogStep(const StepStats& s, double seconds, double flops_per_token, const s
 
 absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& shape,
                    const DeepSpeedConfig& config) {
+  // Gloo fails a collective after its own timeout: no shorter than the
+  // engine's bound on a wait for spilld, or a rank that waits for spilld
+  // (a loaded node, NVMe buffers contended) fails its peers' collectives.
   absl::StatusOr<std::unique_ptr<Collectives>> coll =
       f.device == "cuda" ? CreateNcclCollectives(info, info.local_rank)
-                         : CreateGlooCollectives(info);
+                         : CreateGlooCollectives(info, EngineOptions().timeout);
   if (!coll.ok()) return coll.status();
   absl::StatusOr<ByteDataset> data = ByteDataset::Open(f.data.empty() ? DefaultDataPath() : f.data);
   if (!data.ok()) return data.status();

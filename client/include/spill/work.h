@@ -105,6 +105,12 @@ class SPILL_CLIENT_EXPORT Work {
   // successfully.
   StepOutcome step_outcome() const;
 
+  // When the request was sent (the Work created) and when it completed (its
+  // answer arrived, or the session ended); completed_at() is the epoch of
+  // steady_clock until then. For timelines of a training step.
+  std::chrono::steady_clock::time_point sent_at() const { return sent_at_; }
+  std::chrono::steady_clock::time_point completed_at() const;
+
  private:
   friend class internal::WorkTable;
 
@@ -115,9 +121,11 @@ class SPILL_CLIENT_EXPORT Work {
 
   const WorkOp op_;
   const uint64_t object_id_;
+  const std::chrono::steady_clock::time_point sent_at_;
   mutable std::mutex mu_;
   mutable std::condition_variable done_cv_;
   bool done_ = false;
+  std::chrono::steady_clock::time_point completed_at_;
   absl::Status status_;
   WorkResult result_;
 };
