@@ -158,6 +158,20 @@ train_run() {
   [ "$rc" -eq 0 ] || { echo "zero3_train $name: exit $rc (124: timed out); see train-$name.log";
                        tail -n 15 "$out/train-$name.log"; } | tee -a "$out/run.log"
 }
+# A train_run with --profile: per rank, the timeline of its last two steps
+# (timeline-NAME.rankR.txt, bench/zero3_timeline.py) and the gzipped trace.
+prof_run() {
+  local name=$1 f rank
+  train_run "$@" --profile="$out/prof-$name"
+  for f in "$out/prof-$name".rank*.steps.json; do
+    [ -e "$f" ] || continue
+    rank=${f##*.rank}
+    rank=${rank%%.*}
+    python3 "$root/share/spill/bench/zero3_timeline.py" "$out/prof-$name" --rank="$rank" \
+      >"$out/timeline-$name.rank$rank.txt" 2>&1
+    gzip -f "$out/prof-$name.rank$rank.json"
+  done
+}
 if want train; then
   ngpus=$(nvidia-smi -L 2>/dev/null | wc -l)
   if [ ! -x "$root/bin/zero3_train" ]; then
@@ -171,6 +185,12 @@ if want train; then
     train_run 1gpu-1.3B-noclip 1 "${args13[@]}" --clip=0
     # The same with 1 and 4 optimizer steps in flight (default 2), and with
     # spilld's optimizer threads at the same priority as everything else.
+    # Timelines of 1.3B and 6.7B on 1 GPU and 1.3B on 2 GPUs.
+    prof_run 1gpu-1.3B-noclip-prof 1 "${args13[@]}" --clip=0
+    prof_run 1gpu-6.7B-noclip-prof 1 "${args67[@]}" --clip=0
+    prof_run 2gpu-1.3B-noclip-prof 2 "${args13[@]}" --clip=0
+    # Parameter pins asked for at each gather instead of ahead.
+    train_run 1gpu-1.3B-noclip-ahead0 1 "${args13[@]}" --clip=0 --acquire-ahead=0
     train_run 1gpu-1.3B-noclip-w1 1 "${args13[@]}" --clip=0 --steps-in-flight=1
     train_run 1gpu-1.3B-noclip-w4 1 "${args13[@]}" --clip=0 --steps-in-flight=4
     train_run 1gpu-1.3B-noclip-nice0 1 "${args13[@]}" --clip=0 --optim-nice=0

@@ -27,6 +27,7 @@ const char kZero3Usage[] =
     "  --spilld=PATH         spilld binary (default $SPILL_SPILLD)\n"
     "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n"
     "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n"
+    "  --acquire-ahead=N     parameter pins asked for ahead of their gathers (default 4)\n"
     "  --optim-nice=N        spilld's --optim-nice (default: spilld's)\n"
     "  --max-in-cpu=N        offload_param.max_in_cpu elements (nvme; default 1e9)\n"
     "  --profile=PATH        timeline of the last measured steps: PATH.rank<R>.json\n"
@@ -43,7 +44,8 @@ absl::Status BadValue(const std::string& key, const std::string& value) {
 absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flags& f) {
   int64_t n = 0;
   if (!absl::SimpleAtoi(v, &n) || n < 0) return BadValue(key, v);
-  const bool positive = key != "warmup" && key != "optim-threads" && key != "optim-nice";
+  const bool positive =
+      key != "warmup" && key != "optim-threads" && key != "optim-nice" && key != "acquire-ahead";
   if (key == "optim-nice" && n > 19) return BadValue(key, v);
   if (positive && n < 1) return BadValue(key, v);
   if (key == "steps") f.steps = static_cast<int>(n);
@@ -55,6 +57,7 @@ absl::Status ParseNumber(const std::string& key, const std::string& v, Zero3Flag
   else if (key == "optim-nice") f.optim_nice = static_cast<int>(n);
   else if (key == "max-in-cpu") f.max_in_cpu = n;
   else if (key == "profile-steps") f.profile_steps = static_cast<int>(n);
+  else if (key == "acquire-ahead") f.acquire_ahead = static_cast<int>(n);
   else f.shape[key] = n;  // layers, hidden, heads, vocab, seq
   return absl::OkStatus();
 }
@@ -81,7 +84,7 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
   }
   else if (key == "steps" || key == "warmup" || key == "micro-batch" || key == "gas" ||
            key == "optim-threads" || key == "steps-in-flight" || key == "optim-nice" || key == "max-in-cpu" ||
-           key == "profile-steps" ||
+           key == "profile-steps" || key == "acquire-ahead" ||
            key == "layers" || key == "hidden" || key == "heads" ||
            key == "vocab" || key == "seq") {
     return ParseNumber(key, v, f);

@@ -400,6 +400,7 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
            {{"params", t.optimizer_params}, {"params_per_s", r.optimizer_params_per_s},
             {"threads", run.flags.optim_threads},
             {"steps_in_flight", run.flags.steps_in_flight},
+            {"acquire_ahead", run.flags.acquire_ahead},
             {"optim_nice", run.flags.optim_nice}});
   EmitLine(run, "lane_nvme_s", lanes.nvme_s, "s/step",
            {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s}});
@@ -422,6 +423,7 @@ int Bench(Run& run) {
   o.session.socket_path = SocketPath(run);
   o.device = run.device;
   o.max_steps_in_flight = run.flags.steps_in_flight;
+  o.acquire_ahead = run.flags.acquire_ahead;
   o.gradient_checkpointing = run.flags.gradient_checkpointing;
   o.ranks_per_node = run.info.world_size;  // zero3_train runs on one node.
   o.record_optimizer_spans = !run.flags.profile.empty();

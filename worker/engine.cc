@@ -113,6 +113,10 @@ Engine::~Engine() {
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
                                                        Collectives* collectives) {
   if (collectives == nullptr) return absl::InvalidArgumentError("Engine needs collectives");
+  if (options.acquire_ahead < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("acquire_ahead must be >= 0, got ", options.acquire_ahead));
+  }
   if (options.max_steps_in_flight < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_steps_in_flight must be >= 1, got ",
                                                    options.max_steps_in_flight));
@@ -153,6 +157,21 @@ void Engine::SyncCompute() {
   TraceScope trace("spill::sync_compute");
   c10::impl::VirtualGuardImpl impl(options_.device.type());
   impl.getStream(options_.device).synchronize();
+}
+
+absl::Status Engine::SyncComputeHandingOffGrads(StepStats& stats) {
+  if (!options_.device.is_cuda() || local_) {
+    SyncCompute();
+    return absl::OkStatus();
+  }
+  TraceScope trace("spill::sync_compute");
+  c10::impl::VirtualGuardImpl impl(options_.device.type());
+  const c10::Stream compute = impl.getStream(options_.device);
+  while (!compute.query()) {
+    SPILL_RETURN_IF_ERROR(PollGrads(/*wait_all=*/false, stats));
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::Build() {
@@ -512,6 +531,8 @@ absl::StatusOr<StepStats> Engine::TrainStep(const std::vector<MicroBatch>& micro
           options_.shape.seq_len));
     }
   }
+  // Left by a micro-step that failed: its early pins may predate a step.
+  if (!local_) DropEarlyPins();
   StepStats stats;
   stats.lr = schedule_.LrAt(step_);
   stats.loss_scale = scaler_.scale();

@@ -82,6 +82,11 @@ struct EngineOptions {
   // Ranks sharing this node's spilld (torchrun's LOCAL_WORLD_SIZE); 0: the
   // world size. spilld's offload budgets are per job and node.
   int ranks_per_node = 0;
+  // Parameter pins asked for ahead of their gathers (the next this many
+  // layers of the recorded order that are not gathered), so a gather does
+  // not wait a round trip to spilld; 0 asks at each gather. Not for NVMe
+  // parameters, whose pins take offload_param buffers.
+  int acquire_ahead = 4;
   // Keep an OptimizerSpan of every layer step (TakeOptimizerSpans), for a
   // timeline of where a step's time goes.
   bool record_optimizer_spans = false;
@@ -125,6 +130,8 @@ struct StepStats {
   int64_t prefetched = 0;
   // Times the recorded access order did not match and was re-recorded.
   int64_t trace_changes = 0;
+  // Gathers whose parameter pin was asked for ahead (AcquireAhead).
+  int64_t acquired_ahead = 0;
   // Bytes copied host→device and device→host this step.
   int64_t h2d_bytes = 0;
   int64_t d2h_bytes = 0;
@@ -256,6 +263,18 @@ class Engine {
   absl::Status IssueGather(size_t i, StepStats& stats);
   absl::StatusOr<at::Tensor> SourceShard(size_t i, StepStats& stats);
   void Prefetch(size_t pos, StepStats& stats);
+  // Asks spilld for the pins of the next options_.acquire_ahead layers of
+  // the trace from `pos` that are not gathered (SourceShard then finds the
+  // answer there instead of waiting a round trip), each only once its
+  // optimizer step has been answered. Not for NVMe parameters (a pin takes
+  // a buffer) nor while recording the trace.
+  void AcquireAhead(size_t pos);
+  // Neither queued nor in flight without an answer: layer i's shard in
+  // spilld is the one its next gather should read.
+  bool StepSettled(size_t i) const;
+  // Releases the pins AcquireAhead took that no gather used (end of a
+  // micro-step; the access order changed).
+  void DropEarlyPins();
   // Frees every non-persistent gathered layer; ends the micro-step's trace.
   void EndMicroStep(StepStats& stats);
   void FreeGathered(size_t i);
@@ -313,6 +332,12 @@ class Engine {
   absl::Status Wait(const std::shared_ptr<Work>& work, const char* what);
   absl::Status Wait(const std::shared_ptr<client::Work>& work, const char* what);
   void SyncCompute();
+  // SyncCompute at the end of backward: while the device finishes, keeps
+  // handing finished gradient copies on (PollGrads), so GradReady and the
+  // optimizer steps that may overlap backward go out as soon as each copy
+  // is done rather than after the last kernel (the host thread runs ahead
+  // of the device and reaches this wait early).
+  absl::Status SyncComputeHandingOffGrads(StepStats& stats);
 
   EngineOptions options_;
   Collectives* collectives_;

@@ -41,7 +41,10 @@ absl::StatusOr<at::Tensor> Engine::SourceShard(size_t i, StepStats& stats) {
   absl::StatusOr<client::ObjectInfo> pinned;
   {
     TraceScope trace("spill::acquire_param", i);
-    pinned = AcquireParam(ls.param_object.object_id, false);
+    std::shared_ptr<client::Work> early = std::move(ls.param_pin);
+    stats.acquired_ahead += early != nullptr ? 1 : 0;
+    pinned = early != nullptr ? early->Get(options_.timeout)
+                              : AcquireParam(ls.param_object.object_id, false);
   }
   stats.spilld_wait_s += SecondsSince(t0);
   if (!pinned.ok()) return PrefixStatus(pinned.status(), "acquire parameter shard");
@@ -176,8 +179,43 @@ absl::Status Engine::Require(size_t i, StepStats& stats) {
     inflight_elems_ -= ls.full.numel();
   }
   if (!recording_) Prefetch(pos_, stats);
+  AcquireAhead(pos_);
   PrefetchFromNvme();
   return PollReleases(/*wait_all=*/false);
+}
+
+bool Engine::StepSettled(size_t i) const {
+  const bool queued = i < step_queued_.size() && step_queued_[i];
+  const bool running = i < step_works_.size() && step_works_[i] != nullptr &&
+                       !step_works_[i]->IsCompleted();
+  return !queued && !running;
+}
+
+void Engine::AcquireAhead(size_t from) {
+  // NVMe parameters: a pin takes one of the job's offload_param buffers, so
+  // they are taken only when a gather needs them.
+  if (local_ || param_nvme_ || param_on_device_ || recording_) return;
+  int ahead = 0;
+  for (size_t q = from; q < trace_.size() && ahead < options_.acquire_ahead; ++q) {
+    const size_t i = static_cast<size_t>(trace_[q]);
+    LayerState& ls = layers_[i];
+    if (ls.live) continue;
+    ++ahead;
+    // After the layer's optimizer step only (its answer arrived), so the pin
+    // sees the stepped shard.
+    if (ls.param_pin != nullptr || !StepSettled(i)) continue;
+    ls.param_pin = session_->Acquire(ls.param_object.object_id, /*for_write=*/false);
+  }
+}
+
+void Engine::DropEarlyPins() {
+  for (LayerState& ls : layers_) {
+    std::shared_ptr<client::Work> pin = std::move(ls.param_pin);
+    if (pin == nullptr) continue;
+    // Released once granted; a failed acquire left nothing to release.
+    if (!pin->Wait(options_.timeout).ok()) continue;
+    release_works_.push_back(session_->Release(ls.param_object.object_id));
+  }
 }
 
 void Engine::Prefetch(size_t from, StepStats& stats) {
@@ -221,6 +259,7 @@ void Engine::EndMicroStep(StepStats& stats) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (!layers_[i].persistent) FreeGathered(i);
   }
+  DropEarlyPins();
   if (!recording_ && pos_ != trace_.size()) {
     ++stats.trace_changes;  // Fewer gathers than recorded: record again.
     recording_ = true;

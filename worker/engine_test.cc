@@ -719,6 +719,54 @@ TEST_F(EngineApiTest, GradientSumsFromTheWorkerEqualSpilldsOwn) {
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
 }
 
+// Parameter pins asked for ahead of their gathers: the same numbers as
+// asking at each gather, the later steps' gathers find their pin ready, and
+// no pin is left behind. A negative count is refused.
+TEST_F(EngineApiTest, PinsAskedForAheadChangeNothingAndLeaveNoPin) {
+  auto spilld = testing::SpilldFixture::Start();
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.session.socket_path = (*spilld)->socket_path();
+  options_.acquire_ahead = -1;
+  auto bad = Engine::Create(options_, collectives_.get());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("acquire_ahead"), std::string::npos) << bad.status();
+  std::vector<std::vector<at::Tensor>> params;
+  for (double clip : {0.5, 0.0}) {
+    for (int ahead : {0, 4}) {
+      options_.acquire_ahead = ahead;
+      options_.config.gradient_clipping = clip;
+      options_.session.job_id = "ahead-" + std::to_string(ahead) + "-" + std::to_string(clip > 0);
+      auto engine = Engine::Create(options_, collectives_.get());
+      ASSERT_TRUE(engine.ok()) << engine.status();
+      std::vector<StepStats> stats;
+      params.push_back(Train(**engine, 3, &stats));
+      ASSERT_EQ(stats.size(), 3u);
+      if (ahead == 0) {
+        EXPECT_EQ(stats[2].acquired_ahead, 0);
+      } else {
+        EXPECT_GT(stats[2].acquired_ahead, 0);
+        EXPECT_LE(stats[2].acquired_ahead, stats[2].gathers);
+      }
+      auto objects = (*engine)->session()->List();
+      ASSERT_TRUE(objects.ok()) << objects.status();
+      for (const client::ObjectInfo& info : *objects) {
+        EXPECT_EQ(info.pin_count, 0u) << info.name << " ahead " << ahead;
+      }
+    }
+  }
+  ASSERT_EQ(params.size(), 4u);
+  for (size_t k : {1u, 3u}) {
+    ASSERT_EQ(params[k].size(), params[k - 1].size());
+    for (size_t i = 0; i < params[k].size(); ++i) {
+      EXPECT_TRUE(params[k][i].equal(params[k - 1][i])) << "run " << k << " layer " << i;
+    }
+  }
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+}
+
 TEST_F(EngineApiTest, TheStepWindowChangesTheOrderNotTheResult) {
   auto spilld = testing::SpilldFixture::Start();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
