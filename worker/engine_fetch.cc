@@ -218,6 +218,12 @@ void Engine::DropEarlyPins() {
   }
 }
 
+// Every rank must issue its gathers in the same order (Gloo and NCCL match
+// collectives by order): what is prefetched may depend only on state that is
+// the same on every rank (the trace, the bounds, what is live), never on
+// timing such as whether an optimizer step has been answered yet. A version
+// that stopped at a layer whose step was still running mismatched the
+// ranks' all-gathers and broke the equivalence tests.
 void Engine::Prefetch(size_t from, StepStats& stats) {
   const ZeroConfig& zero = options_.config.zero;
   for (size_t q = from; q < trace_.size(); ++q) {
