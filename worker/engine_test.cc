@@ -6,6 +6,7 @@
 // concatenated), the same clipping, accumulation and learning-rate schedule.
 #include <ATen/ATen.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <torch/cuda.h>
@@ -845,6 +846,67 @@ TEST_F(EngineApiTest, ResumeFromACheckpointIsExact) {
 // travel through CopyGroupState. Resuming is exact, and a checkpoint saved
 // from NVMe-resident states continues on pinned ones (and back) exactly as
 // the run that saved it.
+// Flips one byte in every 4 KiB block of each file over 1 MiB under dir
+// (spilld's NVMe tier files; the manifest is left alone), synced to disk.
+// Returns the blocks flipped.
+int64_t CorruptTierFiles(const std::filesystem::path& dir) {
+  int64_t flipped = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!entry.is_regular_file() || entry.file_size() <= (1u << 20)) continue;
+    const int fd = ::open(entry.path().c_str(), O_RDWR);
+    EXPECT_GE(fd, 0) << entry.path();
+    if (fd < 0) continue;
+    for (off_t off = 0; off + 1 <= static_cast<off_t>(entry.file_size()); off += 4096) {
+      unsigned char b = 0;
+      if (::pread(fd, &b, 1, off) != 1) break;
+      b ^= 0xFF;
+      if (::pwrite(fd, &b, 1, off) != 1) break;
+      ++flipped;
+    }
+    EXPECT_EQ(::fsync(fd), 0);
+    ::close(fd);
+  }
+  return flipped;
+}
+
+// Optimizer states on NVMe that no longer match their checksums: saving a
+// checkpoint fails with spilld's DATA_LOSS, publishes nothing, leaves no
+// staging object behind, and the job's other objects still serve.
+TEST_F(EngineApiTest, CorruptNvmeStatesFailTheCheckpointAndPublishNothing) {
+  const std::string tag = std::to_string(getpid());
+  const auto dir = std::filesystem::temp_directory_path() / ("spill_engine_nvbad_" + tag);
+  const auto nvme = std::filesystem::path(NvmeBaseDir()) / ("spill_engine_nvbad_tier_" + tag);
+  std::filesystem::create_directories(nvme);
+  auto spilld = testing::SpilldFixture::Start(
+      {"--nvme-dirs=" + nvme.string(), "--nvme-capacity=64MiB"});
+  ASSERT_TRUE(spilld.ok()) << spilld.status();
+  options_.config.zero.offload_optimizer.device = OffloadDevice::kNvme;
+  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+  options_.session.socket_path = (*spilld)->socket_path();
+  options_.session.job_id = "nvme-corrupt";
+  auto engine = Engine::Create(options_, collectives_.get());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  ASSERT_FALSE(Train(**engine, 2, nullptr).empty());
+  ASSERT_TRUE((*engine)->WaitForOptimizer().ok());
+  ASSERT_GT(CorruptTierFiles(nvme), 0);
+
+  auto saved = (*engine)->SaveCheckpoint(dir.string());
+  ASSERT_FALSE(saved.ok()) << "saved " << *saved;
+  EXPECT_EQ(saved.status().code(), absl::StatusCode::kDataLoss) << saved.status();
+  EXPECT_FALSE(std::filesystem::exists(dir / "latest"));
+  auto objects = (*engine)->session()->List();
+  ASSERT_TRUE(objects.ok()) << objects.status();
+  for (const client::ObjectInfo& info : *objects) {
+    EXPECT_EQ(info.name.find("/staging/"), std::string::npos) << info.name;
+    EXPECT_EQ(info.pin_count, 0u) << info.name;
+  }
+  EXPECT_TRUE((*engine)->GatherParameters().ok());
+  engine->reset();
+  EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(nvme);
+}
+
 TEST_F(EngineApiTest, ResumeWithOptimizerStatesOnNvmeIsExact) {
   const std::string tag = std::to_string(getpid());
   const auto dir = std::filesystem::temp_directory_path() / ("spill_engine_nvckpt_" + tag);
