@@ -35,6 +35,18 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
       $<TARGET_FILE:zero3_train> ${PROJECT_BINARY_DIR}/bench/zero3_train_cpu.jsonl
       ${spill_bench_dir}/check_zero3_json.py ${SPILL_PYTHON3})
     set_tests_properties(zero3_train_cpu_json PROPERTIES LABELS slow TIMEOUT 600)
+    # --profile: a timeline of the last 2 steps that bench/zero3_timeline.py
+    # reads (LibTorch's profiler and the engine's optimizer step spans).
+    add_test(NAME zero3_train_cpu_profile COMMAND sh -c
+      "\"$0\" --device=cpu --layers=2 --hidden=64 --heads=4 --vocab=256 --seq=32 --steps=3 --warmup=1 --clip=0 --optim-threads=2 --profile=\"$1\" >/dev/null && \"$3\" \"$2\" \"$1\" 2"
+      $<TARGET_FILE:zero3_train> ${PROJECT_BINARY_DIR}/bench/zero3_profile_cpu
+      ${spill_bench_dir}/check_zero3_timeline.py ${SPILL_PYTHON3})
+    set_tests_properties(zero3_train_cpu_profile PROPERTIES LABELS slow TIMEOUT 600
+      PASS_REGULAR_EXPRESSION "timeline OK: 2 steps")
+    add_test(NAME zero3_train_bad_acquire_ahead COMMAND sh -c
+      "\"$0\" --acquire-ahead=-1 2>&1; echo \"exit=$?\"" $<TARGET_FILE:zero3_train>)
+    set_tests_properties(zero3_train_bad_acquire_ahead PROPERTIES LABELS unit
+      PASS_REGULAR_EXPRESSION "bad value for --acquire-ahead: '-1'.*exit=2")
     # Bad input: exit 2 naming the flag; a model larger than the host: exit 3
     # with a does_not_fit line (checked before anything is allocated).
     add_test(NAME zero3_train_bad_flag COMMAND sh -c "\"$0\" --steps=0 2>&1; echo \"exit=$?\""
