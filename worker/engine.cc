@@ -421,6 +421,11 @@ absl::StatusOr<std::vector<at::Tensor>> Engine::GatherParameters() {
   for (size_t i = 0; i < layers_.size(); ++i) {
     LayerState& ls = layers_[i];
     if (!ls.live) SPILL_RETURN_IF_ERROR(IssueGather(i, unused));
+    // The shard's pin goes before this rank waits for the others: with NVMe
+    // parameters a rank that kept every layer's pin while blocked in the
+    // all-gather could take all of the job's offload_param buffers, and a
+    // peer waiting for one would never join it.
+    SPILL_RETURN_IF_ERROR(PollReleases(/*wait_all=*/true));
     SPILL_RETURN_IF_ERROR(Wait(ls.gather, "all-gather parameters"));
     out.push_back(ls.full.detach().narrow(0, 0, ls.numel).to(at::kCPU, at::kFloat).clone());
     if (!ls.persistent) FreeGathered(i);
