@@ -137,6 +137,7 @@ if want worker; then
   log "worker tests on $(nvidia-smi -L 2>/dev/null | wc -l) GPU(s)"
   run_worker_test worker_nccl_test
   run_worker_test worker_engine_test
+  run_worker_test worker_engine_api_test
 fi
 
 # One zero3_train run: NAME GPUS ARGS...; JSON lines into bench.jsonl.

@@ -156,8 +156,8 @@ copy_programs() {
 # --- the worker programs (--with-worker) ----------------------------------
 
 # Built in $worker_build; worker_nccl_test only where NCCL was found.
-worker_programs=(spill-train zero3_train zero3_lanes_test worker_engine_test worker_collectives_test
-  worker_torch_spilld_test worker_gpt_test)
+worker_programs=(spill-train zero3_train zero3_lanes_test worker_engine_test worker_engine_api_test
+  worker_collectives_test worker_torch_spilld_test worker_gpt_test)
 worker_optional=(worker_nccl_test)
 torch_dirs=  # ':'-list of the build machine's torch library directories
 
