@@ -306,7 +306,6 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     if (absl::Status w = engine.WaitForOptimizer(); !w.ok()) {
       return Failure{kFailed, "error", w.ToString()};
     }
-
     const std::array<double, 3> after = OptimizerSeconds(spilld);
     if (after[0] >= 0) {
       totals.optimizer_busy_s = after[0] - before[0];
