@@ -159,6 +159,21 @@ void Engine::SyncCompute() {
   impl.getStream(options_.device).synchronize();
 }
 
+absl::Status Engine::SyncComputeHandingOffGrads(StepStats& stats) {
+  if (!options_.device.is_cuda() || local_) {
+    SyncCompute();
+    return absl::OkStatus();
+  }
+  TraceScope trace("spill::sync_compute");
+  c10::impl::VirtualGuardImpl impl(options_.device.type());
+  const c10::Stream compute = impl.getStream(options_.device);
+  while (!compute.query()) {
+    SPILL_RETURN_IF_ERROR(PollGrads(/*wait_all=*/false, stats));
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::Build() {
   if (options_.device.is_cuda()) {
     c10::impl::VirtualGuardImpl impl(options_.device.type());

@@ -332,6 +332,12 @@ class Engine {
   absl::Status Wait(const std::shared_ptr<Work>& work, const char* what);
   absl::Status Wait(const std::shared_ptr<client::Work>& work, const char* what);
   void SyncCompute();
+  // SyncCompute at the end of backward: while the device finishes, keeps
+  // handing finished gradient copies on (PollGrads), so GradReady and the
+  // optimizer steps that may overlap backward go out as soon as each copy
+  // is done rather than after the last kernel (the host thread runs ahead
+  // of the device and reaches this wait early).
+  absl::Status SyncComputeHandingOffGrads(StepStats& stats);
 
   EngineOptions options_;
   Collectives* collectives_;

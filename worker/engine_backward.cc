@@ -145,7 +145,7 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
     SPILL_RETURN_IF_ERROR(PollGrads(/*wait_all=*/false, stats));
   }
   EndMicroStep(stats);
-  SyncCompute();
+  SPILL_RETURN_IF_ERROR(SyncComputeHandingOffGrads(stats));
   stats.backward_s += SecondsSince(t0);
   t0 = EngineClock::now();
   SPILL_RETURN_IF_ERROR(PollGrads(/*wait_all=*/true, stats));
@@ -238,7 +238,15 @@ absl::Status Engine::HandOffShard(size_t i, uint32_t micro, const at::Tensor& sh
     c10::StreamGuard guard(*d2h_stream_);
     SPILL_RETURN_IF_ERROR(PrefixStatus(rs->StreamWait(options_.timeout), "reduce-scatter gradients"));
     dst.copy_(shard, /*non_blocking=*/true);
-    if (GradSumOnDevice()) p.sum_squares = ShardSumSquares(shard);
+    if (GradSumOnDevice()) {
+      // Into pinned host memory behind the gradient on the D2H stream, so
+      // PollGrads reads it without a device synchronisation (item() of a
+      // device tensor would wait for everything the compute stream holds,
+      // stalling the gradients' way to spilld by the backward queued so far).
+      p.sum_squares = at::empty(
+          {}, at::TensorOptions().dtype(at::kDouble).device(at::kCPU).pinned_memory(true));
+      p.sum_squares.copy_(ShardSumSquares(shard), /*non_blocking=*/true);
+    }
     p.copied.emplace(options_.device.type());
     p.copied->record(*d2h_stream_);
     p.shard = shard;  // The copy reads it on the D2H stream.

@@ -90,8 +90,9 @@ struct Engine::PendingGrad {
   uint32_t micro = 0;
   at::Tensor shard;                  // device; kept until the copy finished
   std::optional<c10::Event> copied;  // CUDA D2H done
-  // Its sum of squares (a double scalar on the shard's device, computed on
-  // the D2H stream before `copied`) when GradSumOnDevice().
+  // Its sum of squares when GradSumOnDevice(): a double scalar in host
+  // memory (on CUDA pinned, computed and copied on the D2H stream before
+  // `copied`, so reading it after `copied` never synchronises the device).
   at::Tensor sum_squares;
   std::shared_ptr<client::Work> ready;  // GradReady, once sent
 };
