@@ -138,6 +138,7 @@ if want worker; then
   run_worker_test worker_nccl_test
   run_worker_test worker_engine_test
   run_worker_test worker_engine_api_test
+  run_worker_test worker_gpt_test
 fi
 
 # One zero3_train run: NAME GPUS ARGS...; JSON lines into bench.jsonl.

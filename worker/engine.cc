@@ -252,7 +252,7 @@ absl::Status Engine::BuildLayer(size_t i) {
   ls.persistent = ls.numel < zero.stage3_param_persistence_threshold;
   ls.full = at::empty({ls.shard * world}, at::TensorOptions().dtype(dtype_).device(options_.device));
   ReleaseStorage(ls.full);
-  ls.full.requires_grad_(true);
+  ls.leaves = ParamLeaves(layer, ls.full);
   SPILL_ASSIGN_OR_RETURN(at::Tensor mine32, InitialMaster(i));
   if (local_) {
     at::Tensor f32 = mine32.to(options_.device, at::kFloat, false, /*copy=*/true);

@@ -35,6 +35,23 @@ at::Tensor ShardSumSquares(const at::Tensor& shard) {
   return x.square().sum(at::kDouble);
 }
 
+// A layer's flat gradient of full's numel() elements: each leaf's gradient
+// in params() order (zeros for a leaf that got none) and zeros for the
+// padding. The leaves' gradients are reset for the next micro-step.
+at::Tensor TakeLeafGrads(const std::vector<at::Tensor>& leaves, const at::Tensor& full) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(leaves.size() + 1);
+  int64_t n = 0;
+  for (const at::Tensor& leaf : leaves) {
+    const at::Tensor& g = leaf.grad();
+    parts.push_back(g.defined() ? g.reshape({-1}) : at::zeros({leaf.numel()}, full.options()));
+    n += leaf.numel();
+    leaf.mutable_grad() = at::Tensor();
+  }
+  if (n < full.numel()) parts.push_back(at::zeros({full.numel() - n}, full.options()));
+  return at::cat(parts);
+}
+
 }  // namespace
 
 bool Engine::GradSumOnDevice() const {
@@ -54,13 +71,8 @@ absl::StatusOr<at::Tensor> Engine::RunLayer(size_t i, const at::Tensor& x,
   SPILL_RETURN_IF_ERROR(Ready(i));
   if (head) SPILL_RETURN_IF_ERROR(Ready(0));
   const Layer& layer = *model_.layers()[i];
-  std::vector<at::Tensor> params = layer.Unflatten(layers_[i].full.narrow(0, 0, layers_[i].numel));
-  at::Tensor tied;
-  if (head) {
-    tied = model_.layers()[0]->Unflatten(
-        layers_[0].full.narrow(0, 0, layers_[0].numel))[GptModel::kTiedParam];
-  }
-  at::Tensor out = layer.Forward(x, params, tied);
+  const at::Tensor tied = head ? layers_[0].leaves[GptModel::kTiedParam] : at::Tensor();
+  at::Tensor out = layer.Forward(x, layers_[i].leaves, tied);
   if (head) out = GptModel::Loss(out, targets);
   return out;
 }
@@ -184,10 +196,7 @@ absl::Status Engine::FlushBucket(uint32_t micro, StepStats& stats) {
   int64_t total = 0;
   for (size_t i : layers) {
     LayerState& ls = layers_[i];
-    at::Tensor g = ls.full.grad();
-    if (!g.defined()) g = at::zeros_like(ls.full.detach());
-    ls.full.mutable_grad() = at::Tensor();
-    grads.push_back(g.view({world, ls.shard}));
+    grads.push_back(TakeLeafGrads(ls.leaves, ls.full).view({world, ls.shard}));
     total += ls.shard;
   }
   at::Tensor input = grads.size() == 1 ? grads[0].view({-1}) : at::cat(grads, 1).view({-1});

@@ -6,6 +6,7 @@
 // what stays gathered after a use.
 #include <ATen/ATen.h>
 #include <c10/core/StreamGuard.h>
+#include <c10/core/TensorImpl.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <iostream>
@@ -28,6 +29,22 @@ void AllocateStorage(const at::Tensor& t) {
   const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
   s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
   s->set_nbytes(bytes);
+}
+
+std::vector<at::Tensor> ParamLeaves(const Layer& layer, const at::Tensor& full) {
+  std::vector<at::Tensor> leaves;
+  leaves.reserve(layer.params().size());
+  for (const ParamSpec& p : layer.params()) {
+    // What set_() would make, without its size check against the storage,
+    // which holds no bytes between gathers.
+    auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(full.storage()),
+                                                     full.key_set(), full.dtype());
+    impl->set_storage_offset(p.offset);
+    impl->set_sizes_contiguous(p.shape);
+    leaves.emplace_back(std::move(impl));
+    leaves.back().requires_grad_(true);
+  }
+  return leaves;
 }
 
 absl::StatusOr<at::Tensor> Engine::SourceShard(size_t i, StepStats& stats) {

@@ -60,11 +60,16 @@ struct Engine::LayerState {
   // parameter shard and the step it reflects.
   at::Tensor device_shard;
   int64_t device_shard_step = -1;
-  // The gathered parameters: a leaf tensor (requires_grad) of shard * world
-  // elements whose storage is allocated for a gather and released after the
-  // last use, so the autograd graph's saved views stay valid across the
-  // re-gather before backward.
+  // The gathered parameters: shard * world elements whose storage is
+  // allocated for a gather and released after the last use.
   at::Tensor full;
+  // The layer's parameters as autograd leaves (requires_grad), one per
+  // Layer::params() entry: aliases of full's storage with their own version
+  // counters, so the graph's saved tensors stay valid across the re-gather
+  // before backward. Each gets its own gradient; FlushBucket joins them.
+  // (Views of one flat leaf would cost, per parameter, a zero-filled
+  // layer-sized gradient and an add in backward.)
+  std::vector<at::Tensor> leaves;
   bool live = false;        // Storage allocated and a gather issued.
   bool prefetched = false;  // Issued by Prefetch and not yet required.
   std::shared_ptr<Work> gather;
@@ -111,6 +116,8 @@ struct Engine::HostActivation {
 // stream's caching-allocator pool).
 void ReleaseStorage(const at::Tensor& t);
 void AllocateStorage(const at::Tensor& t);
+// The layer's parameters as leaves aliasing full's storage (LayerState::leaves).
+std::vector<at::Tensor> ParamLeaves(const Layer& layer, const at::Tensor& full);
 
 absl::Status PrefixStatus(const absl::Status& s, const std::string& what);
 

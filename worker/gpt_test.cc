@@ -125,5 +125,45 @@ TEST(GptTest, TinyModelOverfitsOneBatch) {
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
 }
 
+// On CUDA the head multiplies by the tied weight padded to 64 rows (cuBLAS
+// is slow for an odd vocabulary): logits and gradients must be those of the
+// plain product, with no padded logit showing.
+TEST(GpuGptTest, HeadWithAnOddVocabularyMatchesThePlainProduct) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device, this machine has none";
+  GptShape shape = Tiny();
+  shape.vocab = 257;
+  auto model = GptModel::Create(shape);
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::vector<at::Tensor> flat = InitAll(*model, 3);
+  std::vector<at::Tensor> cuda, plain;
+  for (const at::Tensor& t : flat) {
+    cuda.push_back(t.detach().to(at::kCUDA).requires_grad_());
+    plain.push_back(t.detach().to(at::kCUDA).requires_grad_());
+  }
+  const at::Tensor tokens = at::randint(257, {2, 16}, at::kLong).to(at::kCUDA);
+  const at::Tensor targets = at::randint(257, {2, 16}, at::kLong).to(at::kCUDA);
+  at::Tensor logits = model->Logits(tokens, cuda);
+  ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, 16, 257}));
+  GptModel::Loss(logits, targets).backward();
+
+  // The same network with the head's product written out.
+  const auto& layers = model->layers();
+  const at::Tensor wte = layers[0]->Unflatten(plain[0])[GptModel::kTiedParam];
+  at::Tensor x = tokens;
+  for (size_t i = 0; i + 1 < layers.size(); ++i) {
+    x = layers[i]->Forward(x, layers[i]->Unflatten(plain[i]), at::Tensor());
+  }
+  const std::vector<at::Tensor> ln = layers.back()->Unflatten(plain.back());
+  const at::Tensor expected = at::linear(at::layer_norm(x, {x.size(-1)}, ln[0], ln[1]), wte);
+  GptModel::Loss(expected, targets).backward();
+
+  EXPECT_TRUE(at::allclose(logits, expected, 1e-5, 1e-5));
+  for (size_t i = 0; i < flat.size(); ++i) {
+    EXPECT_TRUE(at::allclose(cuda[i].grad(), plain[i].grad(), 1e-5, 1e-6))
+        << layers[i]->name() << ": max difference "
+        << (cuda[i].grad() - plain[i].grad()).abs().max().item<double>();
+  }
+}
+
 }  // namespace
 }  // namespace spill::worker

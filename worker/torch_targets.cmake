@@ -60,7 +60,10 @@ if(SPILL_BUILD_TESTS)
   add_executable(worker_gpt_test gpt_test.cc)
   spill_link_torch_first(worker_gpt_test)
   target_link_libraries(worker_gpt_test PRIVATE spill_worker_torch GTest::gtest_main)
-  gtest_discover_tests(worker_gpt_test PROPERTIES LABELS unit TIMEOUT 300 DISCOVERY_TIMEOUT 60)
+  gtest_discover_tests(worker_gpt_test TEST_FILTER "-Gpu*"
+                       PROPERTIES LABELS unit TIMEOUT 300 DISCOVERY_TIMEOUT 60)
+  gtest_discover_tests(worker_gpt_test TEST_FILTER "Gpu*"
+                       PROPERTIES LABELS gpu TIMEOUT 300 DISCOVERY_TIMEOUT 60)
 
   add_executable(worker_collectives_test collectives_test.cc)
   spill_link_torch_first(worker_collectives_test)
