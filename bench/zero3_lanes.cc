@@ -62,14 +62,17 @@ StepTraffic TrafficPerStep(const worker::DeepSpeedConfig& config, double total_p
   if (optim != OffloadDevice::kNone) t.optimizer_params = total_params;
   if (optim == OffloadDevice::kNvme) t.nvme_bytes += 24 * total_params;
   if (param == OffloadDevice::kNvme) {
-    // Every step writes the stepped parameters back; each pass (forward and
-    // backward of each micro-step) reads what the pinned cache cannot hold:
-    // DeepSpeed's swap buffers plus max_in_cpu, per rank (all ranks here).
+    // What the pinned cache cannot hold (DeepSpeed's swap buffers plus
+    // max_in_cpu, per rank; all ranks here) is written back once stepped
+    // (dirty, it must be before eviction) and read by each pass (forward and
+    // backward of each micro-step). The write-back of cached parameters is
+    // asynchronous and coalesces versions, so it bounds nothing.
     const worker::OffloadParamConfig& p = config.zero.offload_param;
     const double cached =
         (static_cast<double>(p.max_in_cpu) + static_cast<double>(p.buffer_count * p.buffer_size)) *
         world;
-    t.nvme_bytes += total_params * b + 2 * gas * std::max(0.0, total_params - cached) * b;
+    const double uncached = std::max(0.0, total_params - cached);
+    t.nvme_bytes += uncached * b + 2 * gas * uncached * b;
   }
   return t;
 }
