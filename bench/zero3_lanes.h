@@ -60,8 +60,11 @@ struct LaneTimes {
 // H2D once per step; with both none, nothing crosses PCIe. The optimizer
 // lane counts every parameter of the node (one spilld steps all ranks'
 // shards with the same threads). NVMe: fp32 master and two moments read
-// and written (24 bytes/param) with offload_optimizer nvme, the 16-bit
-// parameters read twice per micro-step with offload_param nvme.
+// and written (24 bytes/param) with offload_optimizer nvme; with
+// offload_param nvme, the 16-bit parameters the pinned cache cannot hold
+// (max_in_cpu plus buffer_count * buffer_size per rank) written back once
+// per step and read twice per micro-step (the write-back of cached ones is
+// asynchronous and coalesces, so it is not charged).
 StepTraffic TrafficPerStep(const worker::DeepSpeedConfig& config, double total_params,
                            double flops_per_rank_step, int world);
 

@@ -88,7 +88,10 @@ absl::StatusOr<at::Tensor> Engine::MicroStep(const MicroBatch& mb, uint32_t micr
   const double root_scale =
       scaler_.scale() / static_cast<double>(options_.config.gradient_accumulation_steps);
   at::Tensor tokens = mb.tokens.to(options_.device), targets = mb.targets.to(options_.device);
-  bucket_.clear();  // Left over only by a micro-step that failed.
+  bucket_.clear();  // Left over only by a micro-step that failed, as are
+  for (LayerState& ls : layers_) {  // gradients of layers never flushed.
+    for (const at::Tensor& leaf : ls.leaves) leaf.mutable_grad() = at::Tensor();
+  }
   host_acts_.clear();
   bucket_elems_ = 0;
   std::vector<at::Tensor> inputs(n), outputs(n);
