@@ -74,9 +74,9 @@ void Mapping::Reset() {
   size_ = 0;
 }
 
-absl::StatusOr<Mapping> Mapping::Map(int fd, uint64_t size, bool populate, bool lock) {
+absl::StatusOr<Mapping> Mapping::Map(int fd, uint64_t size, bool populate) {
   if (size == 0) return absl::InvalidArgumentError("cannot map zero bytes");
-  const int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0) | (lock ? MAP_LOCKED : 0);
+  int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
   void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, fd, 0);
   if (addr == MAP_FAILED) {
     return absl::ErrnoToStatus(errno, absl::StrCat("mmap of ", size, " bytes"));

@@ -42,10 +42,8 @@ class Mapping {
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
 
-  // Maps size bytes of fd. populate pre-faults every page (MAP_POPULATE);
-  // lock also locks them as they are faulted in (MAP_LOCKED: the memlock
-  // limit then fails the mmap itself, with EAGAIN, Unavailable here).
-  static absl::StatusOr<Mapping> Map(int fd, uint64_t size, bool populate, bool lock = false);
+  // Maps size bytes of fd. populate pre-faults every page (MAP_POPULATE).
+  static absl::StatusOr<Mapping> Map(int fd, uint64_t size, bool populate);
 
   uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
   uint64_t size() const { return size_; }
