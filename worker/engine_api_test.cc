@@ -54,6 +54,16 @@ class EngineApiTest : public ::testing::Test {
     return {at::zeros({b, t}, at::kLong), at::ones({b, t}, at::kLong)};
   }
 
+  // Starts a spilld and points options_ at it with both offloads on cpu.
+  absl::StatusOr<std::unique_ptr<testing::SpilldFixture>> StartCpuOffload() {
+    auto spilld = testing::SpilldFixture::Start();
+    if (!spilld.ok()) return spilld.status();
+    options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
+    options_.config.zero.offload_param.device = OffloadDevice::kCpu;
+    options_.session.socket_path = (*spilld)->socket_path();
+    return spilld;
+  }
+
   std::unique_ptr<Collectives> collectives_;
   EngineOptions options_;
 };
@@ -227,13 +237,10 @@ TEST_F(EngineApiTest, Fp16OverflowSkipsTheStepAndBacksOff) {
 }
 
 TEST_F(EngineApiTest, Fp16OverflowSkipsTheStepInSpilldToo) {
-  auto spilld = testing::SpilldFixture::Start();
+  auto spilld = StartCpuOffload();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
   options_.config.fp16.enabled = true;
   options_.config.fp16.initial_scale_power = 40;
-  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
-  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
-  options_.session.socket_path = (*spilld)->socket_path();
   {
     auto engine = Engine::Create(options_, collectives_.get());
     ASSERT_TRUE(engine.ok()) << engine.status();
@@ -309,11 +316,8 @@ TEST_F(EngineApiTest, GradientSumsFromTheWorkerEqualSpilldsOwn) {
 // asking at each gather, the later steps' gathers find their pin ready, and
 // no pin is left behind. A negative count is refused.
 TEST_F(EngineApiTest, PinsAskedForAheadChangeNothingAndLeaveNoPin) {
-  auto spilld = testing::SpilldFixture::Start();
+  auto spilld = StartCpuOffload();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
-  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
-  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
-  options_.session.socket_path = (*spilld)->socket_path();
   options_.acquire_ahead = -1;
   auto bad = Engine::Create(options_, collectives_.get());
   ASSERT_FALSE(bad.ok());
@@ -354,11 +358,8 @@ TEST_F(EngineApiTest, PinsAskedForAheadChangeNothingAndLeaveNoPin) {
 }
 
 TEST_F(EngineApiTest, TheStepWindowChangesTheOrderNotTheResult) {
-  auto spilld = testing::SpilldFixture::Start();
+  auto spilld = StartCpuOffload();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
-  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
-  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
-  options_.session.socket_path = (*spilld)->socket_path();
   options_.max_steps_in_flight = 0;
   auto refused = Engine::Create(options_, collectives_.get());
   ASSERT_FALSE(refused.ok());
@@ -417,11 +418,8 @@ TEST_F(EngineApiTest, ResumeFromACheckpointIsExact) {
                    ("spill_engine_ckpt_" + std::to_string(getpid()));
   options_.config.bf16_enabled = true;
   ExpectResumeIsExact(options_, collectives_.get(), dir / "local");
-  auto spilld = testing::SpilldFixture::Start();
+  auto spilld = StartCpuOffload();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
-  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
-  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
-  options_.session.socket_path = (*spilld)->socket_path();
   ExpectResumeIsExact(options_, collectives_.get(), dir / "spilld");
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
   std::filesystem::remove_all(dir);
@@ -572,11 +570,8 @@ TEST_F(EngineApiTest, ResumeRefusesAMissingOrForeignCheckpoint) {
 }
 
 TEST_F(EngineApiTest, ARankWhoseShardsAreAlreadyInSpilldIsRefused) {
-  auto spilld = testing::SpilldFixture::Start();
+  auto spilld = StartCpuOffload();
   ASSERT_TRUE(spilld.ok()) << spilld.status();
-  options_.config.zero.offload_optimizer.device = OffloadDevice::kCpu;
-  options_.config.zero.offload_param.device = OffloadDevice::kCpu;
-  options_.session.socket_path = (*spilld)->socket_path();
   {
     auto first = Engine::Create(options_, collectives_.get());
     ASSERT_TRUE(first.ok()) << first.status();
