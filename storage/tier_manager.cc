@@ -410,11 +410,20 @@ void TierManager::OnLoadDoneLocked(const ObjectPtr& obj, std::optional<Extent> e
 }
 
 void TierManager::ProcessWaitersLocked(Object& obj, Deferred& deferred) {
+  // A write someone waits on (Flush, a durable callback) is let finish, so
+  // that a writer stepping the object again and again cannot starve them.
+  const bool awaited = !obj.durable_waiters.empty() || !obj.flush_waiters.empty();
   std::vector<Object::Waiter> keep;
   for (auto& w : obj.waiters) {
-    if (w.mode == AcquireMode::kWrite && obj.writing) {
+    if (w.mode == AcquireMode::kWrite && obj.writing && awaited) {
       keep.push_back(std::move(w));
       continue;
+    }
+    if (w.mode == AcquireMode::kWrite) {
+      // The writer may change the bytes under a write-back in flight: that
+      // copy may be torn, so it never becomes the durable one.
+      if (obj.writing) obj.discard_write = true;
+      ++obj.open_writes;
     }
     if (w.pin) {
       ++obj.pins;
@@ -434,6 +443,14 @@ absl::Status TierManager::Release(const std::string& job, uint64_t id) {
         absl::StrCat(Label(job, obj->spec), " is not acquired; nothing to release"));
   }
   --obj->pins;
+  if (obj->pins == 0 && obj->open_writes > 0) {
+    // A writer left without MarkWritten: its bytes are settled now.
+    obj->open_writes = 0;
+    if (obj->dirty) {
+      QueueWriteBackLocked(obj);
+      StartWriteBacksLocked(deferred);
+    }
+  }
   if (obj->pins == 0 && !parked_.empty()) RetryParkedLocked(lock, deferred);
   return absl::OkStatus();
 }

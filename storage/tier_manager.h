@@ -39,10 +39,15 @@
 //
 // Writers' contract: a client changes an object's bytes only while it holds
 // a pin from Acquire(kWrite), and not between its MarkWritten and its Release
-// (the write-back reads them then). Acquire(kWrite) is granted only when no
-// write-back of the object is in flight, so bytes never change under a
-// write. Should a MarkWritten come while a write-back is in flight anyway,
-// that write's copy is discarded (it may be torn) and another is queued.
+// (the write-back reads them then). Acquire(kWrite) does not wait for a
+// write-back in flight: that write's copy may be torn, so it is discarded
+// (never becomes the durable copy) and a newer one is written after the
+// writer's MarkWritten. No write-back starts while a kWrite pin is open (granted,
+// not yet followed by MarkWritten or by the release of the object's last pin).
+// So a parameter stepped every step never waits for the disk; a copy reaches
+// NVMe whenever the disk is faster than the object's rewrites, and before
+// eviction. While a Flush or a durable callback waits on the object, kWrite
+// waits for the write in flight instead, so rewrites cannot starve them.
 //
 // Callbacks run exactly once and never under the manager's lock. A request
 // that completes at once (resident object, rejected arguments) runs its
@@ -218,7 +223,7 @@ class TierManager {
 
   // Pins the object in the arena and hands out its extent, reading it from
   // NVMe first when it is not resident; concurrent acquires share one read.
-  // kWrite also waits for a write-back in flight. When room is short (the
+  // kWrite discards a write-back in flight (see above). When room is short (the
   // stream's max_in_cpu, or the arena) and unpinned dirty objects are being
   // written back, it waits for those writes and tries again (so optimizer
   // states stream through their buffers). done gets: NotFound

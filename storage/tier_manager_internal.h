@@ -43,12 +43,15 @@ struct TierManager::Object {
   bool loading = false;
   bool load_by_prefetch = false;  // the load was started by a prefetch, unclaimed
   bool prefetched = false;        // resident thanks to a prefetch, unclaimed
-  std::vector<Waiter> waiters;    // for the load, or (kWrite) the write-back
+  std::vector<Waiter> waiters;    // for the load
   uint32_t pins = 0;
+  // kWrite pins granted and not yet followed by MarkWritten: the bytes may be
+  // changing, so no write-back starts. Cleared when the last pin goes.
+  uint32_t open_writes = 0;
   uint64_t version = 0;
   bool dirty = false;
   bool writing = false;
-  bool discard_write = false;  // MarkWritten during the write: its copy is stale
+  bool discard_write = false;  // a kWrite pin or MarkWritten during the write: its copy is stale
   bool queued = false;
   bool retry = false;          // last write-back failed
   absl::Status write_error;

@@ -49,6 +49,7 @@ absl::Status TierManager::MarkWritten(const std::string& job, uint64_t id, uint6
     return absl::OkStatus();
   }
   obj->version = version;
+  if (obj->open_writes > 0) --obj->open_writes;
   obj->dirty = true;
   obj->acked = false;
   if (obj->writing) obj->discard_write = true;
@@ -71,7 +72,8 @@ void TierManager::StartWriteBacksLocked(Deferred& deferred) {
     ObjectPtr obj = std::move(writeback_queue_.front());
     writeback_queue_.pop_front();
     obj->queued = false;
-    if (obj->freed || !obj->dirty || obj->writing) continue;
+    // A kWrite pin still open re-queues the object at its MarkWritten or Release.
+    if (obj->freed || !obj->dirty || obj->writing || obj->open_writes > 0) continue;
     absl::StatusOr<NvmeExtent> extent = nvme_->Allocate(obj->job, obj->spec.bytes);
     if (!extent.ok()) {
       FailWriteLocked(*obj, extent.status(), deferred);
