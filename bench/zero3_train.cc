@@ -292,6 +292,7 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     totals.split.optimizer_s += s->optimizer_s;
     totals.split.steps_sent_in_backward += s->steps_sent_in_backward;
     totals.split.steps_done_in_backward += s->steps_done_in_backward;
+    totals.split.step_refusals += s->step_refusals;
   }
   if (profiler.started()) {
     // The profiled steps' spans end with the last step's optimizer passes.
@@ -378,7 +379,8 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
   EmitLine(run, "optimizer_s", totals.split.optimizer_s / n, "s/step",
            {{"layers", run.shape.layers + 2},
             {"steps_sent_in_backward", totals.split.steps_sent_in_backward / n},
-            {"steps_done_in_backward", totals.split.steps_done_in_backward / n}});
+            {"steps_done_in_backward", totals.split.steps_done_in_backward / n},
+            {"step_refusals", totals.split.step_refusals / n}});
   if (totals.optimizer_busy_s >= 0) {
     // How much of the step spilld's CPU optimizer had work: busy ≈ step
     // time means the CPU lane itself is slower in training than alone;

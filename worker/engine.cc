@@ -358,6 +358,17 @@ void Engine::SendStep(size_t i) {
 }
 
 void Engine::PumpSteps() {
+  // NVMe parameters: a step spilld refused for want of an offload_param
+  // buffer changed nothing; it goes out again as soon as room allows rather
+  // than when its layer's next gather needs it.
+  for (size_t i = 0; param_nvme_ && i < step_works_.size(); ++i) {
+    std::shared_ptr<client::Work>& w = step_works_[i];
+    if (w != nullptr && w->IsCompleted() && absl::IsResourceExhausted(w->status())) {
+      w = nullptr;
+      step_queued_[i] = true;
+      ++step_refusals_;
+    }
+  }
   int running = 0;
   for (const auto& w : step_works_) running += w != nullptr && !w->IsCompleted() ? 1 : 0;
   for (size_t i = 0; i < step_queued_.size() && running < options_.max_steps_in_flight; ++i) {
@@ -370,6 +381,7 @@ void Engine::PumpSteps() {
 absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   if (i < step_queued_.size() && step_queued_[i]) SendStep(i);
   PumpSteps();
+  if (i < step_queued_.size() && step_queued_[i]) SendStep(i);  // PumpSteps re-queued it
   if (i >= step_works_.size() || step_works_[i] == nullptr) return absl::OkStatus();
   std::shared_ptr<client::Work> work = std::move(step_works_[i]);
   TraceScope trace("spill::wait_step", i);
@@ -382,6 +394,7 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   while (param_nvme_ && absl::IsResourceExhausted(s) && EngineClock::now() < deadline) {
     (void)PollReleases(/*wait_all=*/true);
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ++step_refusals_;
     SendStep(i);
     work = std::move(step_works_[i]);
     s = Wait(work, "optimizer step");
@@ -477,6 +490,8 @@ absl::Status Engine::Optimize(StepStats& stats) {
       stats.steps_sent_in_backward += w != nullptr ? 1 : 0;
       stats.steps_done_in_backward += w != nullptr && w->IsCompleted() ? 1 : 0;
     }
+    stats.step_refusals += step_refusals_;
+    step_refusals_ = 0;
     steps_step_ = step;
     steps_overflow_ = overflow;
     steps_lr_ = static_cast<float>(stats.lr);

@@ -142,6 +142,9 @@ struct StepStats {
   // when backward ended (steps overlap backward only without clipping).
   int64_t steps_sent_in_backward = 0;
   int64_t steps_done_in_backward = 0;
+  // NVMe parameters: optimizer steps spilld refused (every offload_param
+  // buffer taken) and the engine sent again, since the previous step.
+  int64_t step_refusals = 0;
 };
 
 class Engine {
@@ -380,6 +383,7 @@ class Engine {
   // layer's next gather (or GatherParameters / SaveCheckpoint) waits for it.
   std::vector<std::shared_ptr<client::Work>> step_works_;
   std::vector<bool> step_queued_;  // Queued, not yet sent.
+  int64_t step_refusals_ = 0;       // see StepStats::step_refusals
   uint64_t steps_step_ = 0;
   bool steps_overflow_ = false;
   float steps_lr_ = 0, steps_grad_scale_ = 1;

@@ -373,6 +373,11 @@ INSTANTIATE_TEST_SUITE_P(
                   kParamNvmeBudget},
         Precision{"fp32_param_and_optimizer_nvme", "", 1e-4, 2e-6, "nvme", "nvme", "", kWorld,
                   false, kParamNvmeBudget},
+        // Steps overlap backward (no clipping, no accumulation) while the two
+        // buffers are contended: spilld refuses steps, the engine sends them
+        // again as buffers free up, with the same step's values.
+        Precision{"fp32_param_nvme_no_clip_gas1", kNoClip, 1e-4, 5e-6, "cpu", "nvme", "", kWorld,
+                  false, kParamNvmeBudget, "", 1},
         // Every other variant reduces all layers in one bucket (DeepSpeed's
         // default 5e8 elements); here head + block.1 share one, block.0 and
         // the embedding go alone, in line with compute (overlap_comm off).
