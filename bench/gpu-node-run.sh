@@ -43,7 +43,9 @@ root=$(echo "$work"/spill-bundle-*)
 log() { printf '\n==> %s\n' "$*" | tee -a "$out/run.log"; }
 
 log "machine"
-{ nproc; lscpu | grep -E 'Model name|Flags' | cut -c1-200; nvidia-smi -L; df -h /var/tmp; } \
+{ nproc; lscpu | grep -E 'Model name|Flags' | cut -c1-200; nvidia-smi -L; df -h /var/tmp;
+  echo "shmem THP: $(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>&1)";
+  grep -E "HugePages_Total|Hugepagesize" /proc/meminfo; } \
   >>"$out/run.log" 2>&1
 
 if want selftest; then
@@ -209,8 +211,15 @@ if want train; then
     # ZeRO-Infinity: parameters on the node's disk through spilld's NVMe
     # tier, 1e8 elements (of 1.3e9) cached in pinned memory.
     mkdir -p /var/tmp/spill-zero3-nvme
-    train_run 1gpu-1.3B-noclip-nvparam 1 "${args13[@]}" --clip=0 --offload-param=nvme \
-      --nvme-dir=/var/tmp/spill-zero3-nvme --max-in-cpu=100000000 --steps=4
+    nvparam=(--clip=0 --offload-param=nvme --nvme-dir=/var/tmp/spill-zero3-nvme
+             --max-in-cpu=100000000)
+    train_run 1gpu-1.3B-noclip-nvparam 1 "${args13[@]}" "${nvparam[@]}" --steps=4
+    prof_run 1gpu-1.3B-noclip-nvparam-prof 1 "${args13[@]}" "${nvparam[@]}" --steps=4
+    # ZeRO-Infinity with the optimizer states on the disk too (about 24 bytes
+    # of disk traffic per parameter and step): 350M, so that a step takes
+    # seconds, not tens of seconds, on a 1 GB/s disk.
+    train_run 1gpu-350M-noclip-nvall 1 --preset=350M --bf16 --micro-batch=4 --steps=3 \
+      --warmup=1 "${nvparam[@]}" --offload-optimizer=nvme
     # The largest preset: 13B needs about 194 GiB of pinned host memory.
     train_run 1gpu-13B-noclip 1 --preset=13B --bf16 --micro-batch=1 --steps=3 --warmup=1 --clip=0
   fi
