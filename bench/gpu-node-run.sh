@@ -193,6 +193,8 @@ if want train; then
     prof_run 1gpu-1.3B-noclip-prof 1 "${args13[@]}" --clip=0
     prof_run 1gpu-6.7B-noclip-prof 1 "${args67[@]}" --clip=0
     prof_run 2gpu-1.3B-noclip-prof 2 "${args13[@]}" --clip=0
+    # With clipping: no layer steps before the global norm is known.
+    prof_run 1gpu-1.3B-prof 1 "${args13[@]}"
     # Parameter pins asked for at each gather instead of ahead.
     train_run 1gpu-1.3B-noclip-ahead0 1 "${args13[@]}" --clip=0 --acquire-ahead=0
     train_run 1gpu-1.3B-noclip-w1 1 "${args13[@]}" --clip=0 --steps-in-flight=1
