@@ -156,6 +156,9 @@ train_run() {
     launcher=(python3 -m torch.distributed.run --nproc-per-node="$gpus" --no-python)
   fi
   log "zero3_train $name: $*"
+  # spilld recovers the jobs an NVMe directory's manifest names: each run
+  # starts from an empty one.
+  rm -rf /var/tmp/spill-zero3-nvme && mkdir -p /var/tmp/spill-zero3-nvme
   timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" "$root/bin/zero3_train" "$@" \
     2>>"$out/train-$name.log" | tee -a "$out/bench.jsonl"
   local rc=${PIPESTATUS[0]}

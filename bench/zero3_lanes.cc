@@ -203,19 +203,21 @@ absl::StatusOr<double> MeasureOptimizerStep(uint64_t n, uint32_t threads, bool b
 
 namespace {
 
+constexpr uint64_t kLaneBlock = 1 << 20;
+
 // One pass of `threads` threads each doing sequential 1 MiB O_DIRECT
-// requests over its slice of the file.
-absl::Status DirectPass(int fd, uint64_t bytes, int threads, bool write, void* buffers) {
-  constexpr uint64_t kBlock = 1 << 20;
-  const uint64_t blocks = bytes / kBlock;
+// requests over its share of blocks [first, last) of the file.
+absl::Status DirectPass(int fd, uint64_t first, uint64_t last, int threads, bool write,
+                        char* buffers) {
   std::vector<std::thread> pool;
   std::vector<int> errors(threads, 0);
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      char* buf = static_cast<char*>(buffers) + t * kBlock;
-      for (uint64_t b = t; b < blocks; b += threads) {
-        const ssize_t n = write ? pwrite(fd, buf, kBlock, b * kBlock) : pread(fd, buf, kBlock, b * kBlock);
-        if (n != static_cast<ssize_t>(kBlock)) {
+      char* buf = buffers + t * kLaneBlock;
+      for (uint64_t b = first + t; b < last; b += threads) {
+        const ssize_t n = write ? pwrite(fd, buf, kLaneBlock, b * kLaneBlock)
+                                : pread(fd, buf, kLaneBlock, b * kLaneBlock);
+        if (n != static_cast<ssize_t>(kLaneBlock)) {
           errors[t] = n < 0 ? errno : EIO;
           return;
         }
@@ -232,8 +234,8 @@ absl::Status DirectPass(int fd, uint64_t bytes, int threads, bool write, void* b
 }  // namespace
 
 absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int threads) {
-  constexpr uint64_t kBlock = 1 << 20;
-  bytes = std::max<uint64_t>(bytes / kBlock, 1) * kBlock;
+  const uint64_t blocks = std::max<uint64_t>(bytes / kLaneBlock, 2);
+  bytes = blocks * kLaneBlock;
   const std::string path = dir + "/zero3_train_lane.tmp";
   const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
   if (fd < 0) {
@@ -241,26 +243,45 @@ absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int t
     unlink(path.c_str());  // Some file systems create it before refusing O_DIRECT.
     return absl::ErrnoToStatus(err, "open " + path + " with O_DIRECT");
   }
-  void* buffers = nullptr;
-  if (posix_memalign(&buffers, 4096, kBlock * threads) != 0) {
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 4096, 2 * kLaneBlock * threads) != 0) {
     close(fd);
     unlink(path.c_str());
     return absl::ResourceExhaustedError("no memory for the NVMe lane's buffers");
   }
-  std::memset(buffers, 0xA5, kBlock * threads);
+  char* buffers = static_cast<char*>(mem);
+  std::memset(buffers, 0xA5, 2 * kLaneBlock * threads);
   auto t0 = Clock::now();
-  absl::Status s = DirectPass(fd, bytes, threads, true, buffers);
+  absl::Status s = DirectPass(fd, 0, blocks, threads, true, buffers);
   if (s.ok() && fdatasync(fd) != 0) s = absl::ErrnoToStatus(errno, "fdatasync " + path);
   const double write_s = Since(t0);
   t0 = Clock::now();
-  if (s.ok()) s = DirectPass(fd, bytes, threads, false, buffers);
+  if (s.ok()) s = DirectPass(fd, 0, blocks, threads, false, buffers);
   const double read_s = Since(t0);
-  std::free(buffers);
+  // The optimizer's pattern: one half of the file read while the other is
+  // rewritten, `threads` threads each way.
+  double mixed_s = 0;
+  if (s.ok()) {
+    absl::Status read_status;
+    t0 = Clock::now();
+    std::thread reader([&] {
+      read_status = DirectPass(fd, 0, blocks / 2, threads, false, buffers + threads * kLaneBlock);
+    });
+    s = DirectPass(fd, blocks / 2, blocks, threads, true, buffers);
+    reader.join();
+    if (s.ok() && fdatasync(fd) != 0) s = absl::ErrnoToStatus(errno, "fdatasync " + path);
+    mixed_s = Since(t0);
+    if (s.ok()) s = read_status;
+  }
+  std::free(mem);
   close(fd);
   unlink(path.c_str());
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
-  // Read and written bytes count alike: the rate of the mixed traffic.
-  return 2.0 * static_cast<double>(bytes) / (write_s + read_s);
+  // Read and written bytes count alike; the better of the separate passes
+  // and the mixed one, since a bound must not be slower than the disk.
+  const double separate = 2.0 * static_cast<double>(bytes) / (write_s + read_s);
+  const double mixed = static_cast<double>(bytes) / mixed_s;
+  return std::max(separate, mixed);
 }
 
 }  // namespace spill::bench

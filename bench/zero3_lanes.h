@@ -88,9 +88,12 @@ absl::StatusOr<double> MeasurePinnedCopy(int device, uint64_t bytes, bool h2d);
 // threads (the calling thread included), best of three after a warm-up.
 absl::StatusOr<double> MeasureOptimizerStep(uint64_t params, uint32_t threads, bool bf16);
 
-// Bytes/s of sequential O_DIRECT writes then reads of a `bytes` file in
-// `dir` (1 MiB requests, queue depth 1 per thread, `threads` threads), the
-// file removed after. The errno status naming the path otherwise.
+// Bytes/s (read and written bytes alike) of O_DIRECT traffic on a `bytes`
+// file in `dir`, 1 MiB requests, queue depth 1 per thread: the better of
+// sequential writes then reads with `threads` threads, and the optimizer's
+// mix (half the file read while the other half is rewritten, `threads`
+// threads each way). The file is removed after. The errno status naming the
+// path otherwise.
 absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int threads);
 
 }  // namespace spill::bench
