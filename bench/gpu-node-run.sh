@@ -225,6 +225,10 @@ if want train; then
     # seconds, not tens of seconds, on a 1 GB/s disk.
     train_run 1gpu-350M-noclip-nvall 1 --preset=350M --bf16 --micro-batch=4 --steps=3 \
       --warmup=1 "${nvparam[@]}" --offload-optimizer=nvme
+    # The largest preset whose states fit a 64 GB disk (about 14 bytes per
+    # parameter: fp32 master and moments, 16-bit parameters).
+    train_run 1gpu-2.7B-noclip-nvall 1 --preset=2.7B --bf16 --micro-batch=4 --steps=2 \
+      --warmup=1 "${nvparam[@]}" --offload-optimizer=nvme
     # The largest preset: 13B needs about 194 GiB of pinned host memory.
     train_run 1gpu-13B-noclip 1 --preset=13B --bf16 --micro-batch=1 --steps=3 --warmup=1 --clip=0
   fi
