@@ -112,7 +112,7 @@ fi
 mkdir -p /var/tmp/spill-nvme-bench
 if want nvme; then
   log "nvme_vs_fio"
-  "$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((1 << 30)) --cells=quick \
+  "$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((1 << 30)) --cells=quick --repeat="${SPILL_NVME_REPEAT:-1}" \
     --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 fi
 if want nvme && [ -x "$root/bin/optim_nvme_step" ]; then
