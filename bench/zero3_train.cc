@@ -19,6 +19,7 @@
 // 1 anything else failed, with an "error" line.
 #include <ATen/ATen.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -78,7 +79,7 @@ struct Run {
   worker::DeepSpeedConfig config;
   at::Device device = at::Device(at::kCPU);
   std::string machine;
-  uint64_t spilld_pinned = 0, spilld_segment = 0;
+  uint64_t spilld_pinned = 0, spilld_segment = 0, spilld_nvme = 0;
   double total_params = 0;
 };
 
@@ -139,6 +140,20 @@ void SizeSpilld(Run& run) {
                          run.info.world_size * 4;
   run.spilld_segment = (static_cast<uint64_t>(largest) / (2 << 20) + 1) * (2 << 20);
   run.spilld_pinned = std::max(run.spilld_pinned, 2 * run.spilld_segment);
+  // NVMe: a parameter can hold three extents at once (published, newest,
+  // being written) and a group member's states a shadow copy while it steps,
+  // and extents of several sizes fragment the space: three times the
+  // NVMe-homed bytes, at most 90% of what the directory's file system has free.
+  const double nvme_bytes =
+      (run.config.zero.offload_optimizer.device == OffloadDevice::kNvme ? 12 : 0) *
+          run.total_params +
+      (run.config.zero.offload_param.device == OffloadDevice::kNvme ? b : 0) * run.total_params;
+  run.spilld_nvme = std::max<uint64_t>(static_cast<uint64_t>(3 * nvme_bytes), 1ull << 30);
+  struct statvfs fs {};
+  if (!run.flags.nvme_dir.empty() && statvfs(run.flags.nvme_dir.c_str(), &fs) == 0) {
+    const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    run.spilld_nvme = std::min(run.spilld_nvme, free_bytes / 10 * 9);
+  }
 }
 
 // Whether the model's states fit the node's host memory and each GPU
@@ -197,7 +212,7 @@ std::vector<std::string> SpilldFlags(const Run& run) {
   if (run.flags.optim_nice >= 0) flags.push_back(absl::StrCat("--optim-nice=", run.flags.optim_nice));
   if (!run.flags.nvme_dir.empty()) {
     flags.push_back("--nvme-dirs=" + run.flags.nvme_dir);
-    flags.push_back(absl::StrCat("--nvme-capacity=", run.spilld_pinned));
+    flags.push_back(absl::StrCat("--nvme-capacity=", run.spilld_nvme));
   }
   return flags;
 }
