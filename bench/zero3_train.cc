@@ -352,7 +352,7 @@ absl::StatusOr<LaneRates> MeasureLanes(const Run& run, const StepTraffic& t) {
                            MeasureOptimizerStep(n, run.flags.optim_threads, run.config.bf16_enabled));
   }
   if (t.nvme_bytes > 0) {
-    SPILL_ASSIGN_OR_RETURN(r.nvme_bytes_per_s, MeasureNvme(run.flags.nvme_dir, 1ull << 30, 8));
+    SPILL_ASSIGN_OR_RETURN(r.nvme_bytes_per_s, MeasureNvme(run.flags.nvme_dir, 1ull << 30, 32));
   }
   return r;
 }
