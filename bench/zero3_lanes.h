@@ -89,12 +89,12 @@ absl::StatusOr<double> MeasurePinnedCopy(int device, uint64_t bytes, bool h2d);
 absl::StatusOr<double> MeasureOptimizerStep(uint64_t params, uint32_t threads, bool bf16);
 
 // Bytes/s (read and written bytes alike) of O_DIRECT traffic on a `bytes`
-// file in `dir`, 1 MiB requests, queue depth 1 per thread: the better of
-// sequential writes then reads with `threads` threads, and the optimizer's
-// mix (half the file read while the other half is rewritten, `threads`
-// threads each way). The file is removed after. The errno status naming the
-// path otherwise.
-absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int threads);
+// file in `dir`, 1 MiB requests through one io_uring ring with queue_depth
+// requests in flight each way: the better of sequential writes then reads,
+// and the optimizer's mix (half the file read while the other half is
+// rewritten). The file is removed after. InvalidArgument for a queue depth
+// below 1; the errno status naming the path otherwise.
+absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int queue_depth);
 
 }  // namespace spill::bench
 

@@ -80,7 +80,7 @@ TEST(Zero3LanesTest, MeasuredRatesArePositive) {
   const std::string dir = std::filesystem::temp_directory_path() /
                           ("zero3_lanes_test_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
-  absl::StatusOr<double> nvme = MeasureNvme(dir, 8 << 20, 2);
+  absl::StatusOr<double> nvme = MeasureNvme(dir, 16 << 20, 4);
   // tmpfs has no O_DIRECT: then the error names the path.
   if (nvme.ok()) {
     EXPECT_GT(*nvme, 0);
@@ -95,6 +95,7 @@ TEST(Zero3LanesTest, BadInputIsRefused) {
   EXPECT_EQ(MeasureGemm(at::Device(at::kCPU), at::kFloat, 0, 32, 0.05).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MeasureOptimizerStep(0, 2, true).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MeasureNvme("/var/tmp", 1 << 20, 0).status().code(), absl::StatusCode::kInvalidArgument);
   absl::StatusOr<double> missing = MeasureNvme("/nonexistent-zero3-dir", 1 << 20, 1);
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(std::string(missing.status().message()).find("/nonexistent-zero3-dir"), std::string::npos);

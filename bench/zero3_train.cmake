@@ -9,7 +9,8 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
   set_target_properties(zero3_train PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
   spill_link_torch_first(zero3_train)
   target_link_libraries(zero3_train PRIVATE spill_worker_engine spill_worker_spilld_fixture
-                        spill::optim nlohmann_json::nlohmann_json absl::strings absl::str_format)
+                        spill::optim nlohmann_json::nlohmann_json absl::strings absl::str_format
+                        PkgConfig::LIBURING)
   target_include_directories(zero3_train PRIVATE ${PROJECT_SOURCE_DIR})
   target_compile_options(zero3_train PRIVATE -Wno-unused-parameter -Wno-missing-field-initializers)
   if(spill_have_nccl)
@@ -23,7 +24,8 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
     add_executable(zero3_lanes_test ${spill_bench_dir}/zero3_lanes_test.cc ${spill_bench_dir}/zero3_lanes.cc)
     set_target_properties(zero3_lanes_test PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
     spill_link_torch_first(zero3_lanes_test)
-    target_link_libraries(zero3_lanes_test PRIVATE spill_worker_torch spill::optim GTest::gtest_main)
+    target_link_libraries(zero3_lanes_test PRIVATE spill_worker_torch spill::optim GTest::gtest_main
+                          PkgConfig::LIBURING)
     target_include_directories(zero3_lanes_test PRIVATE ${PROJECT_SOURCE_DIR})
     target_compile_definitions(zero3_lanes_test PRIVATE SPILL_ZERO3_CUDA=0)
     gtest_discover_tests(zero3_lanes_test PROPERTIES LABELS unit TIMEOUT 120 DISCOVERY_TIMEOUT 60)
