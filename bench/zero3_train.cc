@@ -80,6 +80,7 @@ struct Run {
   at::Device device = at::Device(at::kCPU);
   std::string machine;
   uint64_t spilld_pinned = 0, spilld_segment = 0, spilld_nvme = 0;
+  uint64_t nvme_homed = 0;  // bytes of states with home NVMe
   double total_params = 0;
 };
 
@@ -148,6 +149,7 @@ void SizeSpilld(Run& run) {
       (run.config.zero.offload_optimizer.device == OffloadDevice::kNvme ? 12 : 0) *
           run.total_params +
       (run.config.zero.offload_param.device == OffloadDevice::kNvme ? b : 0) * run.total_params;
+  run.nvme_homed = static_cast<uint64_t>(nvme_bytes);
   run.spilld_nvme = std::max<uint64_t>(static_cast<uint64_t>(3 * nvme_bytes), 1ull << 30);
   struct statvfs fs {};
   if (!run.flags.nvme_dir.empty() && statvfs(run.flags.nvme_dir.c_str(), &fs) == 0) {
@@ -167,6 +169,15 @@ std::optional<Failure> CheckFits(const Run& run) {
                                    "%.1f GiB available (MemAvailable)",
                                    run.spilld_pinned / 1073741824.0, run.total_params,
                                    host / 1073741824.0)};
+  }
+  // Less room than 1.5 times the NVMe-homed bytes fails mid-run for want of
+  // a free extent; say so before starting.
+  if (run.nvme_homed > 0 && run.spilld_nvme < run.nvme_homed / 2 * 3) {
+    return Failure{kNoFit, "does_not_fit",
+                   absl::StrFormat("%.1f GiB of states live on NVMe; spilld can have %.1f GiB of "
+                                   "%s (90%% of its free space), less than 1.5 times that",
+                                   run.nvme_homed / 1073741824.0, run.spilld_nvme / 1073741824.0,
+                                   run.flags.nvme_dir)};
   }
 #if SPILL_ZERO3_CUDA
   if (run.device.is_cuda()) {

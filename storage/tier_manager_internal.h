@@ -43,7 +43,7 @@ struct TierManager::Object {
   bool loading = false;
   bool load_by_prefetch = false;  // the load was started by a prefetch, unclaimed
   bool prefetched = false;        // resident thanks to a prefetch, unclaimed
-  std::vector<Waiter> waiters;    // for the load
+  std::vector<Waiter> waiters;    // for the load, or (kWrite) an awaited write-back in flight
   uint32_t pins = 0;
   // kWrite pins granted and not yet followed by MarkWritten: the bytes may be
   // changing, so no write-back starts. Cleared when the last pin goes.

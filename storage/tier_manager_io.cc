@@ -137,8 +137,10 @@ void TierManager::OnWriteDone(const ObjectPtr& obj, std::shared_ptr<NvmeCopy> co
     if (obj->dirty) QueueWriteBackLocked(obj);
   }
   obj->discard_write = false;
-  if (!obj->freed) ProcessWaitersLocked(*obj, deferred);
+  // The next write first: a writer waiting behind an awaited write then
+  // waits for that one too.
   StartWriteBacksLocked(deferred);
+  if (!obj->freed) ProcessWaitersLocked(*obj, deferred);
   if (!parked_.empty() && !stopping_) RetryParkedLocked(lock, deferred);
 }
 
