@@ -132,10 +132,29 @@ bool Offloaded(const Run& run) {
 // Bytes spilld holds for the whole node: 16-bit (or fp32) parameter and
 // gradient shards, fp32 master and two moments, an fp32 accumulator with
 // gradient accumulation (server/optimizer_host.h), times 1.1, plus 256 MiB.
+// With the optimizer on NVMe its states stream through spilld's heap, not
+// the pool; with parameters on NVMe the pool caches what offload_param
+// allows (max_in_cpu plus the buffers, per rank of the node).
 void SizeSpilld(Run& run) {
   const double b = run.config.bf16_enabled ? 2 : 4;
-  const double per_param = 2 * b + 12 + (run.config.gradient_accumulation_steps > 1 ? 4 : 0);
-  run.spilld_pinned = static_cast<uint64_t>(run.total_params * per_param * 1.1) + (256ull << 20);
+  const bool optim_nvme = run.config.zero.offload_optimizer.device == OffloadDevice::kNvme;
+  const double per_param = b + (optim_nvme ? 0 : 12) +
+                           (run.config.gradient_accumulation_steps > 1 ? 4 : 0);
+  double param_bytes = b * run.total_params;
+  if (run.config.zero.offload_param.device == OffloadDevice::kNvme) {
+    const worker::OffloadParamConfig& p = run.config.zero.offload_param;
+    const double cached = static_cast<double>(p.max_in_cpu) +
+                          static_cast<double>(p.buffer_count) * static_cast<double>(p.buffer_size);
+    param_bytes = std::min(param_bytes, b * cached * run.info.world_size);
+  }
+  run.spilld_pinned =
+      static_cast<uint64_t>((run.total_params * per_param + param_bytes) * 1.1) + (256ull << 20);
+  if (run.config.zero.offload_param.device == OffloadDevice::kNvme) {
+    // spilld refuses a buffer_size its pool could not hold.
+    const double buffer = b * static_cast<double>(run.config.zero.offload_param.buffer_size);
+    run.spilld_pinned =
+        std::max<uint64_t>(run.spilld_pinned, static_cast<uint64_t>(buffer * 1.1) + (256ull << 20));
+  }
   // The largest object: one layer's fp32 master shard, rounded to 2 MiB.
   const double largest = static_cast<double>(worker::GptLargestLayerParams(run.shape)) /
                          run.info.world_size * 4;
