@@ -334,6 +334,17 @@ class TierManagerRewriteTest : public TierManagerTest {
     ASSERT_TRUE(Info("j", 2).resident);
   }
 
+  // SetUpObjects, then version 2 of object 2 written under a kWrite pin
+  // (kept) and marked, its write-back in flight and held by `blocker`.
+  void WriteVersion2Held(CompletionBlocker& blocker, StatusDone durable = nullptr) {
+    SetUpObjects();
+    ASSERT_OK_AND_ASSIGN(e, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
+    blocker.Block(*tm_, "j", 1);
+    FillPattern(arena_->Data(e), 256 * kKiB, 2, 2);
+    ASSERT_TRUE(tm_->MarkWritten("j", 2, 2, std::move(durable)).ok());
+    ASSERT_TRUE(Info("j", 2).writing);
+  }
+
   // Waits (up to 10 s) until no write-back of (j, id) is in flight.
   void AwaitNotWriting(uint64_t id) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -360,13 +371,8 @@ class TierManagerRewriteTest : public TierManagerTest {
 
 TEST_F(TierManagerRewriteTest, WriteAcquireDiscardsTheWriteBackInFlight) {
   SPILL_OPEN();
-  SetUpObjects();
-  ASSERT_OK_AND_ASSIGN(e, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
   CompletionBlocker blocker;
-  blocker.Block(*tm_, "j", 1);
-  FillPattern(arena_->Data(e), 256 * kKiB, 2, 2);
-  ASSERT_TRUE(tm_->MarkWritten("j", 2, 2).ok());
-  ASSERT_TRUE(Info("j", 2).writing);
+  ASSERT_NO_FATAL_FAILURE(WriteVersion2Held(blocker));
   // The next step's writer does not wait for the disk.
   ASSERT_OK_AND_ASSIGN(again, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
   ASSERT_OK_AND_ASSIGN(reader, AcquireSync(*tm_, "j", 2));
@@ -398,12 +404,8 @@ TEST_F(TierManagerRewriteTest, WriteAcquireDiscardsTheWriteBackInFlight) {
 
 TEST_F(TierManagerRewriteTest, WriterLeavingWithoutMarkWrittenLetsTheWriteBackRun) {
   SPILL_OPEN();
-  SetUpObjects();
-  ASSERT_OK_AND_ASSIGN(e, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
   CompletionBlocker blocker;
-  blocker.Block(*tm_, "j", 1);
-  FillPattern(arena_->Data(e), 256 * kKiB, 2, 2);
-  ASSERT_TRUE(tm_->MarkWritten("j", 2, 2).ok());
+  ASSERT_NO_FATAL_FAILURE(WriteVersion2Held(blocker));
   ASSERT_TRUE(tm_->Release("j", 2).ok());
   ASSERT_OK_AND_ASSIGN(again, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
   blocker.Unblock();
@@ -418,14 +420,10 @@ TEST_F(TierManagerRewriteTest, WriterLeavingWithoutMarkWrittenLetsTheWriteBackRu
 
 TEST_F(TierManagerRewriteTest, WriteAcquireWaitsForAWriteSomeoneAwaits) {
   SPILL_OPEN();
-  SetUpObjects();
-  ASSERT_OK_AND_ASSIGN(e, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
   CompletionBlocker blocker;
-  blocker.Block(*tm_, "j", 1);
-  FillPattern(arena_->Data(e), 256 * kKiB, 2, 2);
   std::promise<absl::Status> acked;
-  ASSERT_TRUE(tm_->MarkWritten("j", 2, 2, [&](absl::Status s) { acked.set_value(s); }).ok());
-  ASSERT_TRUE(Info("j", 2).writing);
+  ASSERT_NO_FATAL_FAILURE(
+      WriteVersion2Held(blocker, [&](absl::Status s) { acked.set_value(s); }));
   std::atomic<bool> granted{false};
   std::promise<absl::StatusOr<Extent>> writer;
   tm_->Acquire("j", 2, AcquireMode::kWrite, [&](absl::StatusOr<Extent> x) {
@@ -446,12 +444,8 @@ TEST_F(TierManagerRewriteTest, WriteAcquireWaitsForAWriteSomeoneAwaits) {
 
 TEST_F(TierManagerRewriteTest, AFlushIsNotOvertakenByTheNextWriter) {
   SPILL_OPEN();
-  SetUpObjects();
-  ASSERT_OK_AND_ASSIGN(e, AcquireSync(*tm_, "j", 2, AcquireMode::kWrite));
   CompletionBlocker blocker;
-  blocker.Block(*tm_, "j", 1);
-  FillPattern(arena_->Data(e), 256 * kKiB, 2, 2);
-  ASSERT_TRUE(tm_->MarkWritten("j", 2, 2).ok());
+  ASSERT_NO_FATAL_FAILURE(WriteVersion2Held(blocker));
   ASSERT_TRUE(tm_->Release("j", 2).ok());
   // A writer steps to version 3 under the write of version 2, then a Flush
   // asks for version 3, and the next writer comes.
