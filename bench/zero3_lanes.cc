@@ -7,12 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <utility>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -241,7 +241,8 @@ absl::Status UringPass(int fd, std::vector<LaneStream>& streams, int depth) {
         } else {
           io_uring_prep_read(sqe, fd, buf, kLaneBlock, offset);
         }
-        io_uring_sqe_set_data64(sqe, (static_cast<uint64_t>(i) << 32) | static_cast<uint64_t>(slot));
+        const uint64_t data = (static_cast<uint64_t>(i) << 32) | static_cast<uint64_t>(slot);
+        io_uring_sqe_set_data64(sqe, data);
         ++st.in_flight;
       }
     }
@@ -275,8 +276,9 @@ absl::Status UringPass(int fd, std::vector<LaneStream>& streams, int depth) {
     const size_t i = data >> 32;
     LaneStream& st = streams[i];
     if (cqe->res != static_cast<int>(kLaneBlock) && status.ok()) {
-      status = cqe->res < 0 ? absl::ErrnoToStatus(-cqe->res, st.write ? "O_DIRECT write" : "O_DIRECT read")
-                            : absl::DataLossError("short O_DIRECT request");
+      const char* what = st.write ? "O_DIRECT write" : "O_DIRECT read";
+      status = cqe->res < 0 ? absl::ErrnoToStatus(-cqe->res, what)
+                            : absl::DataLossError(absl::StrCat("short ", what));
     }
     io_uring_cqe_seen(&ring, cqe);
     --submitted_total;

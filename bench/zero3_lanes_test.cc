@@ -95,7 +95,8 @@ TEST(Zero3LanesTest, BadInputIsRefused) {
   EXPECT_EQ(MeasureGemm(at::Device(at::kCPU), at::kFloat, 0, 32, 0.05).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MeasureOptimizerStep(0, 2, true).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MeasureNvme("/var/tmp", 1 << 20, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MeasureNvme("/var/tmp", 1 << 20, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
   absl::StatusOr<double> missing = MeasureNvme("/nonexistent-zero3-dir", 1 << 20, 1);
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(std::string(missing.status().message()).find("/nonexistent-zero3-dir"), std::string::npos);
