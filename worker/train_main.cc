@@ -195,6 +195,10 @@ void LogStep(const StepStats& s, double seconds, double flops_per_token, const s
                    s.grad_norm, s.clip, tokens_per_s, 3 * flops_per_token * tokens_per_s / 1e12,
                    s.forward_s, s.backward_s, s.reduce_s, s.spilld_wait_s, s.optimizer_s, s.gathers,
                    s.prefetched, s.h2d_bytes / 1e6, s.d2h_bytes / 1e6)
+            << (s.step_refusals > 0 ? absl::StrCat(" | steps refused for want of an "
+                                                   "offload_param buffer ",
+                                                   s.step_refusals)
+                                    : "")
             << tail << std::endl;
 }
 
