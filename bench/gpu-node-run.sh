@@ -112,8 +112,8 @@ fi
 mkdir -p /var/tmp/spill-nvme-bench
 if want nvme; then
   log "nvme_vs_fio"
-  "$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((1 << 30)) --cells=quick --repeat="${SPILL_NVME_REPEAT:-1}" \
-    --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+  "$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((1 << 30)) --cells=quick \
+    --repeat="${SPILL_NVME_REPEAT:-1}" --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 fi
 if want nvme && [ -x "$root/bin/optim_nvme_step" ]; then
   log "optim_nvme_step"
@@ -214,8 +214,8 @@ if want train; then
     train_run 2gpu-6.7B 2 "${args67[@]}"
     train_run 2gpu-6.7B-noclip 2 "${args67[@]}" --clip=0
     # ZeRO-Infinity: parameters on the node's disk through spilld's NVMe
-    # tier, 1e8 elements (of 1.3e9) cached in pinned memory.
-    mkdir -p /var/tmp/spill-zero3-nvme
+    # tier, 1e8 elements (of 1.3e9) cached in pinned memory. train_run
+    # gives each run an empty /var/tmp/spill-zero3-nvme.
     nvparam=(--clip=0 --offload-param=nvme --nvme-dir=/var/tmp/spill-zero3-nvme
              --max-in-cpu=100000000)
     train_run 1gpu-1.3B-noclip-nvparam 1 "${args13[@]}" "${nvparam[@]}" --steps=4

@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -210,7 +209,6 @@ constexpr uint64_t kLaneBlock = 1 << 20;
 struct LaneStream {
   bool write = false;
   uint64_t next = 0, last = 0;  // blocks [next, last) not yet submitted
-  int in_flight = 0;
   char* buffers = nullptr;  // depth blocks; a request's slot is its user_data
 };
 
@@ -243,7 +241,6 @@ absl::Status UringPass(int fd, std::vector<LaneStream>& streams, int depth) {
         }
         const uint64_t data = (static_cast<uint64_t>(i) << 32) | static_cast<uint64_t>(slot);
         io_uring_sqe_set_data64(sqe, data);
-        ++st.in_flight;
       }
     }
   };
@@ -282,7 +279,6 @@ absl::Status UringPass(int fd, std::vector<LaneStream>& streams, int depth) {
     }
     io_uring_cqe_seen(&ring, cqe);
     --submitted_total;
-    --st.in_flight;
     free_slots[i].push_back(static_cast<int>(data & 0xffffffffu));
   }
   io_uring_queue_exit(&ring);

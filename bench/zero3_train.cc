@@ -138,20 +138,21 @@ bool Offloaded(const Run& run) {
 void SizeSpilld(Run& run) {
   const double b = run.config.bf16_enabled ? 2 : 4;
   const bool optim_nvme = run.config.zero.offload_optimizer.device == OffloadDevice::kNvme;
+  const worker::OffloadParamConfig& p = run.config.zero.offload_param;
+  const bool param_nvme = p.device == OffloadDevice::kNvme;
   const double per_param = b + (optim_nvme ? 0 : 12) +
                            (run.config.gradient_accumulation_steps > 1 ? 4 : 0);
   double param_bytes = b * run.total_params;
-  if (run.config.zero.offload_param.device == OffloadDevice::kNvme) {
-    const worker::OffloadParamConfig& p = run.config.zero.offload_param;
+  if (param_nvme) {
     const double cached = static_cast<double>(p.max_in_cpu) +
                           static_cast<double>(p.buffer_count) * static_cast<double>(p.buffer_size);
     param_bytes = std::min(param_bytes, b * cached * run.info.world_size);
   }
   run.spilld_pinned =
       static_cast<uint64_t>((run.total_params * per_param + param_bytes) * 1.1) + (256ull << 20);
-  if (run.config.zero.offload_param.device == OffloadDevice::kNvme) {
+  if (param_nvme) {
     // spilld refuses a buffer_size its pool could not hold.
-    const double buffer = b * static_cast<double>(run.config.zero.offload_param.buffer_size);
+    const double buffer = b * static_cast<double>(p.buffer_size);
     run.spilld_pinned =
         std::max<uint64_t>(run.spilld_pinned, static_cast<uint64_t>(buffer * 1.1) + (256ull << 20));
   }
@@ -164,10 +165,7 @@ void SizeSpilld(Run& run) {
   // being written) and a group member's states a shadow copy while it steps,
   // and extents of several sizes fragment the space: three times the
   // NVMe-homed bytes, at most 90% of what the directory's file system has free.
-  const double nvme_bytes =
-      (run.config.zero.offload_optimizer.device == OffloadDevice::kNvme ? 12 : 0) *
-          run.total_params +
-      (run.config.zero.offload_param.device == OffloadDevice::kNvme ? b : 0) * run.total_params;
+  const double nvme_bytes = ((optim_nvme ? 12 : 0) + (param_nvme ? b : 0)) * run.total_params;
   run.nvme_homed = static_cast<uint64_t>(nvme_bytes);
   run.spilld_nvme = std::max<uint64_t>(static_cast<uint64_t>(3 * nvme_bytes), 1ull << 30);
   struct statvfs fs {};
