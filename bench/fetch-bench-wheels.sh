@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# Downloads deepspeed and its pure-Python dependencies into DIR, for carrying
-# to an offline GPU node where bench/optim_vs_baselines.py compares against
-# DeepSpeedCPUAdam. torch is not downloaded (the node has its own).
+# Downloads deepspeed and its Python dependencies into DIR, for carrying to an
+# offline GPU node where bench/optim_vs_baselines.py compares against
+# DeepSpeedCPUAdam and bench/zero3_deepspeed.py trains the same GPT with
+# DeepSpeed's ZeRO-3 offload. torch and numpy are not downloaded (the node has
+# its own).
 #
-#   bench/fetch-bench-wheels.sh DIR [PYTHON]      # on a machine with network
+#   bench/fetch-bench-wheels.sh DIR [NODE_PYTHON_VERSION]   # default 3.12
 #
-# On the offline node, in the environment that has torch:
-#   pip install --no-index --find-links DIR --no-build-isolation deepspeed
+# Binary dependencies (pydantic_core) are fetched for the node's Python
+# version, not this machine's. On the offline node, in the environment that
+# has torch, bench/gpu-node-run.sh installs them into a scratch prefix:
+#   pip install --no-index --find-links DIR --no-build-isolation --no-deps ...
 # DeepSpeed ships as a source package; --no-build-isolation lets its setup
 # see the installed torch. Its CPU Adam is compiled on first use (JIT) with
 # the node's g++ and ninja (ninja comes from DIR), so the node needs a C++
 # compiler and Python headers.
 set -euo pipefail
 if [ $# -lt 1 ]; then
-  echo "usage: $0 DIR [PYTHON]" >&2
+  echo "usage: $0 DIR [NODE_PYTHON_VERSION]" >&2
   exit 2
 fi
 dir=$1
-python=${2:-python3}
+pyver=${2:-3.12}
 mkdir -p "$dir"
-# deepspeed's sdist plus its dependencies except torch (pinned by the node).
-"$python" -m pip download --dest "$dir" --no-deps deepspeed
-"$python" -m pip download --dest "$dir" \
-  hjson ninja numpy packaging psutil py-cpuinfo pydantic msgpack tqdm einops
+pip_dl() { python3 -m pip download -q --dest "$dir" "$@"; }
+pip_dl --no-deps deepspeed
+pip_dl --no-deps setuptools wheel
+pip_dl --only-binary=:all: --python-version "$pyver" --implementation cp \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  hjson ninja packaging psutil py-cpuinfo pydantic msgpack tqdm einops
 echo "downloaded into $dir:"
 ls "$dir"

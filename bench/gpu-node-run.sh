@@ -25,6 +25,10 @@
 #   nvgpu (not in the default list): nvme_gpu, a parameter prefetch NVMe ->
 #      spilld's pinned tier -> GPU against O_DIRECT reads + cudaMemcpyAsync
 #      on the node's disk (about 2 minutes at 1 GB/s).
+#   deepspeed (not in the default list; needs WHEELS_DIR and a train step
+#      before it): DeepSpeed's ZeRO-3 with the same offload, model and batch
+#      as zero3_train runs of this invocation ($SPILL_DS_RUNS picks them);
+#      zero3_vs_deepspeed lines.
 #   $SPILL_NODE_STEPS (default "selftest tests optim python h2d nvme") picks
 #   steps, e.g. SPILL_NODE_STEPS="selftest worker train".
 set -uo pipefail
@@ -69,6 +73,21 @@ want tests && while IFS=$'\t' read -r name labels; do
 done <"$root/share/spill/tests.tsv" | tee -a "$out/run.log"
 
 threads=$(nproc)
+# DeepSpeed from WHEELS_DIR into a scratch prefix, once. --target ignores what
+# the environment has (torch, numpy): DeepSpeed and its dependencies go in
+# without dependency resolution, with setuptools visible to its build.
+install_deepspeed() {
+  [ -n "$wheels" ] || return 0
+  python3 -c 'import deepspeed' 2>/dev/null && return 0
+  local target=$work/pydeps
+  export PYTHONPATH=$target${PYTHONPATH:+:$PYTHONPATH} PATH=$target/bin:$PATH
+  python3 -m pip install -q --no-index --find-links "$wheels" --target "$target" --no-deps \
+    setuptools wheel >>"$out/run.log" 2>&1
+  python3 -m pip install -q --no-index --find-links "$wheels" --target "$target" --no-deps \
+    --no-build-isolation deepspeed hjson ninja packaging psutil py-cpuinfo pydantic \
+    pydantic_core annotated_types typing_extensions typing_inspection msgpack tqdm einops \
+    >>"$out/run.log" 2>&1 || echo "deepspeed install failed" | tee -a "$out/run.log"
+}
 if want optim; then
   log "optim_fused_adamw ($threads threads)"
   "$root/bin/optim_fused_adamw" --threads "$threads" --params 268435456 --iters 5 \
@@ -80,19 +99,7 @@ if want python; then
   py=python3
   "$py" -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__)" 2>&1 \
     | tee -a "$out/run.log"
-  if [ -n "$wheels" ] && ! "$py" -c 'import deepspeed' 2>/dev/null; then
-    # --target ignores what the environment has (torch, numpy): install
-    # DeepSpeed and its pure-Python dependencies without dependency
-    # resolution, with setuptools visible to its build.
-    target=$work/pydeps
-    export PYTHONPATH=$target${PYTHONPATH:+:$PYTHONPATH} PATH=$target/bin:$PATH
-    "$py" -m pip install -q --no-index --find-links "$wheels" --target "$target" --no-deps \
-      setuptools wheel >>"$out/run.log" 2>&1
-    "$py" -m pip install -q --no-index --find-links "$wheels" --target "$target" --no-deps \
-      --no-build-isolation deepspeed hjson ninja packaging psutil py-cpuinfo pydantic \
-      pydantic_core annotated_types typing_extensions typing_inspection msgpack tqdm einops \
-      >>"$out/run.log" 2>&1 || echo "deepspeed install failed" | tee -a "$out/run.log"
-  fi
+  install_deepspeed
   "$py" "$root/share/spill/bench/optim_vs_baselines.py" --threads "$threads" \
     --lib "$root/lib/libspill_optim_c.so" --params $((128 << 20)) 2>>"$out/run.log" \
     | tee -a "$out/bench.jsonl"
@@ -188,6 +195,7 @@ if want train; then
     args67=(--preset=6.7B --bf16 --micro-batch=2 --steps=3 --warmup=1)
     train_run 1gpu-1.3B 1 "${args13[@]}"
     train_run 1gpu-6.7B 1 "${args67[@]}"
+    train_run 1gpu-2.7B 1 --preset=2.7B --bf16 --micro-batch=4 --steps=4 --warmup=2
     # Without clipping each layer's optimizer step overlaps the rest of backward.
     train_run 1gpu-1.3B-noclip 1 "${args13[@]}" --clip=0
     # The same with 1 and 4 optimizer steps in flight (default 2), and with
@@ -232,5 +240,28 @@ if want train; then
     # The largest preset: 13B needs about 194 GiB of pinned host memory.
     train_run 1gpu-13B-noclip 1 --preset=13B --bf16 --micro-batch=1 --steps=3 --warmup=1 --clip=0
   fi
+fi
+# DeepSpeed's ZeRO-3 on the same GPT and configuration as a zero3_train run
+# of this invocation (bench/zero3_deepspeed.py): NAME OF_RUN ARGS... The
+# comparison line goes to bench.jsonl; DeepSpeed's own log (it writes to
+# stdout) to deepspeed-NAME.log.
+ds_run() {
+  local name=$1
+  shift
+  [[ " ${SPILL_DS_RUNS:-ds-1gpu-1.3B ds-1gpu-1.3B-noclip} " == *" $name "* ]] || return 0
+  log "deepspeed $name: $*"
+  timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" python3 \
+    "$root/share/spill/bench/zero3_deepspeed.py" "$@" --ours="$out/bench.jsonl" \
+    >"$out/deepspeed-$name.log" 2>&1
+  local rc=$?
+  grep '^{"bench"' "$out/deepspeed-$name.log" | tee -a "$out/bench.jsonl"
+  [ "$rc" -eq 0 ] || { echo "deepspeed $name: exit $rc (124: timed out)";
+                       tail -n 15 "$out/deepspeed-$name.log"; } | tee -a "$out/run.log"
+}
+if want deepspeed; then
+  install_deepspeed
+  ds_run ds-1gpu-1.3B --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
+  ds_run ds-1gpu-1.3B-noclip --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
+  ds_run ds-1gpu-2.7B --preset=2.7B --bf16 --micro-batch=4 --steps=4 --warmup=2
 fi
 rm -rf /var/tmp/spill-nvme-bench /var/tmp/spill-zero3-nvme "$work"

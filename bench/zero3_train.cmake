@@ -45,6 +45,11 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
       ${spill_bench_dir}/check_zero3_timeline.py ${SPILL_PYTHON3})
     set_tests_properties(zero3_train_cpu_profile PROPERTIES LABELS slow TIMEOUT 600
       PASS_REGULAR_EXPRESSION "timeline OK: 2 steps")
+    # The DeepSpeed baseline's model and loop (bench/zero3_deepspeed.py) with
+    # torch on the CPU: the same parameter count as the C++ model per preset.
+    add_test(NAME zero3_deepspeed_py COMMAND ${SPILL_PYTHON} ${spill_bench_dir}/zero3_deepspeed_test.py
+             $<TARGET_FILE:spill-estimate>)
+    set_tests_properties(zero3_deepspeed_py PROPERTIES LABELS unit TIMEOUT 300)
     add_test(NAME zero3_train_bad_acquire_ahead COMMAND sh -c
       "\"$0\" --acquire-ahead=-1 2>&1; echo \"exit=$?\"" $<TARGET_FILE:zero3_train>)
     set_tests_properties(zero3_train_bad_acquire_ahead PROPERTIES LABELS unit
