@@ -2,7 +2,10 @@
 """Checks zero3_train's output: every line a JSON object with the fields of
 bench/bench_json.h, and every metric zero3_train prints present once.
 
-  check_zero3_json.py OUTPUT.jsonl
+  check_zero3_json.py OUTPUT.jsonl [--nvme]
+
+--nvme: the run had states on spilld's NVMe tier; its lane line must carry
+spilld's measured bytes, and the lane must count no more than the model's.
 """
 import json
 import math
@@ -13,7 +16,16 @@ METRICS = ["tokens_per_s", "tflops", "step_s", "forward_s", "backward_s", "reduc
            "lane_cpu_optimizer_s", "lane_nvme_s", "lane_bound_s"]
 
 
-def main(path):
+def check_nvme(path, row):
+    read, written = row.get("spilld_read_bytes", -1), row.get("spilld_written_bytes", -1)
+    if not (read > 0 and written > 0):
+        sys.exit(f"{path}: lane_nvme_s has no spilld NVMe bytes: {row}")
+    if not 0 < row["bytes"] <= row["model_bytes"] or row["bytes"] > read + written + 1:
+        sys.exit(f"{path}: lane_nvme_s counts {row['bytes']} bytes, not min(model "
+                 f"{row['model_bytes']}, spilld {read + written})")
+
+
+def main(path, nvme):
     seen = {}
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -38,10 +50,12 @@ def main(path):
     if main_row["baseline"] != "lane_bound" or not main_row["value"] > 0 \
             or not main_row["baseline_value"] > 0:
         sys.exit(f"{path}: tokens_per_s needs a positive value and lane_bound baseline: {main_row}")
+    if nvme:
+        check_nvme(path, seen["lane_nvme_s"])
     print(f"{path}: {len(seen)} metrics, tokens/s {main_row['value']:.1f}, "
           f"lane bound {main_row['baseline_value']:.1f} ({main_row['bound_lane']}), "
           f"ratio {main_row['ratio']:.3f}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--nvme" in sys.argv[2:])

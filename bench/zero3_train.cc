@@ -277,20 +277,28 @@ struct Totals {
   // when not read): wall time with a step or gradient pass running, and
   // the sums of the step and gradient passes' own times.
   double optimizer_busy_s = -1, optimizer_step_s = -1, optimizer_grad_s = -1;
+  // Bytes spilld's NVMe tier read and wrote over the same window (-1 when
+  // not read or spilld has no NVMe tier).
+  double nvme_read_bytes = -1, nvme_written_bytes = -1;
 };
 
-// spilld's optimizer counters (seconds), -1 each without spilld.
-std::array<double, 3> OptimizerSeconds(worker::testing::SpilldFixture* spilld) {
-  if (spilld == nullptr) return {-1, -1, -1};
+// spilld's counters over the measured steps: optimizer busy, step and
+// gradient-pass seconds, NVMe bytes read and written; -1 each without spilld
+// (or, for the NVMe ones, without its NVMe tier).
+using SpilldCounters = std::array<double, 5>;
+SpilldCounters ReadSpilldCounters(worker::testing::SpilldFixture* spilld) {
+  if (spilld == nullptr) return {-1, -1, -1, -1, -1};
   return {spilld->Metric("spill_optimizer_busy_seconds_total"),
           spilld->Metric("spill_optimizer_step_seconds_total"),
-          spilld->Metric("spill_optimizer_grad_ready_seconds_total")};
+          spilld->Metric("spill_optimizer_grad_ready_seconds_total"),
+          spilld->Metric("spill_nvme_read_bytes_total"),
+          spilld->Metric("spill_nvme_written_bytes_total")};
 }
 
 // Warm-up and measured steps. A Failure on error (OOM included).
 std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& totals,
                              worker::testing::SpilldFixture* spilld) {
-  std::array<double, 3> before{-1, -1, -1};
+  SpilldCounters before{-1, -1, -1, -1, -1};
   absl::StatusOr<worker::ByteDataset> data = worker::ByteDataset::Open(worker::DefaultDataPath());
   if (!data.ok()) return Failure{kFailed, "error", std::string(data.status().message())};
   const int64_t gas = run.config.gradient_accumulation_steps;
@@ -307,7 +315,7 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
       micro.push_back({at::tensor(b->tokens, at::kLong).view({mb, seq}).to(run.device),
                        at::tensor(b->targets, at::kLong).view({mb, seq}).to(run.device)});
     }
-    if (step == run.flags.warmup) before = OptimizerSeconds(spilld);
+    if (step == run.flags.warmup) before = ReadSpilldCounters(spilld);
     if (step == profile_from) {
       engine.TakeOptimizerSpans();  // Only the profiled steps' spans.
       profiler.Start();
@@ -350,11 +358,15 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     if (absl::Status w = engine.WaitForOptimizer(); !w.ok()) {
       return Failure{kFailed, "error", w.ToString()};
     }
-    const std::array<double, 3> after = OptimizerSeconds(spilld);
+    const SpilldCounters after = ReadSpilldCounters(spilld);
     if (after[0] >= 0) {
       totals.optimizer_busy_s = after[0] - before[0];
       totals.optimizer_step_s = after[1] - before[1];
       totals.optimizer_grad_s = after[2] - before[2];
+    }
+    if (after[3] >= 0 && before[3] >= 0) {
+      totals.nvme_read_bytes = after[3] - before[3];
+      totals.nvme_written_bytes = after[4] - before[4];
     }
   }
   return std::nullopt;
@@ -380,12 +392,29 @@ absl::StatusOr<LaneRates> MeasureLanes(const Run& run, const StepTraffic& t) {
                            MeasureOptimizerStep(n, run.flags.optim_threads, run.config.bf16_enabled));
   }
   if (t.nvme_bytes > 0) {
-    SPILL_ASSIGN_OR_RETURN(r.nvme_bytes_per_s, MeasureNvme(run.flags.nvme_dir, 1ull << 30, 32));
+    // 2 GiB (a quarter of the free space when less): a virtio disk's rate
+    // over 1 GiB passes was noisy. spilld has stopped, so nothing else
+    // uses the disk.
+    struct statvfs fs {};
+    uint64_t bytes = 2ull << 30;
+    if (statvfs(run.flags.nvme_dir.c_str(), &fs) == 0) {
+      bytes = std::clamp<uint64_t>(static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize / 4, 64ull << 20,
+                                   bytes);
+    }
+    SPILL_ASSIGN_OR_RETURN(r.nvme_bytes_per_s, MeasureNvme(run.flags.nvme_dir, bytes, 32));
   }
   return r;
 }
 
-void Report(const Run& run, const Totals& totals, const StepTraffic& t, const LaneRates& r) {
+void Report(const Run& run, const Totals& totals, StepTraffic t, const LaneRates& r) {
+  // The NVMe lane counts the smaller of the model's bytes and what spilld's
+  // tier moved: what spilld keeps cached in pinned memory never reaches the
+  // disk, and write-backs it repeats or discards are its own overhead.
+  const double model_nvme_bytes = t.nvme_bytes;
+  if (t.nvme_bytes > 0 && totals.nvme_read_bytes >= 0 && totals.steps > 0) {
+    t.nvme_bytes = std::min(t.nvme_bytes,
+                            (totals.nvme_read_bytes + totals.nvme_written_bytes) / totals.steps);
+  }
   const LaneTimes lanes = LaneTimesFor(t, r);
   const double tokens_per_s = totals.tokens / totals.seconds;
   const double tokens_per_step = static_cast<double>(totals.tokens) / totals.steps;
@@ -447,7 +476,11 @@ void Report(const Run& run, const Totals& totals, const StepTraffic& t, const La
             {"acquire_ahead", run.flags.acquire_ahead},
             {"optim_nice", run.flags.optim_nice}});
   EmitLine(run, "lane_nvme_s", lanes.nvme_s, "s/step",
-           {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s}});
+           {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s},
+            {"model_bytes", model_nvme_bytes},
+            {"spilld_read_bytes", totals.nvme_read_bytes >= 0 ? totals.nvme_read_bytes / n : -1},
+            {"spilld_written_bytes",
+             totals.nvme_written_bytes >= 0 ? totals.nvme_written_bytes / n : -1}});
   EmitLine(run, "lane_bound_s", lanes.bound_s, "s/step", {{"bound_lane", lanes.bound_lane}});
 }
 
@@ -490,16 +523,10 @@ int Bench(Run& run) {
       run.info.world_size);
   engine->reset();  // Closes the session before spilld stops.
   int rc = 0;
-  if (run.info.rank == 0) {
-    absl::StatusOr<LaneRates> rates = MeasureLanes(run, traffic);
-    if (rates.ok()) {
-      Report(run, totals, traffic, *rates);
-    } else {
-      EmitFailure(run, {kFailed, "error", "lane measurement: " + rates.status().ToString()});
-      rc = kFailed;
-    }
-  }
-  absl::Status b = (*coll)->Barrier(std::chrono::minutes(10));
+  // Every rank's session is closed before spilld stops; the lanes are
+  // measured after, so that spilld's write-backs do not share the disk,
+  // the CPU or the copy engines with them.
+  absl::Status b = (*coll)->Barrier(std::chrono::minutes(5));
   if (*spilld) {
     if ((*spilld)->Stop() != 0) {
       std::cerr << "zero3_train: spilld exited with an error:\n" << (*spilld)->output();
@@ -508,6 +535,15 @@ int Bench(Run& run) {
     const std::string sock = SocketPath(run);
     unlink(sock.c_str());
     rmdir(sock.substr(0, sock.rfind('/')).c_str());
+  }
+  if (run.info.rank == 0 && b.ok()) {
+    absl::StatusOr<LaneRates> rates = MeasureLanes(run, traffic);
+    if (rates.ok()) {
+      Report(run, totals, traffic, *rates);
+    } else {
+      EmitFailure(run, {kFailed, "error", "lane measurement: " + rates.status().ToString()});
+      rc = kFailed;
+    }
   }
   return b.ok() ? rc : kFailed;
 }

@@ -37,6 +37,13 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
       $<TARGET_FILE:zero3_train> ${PROJECT_BINARY_DIR}/bench/zero3_train_cpu.jsonl
       ${spill_bench_dir}/check_zero3_json.py ${SPILL_PYTHON3})
     set_tests_properties(zero3_train_cpu_json PROPERTIES LABELS slow TIMEOUT 600)
+    # Parameters and optimizer states on spilld's NVMe tier (a directory of
+    # the build tree; it needs O_DIRECT): the NVMe lane counts spilld's bytes.
+    add_test(NAME zero3_train_cpu_nvme_json COMMAND sh -c
+      "rm -rf \"$4\" && mkdir -p \"$4\" && \"$0\" --device=cpu --layers=2 --hidden=64 --heads=4 --vocab=256 --seq=32 --steps=3 --warmup=1 --micro-batch=2 --optim-threads=2 --clip=0 --offload-param=nvme --offload-optimizer=nvme --max-in-cpu=1000 --nvme-dir=\"$4\" >\"$1\" && \"$3\" \"$2\" \"$1\" --nvme; rc=$?; rm -rf \"$4\"; exit $rc"
+      $<TARGET_FILE:zero3_train> ${PROJECT_BINARY_DIR}/bench/zero3_train_cpu_nvme.jsonl
+      ${spill_bench_dir}/check_zero3_json.py ${SPILL_PYTHON3} ${PROJECT_BINARY_DIR}/bench/zero3_nvme)
+    set_tests_properties(zero3_train_cpu_nvme_json PROPERTIES LABELS slow TIMEOUT 600)
     # --profile: a timeline of the last 2 steps that bench/zero3_timeline.py
     # reads (LibTorch's profiler and the engine's optimizer step spans).
     add_test(NAME zero3_train_cpu_profile COMMAND sh -c
