@@ -161,6 +161,10 @@ void SizeSpilld(Run& run) {
                          run.info.world_size * 4;
   run.spilld_segment = (static_cast<uint64_t>(largest) / (2 << 20) + 1) * (2 << 20);
   run.spilld_pinned = std::max(run.spilld_pinned, 2 * run.spilld_segment);
+  // States on NVMe: the engine stages one layer's three fp32 states in the
+  // pool to import them (worker/engine_checkpoint.cc); a segment each, and one
+  // more since the pool's other objects fragment it.
+  if (optim_nvme) run.spilld_pinned += 4 * run.spilld_segment;
   // NVMe: a parameter can hold three extents at once (published, newest,
   // being written) and a group member's states a shadow copy while it steps,
   // and extents of several sizes fragment the space: three times the
@@ -277,8 +281,8 @@ struct Totals {
   // when not read): wall time with a step or gradient pass running, and
   // the sums of the step and gradient passes' own times.
   double optimizer_busy_s = -1, optimizer_step_s = -1, optimizer_grad_s = -1;
-  // Bytes spilld's NVMe tier read and wrote over the same window (-1 when
-  // not read or spilld has no NVMe tier).
+  // Bytes spilld's NVMe tier read and wrote while the measured steps ran
+  // (-1 when not read or spilld has no NVMe tier).
   double nvme_read_bytes = -1, nvme_written_bytes = -1;
 };
 
@@ -333,6 +337,15 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     if (!s.ok()) return Failure{kFailed, "error", absl::StrCat("step ", step, ": ", s.status().ToString())};
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step < run.flags.warmup) continue;
+    if (step + 1 == total_steps) {
+      // NVMe bytes over the timed window only (the optimizer counters below
+      // also take in the last step's tail).
+      const SpilldCounters end = ReadSpilldCounters(spilld);
+      if (end[3] >= 0 && before[3] >= 0) {
+        totals.nvme_read_bytes = end[3] - before[3];
+        totals.nvme_written_bytes = end[4] - before[4];
+      }
+    }
     totals.seconds += sec;
     totals.tokens += s->tokens;
     totals.steps += 1;
@@ -364,10 +377,7 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
       totals.optimizer_step_s = after[1] - before[1];
       totals.optimizer_grad_s = after[2] - before[2];
     }
-    if (after[3] >= 0 && before[3] >= 0) {
-      totals.nvme_read_bytes = after[3] - before[3];
-      totals.nvme_written_bytes = after[4] - before[4];
-    }
+
   }
   return std::nullopt;
 }
