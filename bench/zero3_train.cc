@@ -135,6 +135,39 @@ bool Offloaded(const Run& run) {
 // With the optimizer on NVMe its states stream through spilld's heap, not
 // the pool; with parameters on NVMe the pool caches what offload_param
 // allows (max_in_cpu plus the buffers, per rank of the node).
+// The pool spilld's pinned objects take when placed first fit, in the
+// engine's order (layer by layer: 16-bit parameter, gradient, accumulation
+// buffer, fp32 master and two moments), into segments of `segment` bytes
+// (one job's objects never share a segment with another's, and an object
+// never spans two): objects of a third to a half of a segment leave the
+// rest of it unused, which a per-parameter count misses.
+uint64_t PackedPinnedBytes(const Run& run, uint64_t segment, bool params, bool states) {
+  const uint64_t b = run.config.bf16_enabled ? 2 : 4;
+  const int64_t world = run.info.world_size;
+  std::vector<int64_t> layers = {worker::GptEmbeddingParams(run.shape)};
+  layers.insert(layers.end(), run.shape.layers, worker::GptBlockParams(run.shape));
+  layers.push_back(2 * run.shape.hidden);
+  std::vector<uint64_t> free_bytes;  // per segment
+  auto place = [&](uint64_t bytes) {
+    bytes = (bytes + (2 << 20) - 1) / (2 << 20) * (2 << 20);  // 2 MiB extents at most
+    for (uint64_t& f : free_bytes) {
+      if (f >= bytes) {
+        f -= bytes;
+        return;
+      }
+    }
+    free_bytes.push_back(segment >= bytes ? segment - bytes : 0);
+  };
+  for (const int64_t layer : layers) {
+    const uint64_t n = static_cast<uint64_t>((layer + world - 1) / world);
+    if (params) place(b * n);
+    place(b * n);
+    if (run.config.gradient_accumulation_steps > 1) place(4 * n);
+    for (int k = 0; states && k < 3; ++k) place(4 * n);
+  }
+  return free_bytes.size() * segment;
+}
+
 void SizeSpilld(Run& run) {
   const double b = run.config.bf16_enabled ? 2 : 4;
   const bool optim_nvme = run.config.zero.offload_optimizer.device == OffloadDevice::kNvme;
@@ -161,6 +194,9 @@ void SizeSpilld(Run& run) {
                          run.info.world_size * 4;
   run.spilld_segment = (static_cast<uint64_t>(largest) / (2 << 20) + 1) * (2 << 20);
   run.spilld_pinned = std::max(run.spilld_pinned, 2 * run.spilld_segment);
+  const uint64_t packed = PackedPinnedBytes(run, run.spilld_segment, !param_nvme, !optim_nvme);
+  run.spilld_pinned = std::max<uint64_t>(
+      run.spilld_pinned, packed + 2 * run.spilld_segment + (param_nvme ? param_bytes : 0));
   // States on NVMe: the engine stages one layer's three fp32 states in the
   // pool to import them (worker/engine_checkpoint.cc); a segment each, and one
   // more since the pool's other objects fragment it.
@@ -411,7 +447,11 @@ absl::StatusOr<LaneRates> MeasureLanes(const Run& run, const StepTraffic& t) {
       bytes = std::clamp<uint64_t>(static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize / 4, 64ull << 20,
                                    bytes);
     }
-    SPILL_ASSIGN_OR_RETURN(r.nvme_bytes_per_s, MeasureNvme(run.flags.nvme_dir, bytes, 32));
+    // At spilld's queue depth (aio.queue_depth, 32) and deeper: the better.
+    for (const int depth : {32, 128}) {
+      SPILL_ASSIGN_OR_RETURN(const double rate, MeasureNvme(run.flags.nvme_dir, bytes, depth));
+      r.nvme_bytes_per_s = std::max(r.nvme_bytes_per_s, rate);
+    }
   }
   return r;
 }
