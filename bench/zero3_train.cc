@@ -202,9 +202,10 @@ void SizeSpilld(Run& run) {
   // more since the pool's other objects fragment it.
   if (optim_nvme) run.spilld_pinned += 4 * run.spilld_segment;
   // NVMe: a parameter can hold three extents at once (published, newest,
-  // being written) and a group member's states a shadow copy while it steps,
-  // and extents of several sizes fragment the space: three times the
-  // NVMe-homed bytes, at most 90% of what the directory's file system has free.
+  // being written) and a group member's states a shadow copy while it steps
+  // (the tier spreads an extent over several free ranges when the space is
+  // fragmented, so that costs nothing more): three times the NVMe-homed
+  // bytes, at most 90% of what the directory's file system has free.
   const double nvme_bytes = ((optim_nvme ? 12 : 0) + (param_nvme ? b : 0)) * run.total_params;
   run.nvme_homed = static_cast<uint64_t>(nvme_bytes);
   run.spilld_nvme = std::max<uint64_t>(static_cast<uint64_t>(3 * nvme_bytes), 1ull << 30);

@@ -149,12 +149,25 @@ void NvmeTier::Submit(bool write, const NvmeExtent& extent, uint8_t* mem, uint64
   }
   op->block_left = std::make_unique<std::atomic<uint32_t>[]>(blocks);
   op->units.reserve(blocks + 1);  // pointers into units stay valid
-  const size_t pieces = extent.pieces.size();
+  // Block b is block b / lanes of lane b % lanes; a lane's blocks run over
+  // its pieces in order (CheckExtent made sure they add up).
+  const std::vector<std::vector<NvmePiece>> lanes = NvmeLanes(extent);
+  struct Cursor {
+    size_t piece = 0;
+    uint64_t first_block = 0;  // the lane block the piece starts with
+  };
+  std::vector<Cursor> cursors(lanes.size());
   for (uint64_t b = 0; b < blocks; ++b) {
-    const NvmePiece& piece = extent.pieces[b % pieces];
+    const std::vector<NvmePiece>& lane = lanes[b % lanes.size()];
+    Cursor& c = cursors[b % lanes.size()];
+    const uint64_t j = b / lanes.size();
+    while (j >= c.first_block + lane[c.piece].length / bs) {
+      c.first_block += lane[c.piece++].length / bs;
+    }
+    const NvmePiece& piece = lane[c.piece];
     const uint64_t start = b * bs;
     const uint64_t len = std::min<uint64_t>(bs, bytes - start);
-    const uint64_t file_offset = piece.offset + (b / pieces) * bs;
+    const uint64_t file_offset = piece.offset + (j - c.first_block) * bs;
     const uint64_t direct = std::min(start + len, op->tail_offset) - start;
     uint32_t count = 0;
     if (direct > 0) {

@@ -151,27 +151,82 @@ std::string NvmeTier::DataFilePath(uint32_t dir) const {
 
 // ---- Allocation ----
 
+std::vector<std::vector<NvmePiece>> NvmeLanes(const NvmeExtent& extent) {
+  std::vector<std::vector<NvmePiece>> lanes;
+  std::vector<uint32_t> dirs;
+  for (const NvmePiece& p : extent.pieces) {
+    const auto it = std::find(dirs.begin(), dirs.end(), p.dir);
+    if (it == dirs.end()) {
+      dirs.push_back(p.dir);
+      lanes.push_back({p});
+    } else {
+      lanes[it - dirs.begin()].push_back(p);
+    }
+  }
+  return lanes;
+}
+
 absl::Status NvmeTier::CheckExtent(const NvmeExtent& e) const {
   const uint64_t bs = options_.block_size;
   const uint64_t blocks = (e.bytes + bs - 1) / bs;
   const size_t want = std::min<uint64_t>(blocks, options_.dirs.size());
-  if (e.bytes == 0 || e.pieces.size() != want) {
+  const std::vector<std::vector<NvmePiece>> lanes = NvmeLanes(e);
+  if (e.bytes == 0 || lanes.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat("NVMe extent of ", e.bytes, " bytes has ",
-                                                   e.pieces.size(), " pieces, expected ", want));
+                                                   e.pieces.size(), " pieces in ", lanes.size(),
+                                                   " directories, expected ", want));
   }
-  std::set<uint32_t> dirs;
-  for (size_t k = 0; k < e.pieces.size(); ++k) {
-    const NvmePiece& p = e.pieces[k];
-    const uint64_t piece_blocks = blocks / want + (k < blocks % want ? 1 : 0);
-    if (p.dir >= options_.dirs.size() || !dirs.insert(p.dir).second || p.offset % kPage != 0 ||
-        p.length != piece_blocks * bs || p.offset > dir_capacity_ ||
-        p.length > dir_capacity_ - p.offset) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("NVMe extent piece ", k, " (dir ", p.dir, ", offset ", p.offset,
-                       ", length ", p.length, ") does not fit the tier's layout"));
+  for (size_t k = 0; k < lanes.size(); ++k) {
+    const uint64_t lane_bytes = (blocks / want + (k < blocks % want ? 1 : 0)) * bs;
+    if (lanes[k].size() > kMaxPiecesPerLane) {
+      return absl::InvalidArgumentError(absl::StrCat("NVMe extent lane ", k, " has ",
+                                                     lanes[k].size(), " pieces, at most ",
+                                                     kMaxPiecesPerLane));
+    }
+    uint64_t total = 0;
+    for (const NvmePiece& p : lanes[k]) {
+      if (p.dir >= options_.dirs.size() ||
+          p.offset % kPage != 0 || p.length == 0 || p.length % bs != 0 ||
+          p.offset > dir_capacity_ || p.length > dir_capacity_ - p.offset) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("NVMe extent piece (dir ", p.dir, ", offset ", p.offset, ", length ",
+                         p.length, ") of lane ", k, " does not fit the tier's layout"));
+      }
+      total += p.length;
+    }
+    if (total != lane_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("NVMe extent lane ", k, " (dir ",
+                                                     lanes[k][0].dir, ") holds ", total,
+                                                     " bytes, expected ", lane_bytes));
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status NvmeTier::AllocateLaneLocked(uint32_t dir, uint64_t len, std::vector<NvmePiece>& out) {
+  ExtentAllocator& a = allocators_[dir];
+  if (absl::StatusOr<uint64_t> off = a.Allocate(len, kPage); off.ok()) {
+    out.push_back({dir, *off, len});
+    return absl::OkStatus();
+  }
+  // Fragmented: the largest free ranges, each a whole number of blocks.
+  const uint64_t bs = options_.block_size;
+  if (a.free_bytes() / bs * bs < len) {
+    return absl::ResourceExhaustedError(absl::StrCat(a.free_bytes(), " bytes free"));
+  }
+  uint64_t left = len;
+  for (size_t n = 0; left > 0 && n < kMaxPiecesPerLane; ++n) {
+    const uint64_t chunk = std::min(left, a.largest_free() / bs * bs);
+    if (chunk == 0) break;
+    absl::StatusOr<uint64_t> off = a.Allocate(chunk, kPage);
+    if (!off.ok()) break;
+    out.push_back({dir, *off, chunk});
+    left -= chunk;
+  }
+  if (left == 0) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat(a.free_bytes(), " bytes free, but in more than ", kMaxPiecesPerLane,
+                   " ranges (largest ", a.largest_free(), ")"));
 }
 
 absl::StatusOr<NvmeExtent> NvmeTier::Allocate(const std::string& job, uint64_t bytes) {
@@ -180,7 +235,7 @@ absl::StatusOr<NvmeExtent> NvmeTier::Allocate(const std::string& job, uint64_t b
   const uint64_t bs = options_.block_size;
   const uint64_t ndirs = options_.dirs.size();
   const uint64_t blocks = bytes / bs + (bytes % bs != 0 ? 1 : 0);
-  const uint64_t pieces = std::min(blocks, ndirs);
+  const uint64_t lanes = std::min(blocks, ndirs);
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t used = 0;
   for (const ExtentAllocator& a : allocators_) used += a.used_bytes();
@@ -193,18 +248,16 @@ absl::StatusOr<NvmeExtent> NvmeTier::Allocate(const std::string& job, uint64_t b
   }
   NvmeExtent extent{bytes, {}};
   const uint32_t start = next_dir_;
-  for (uint64_t k = 0; k < pieces; ++k) {
+  for (uint64_t k = 0; k < lanes; ++k) {
     const uint32_t dir = static_cast<uint32_t>((start + k) % ndirs);
-    const uint64_t len = (blocks / pieces + (k < blocks % pieces ? 1 : 0)) * bs;
-    absl::StatusOr<uint64_t> off = allocators_[dir].Allocate(len, kPage);
-    if (!off.ok()) {
+    const uint64_t len = (blocks / lanes + (k < blocks % lanes ? 1 : 0)) * bs;
+    if (absl::Status s = AllocateLaneLocked(dir, len, extent.pieces); !s.ok()) {
       for (const NvmePiece& p : extent.pieces) (void)allocators_[p.dir].Free(p.offset);
       return absl::ResourceExhaustedError(absl::StrCat(
           "NVMe tier full: capacity ", capacity, " bytes, used ", used, ", request ", bytes,
           " (", blocks * bs, " in blocks) for job ", job, "; dir ", options_.dirs[dir], ": ",
-          off.status().message()));
+          s.message()));
     }
-    extent.pieces.push_back({dir, *off, len});
   }
   next_dir_ = static_cast<uint32_t>((start + 1) % ndirs);
   jobs_[job][{extent.pieces[0].dir, extent.pieces[0].offset}] = extent;

@@ -4,8 +4,12 @@
 // Each directory holds one data file, `spill-nvme.data`, opened O_DIRECT and
 // preallocated (fallocate) to capacity_bytes; an extent allocator hands out
 // block-aligned space in it. An object's extent is striped round-robin across
-// the directories in block_size units: logical block i lives in
-// pieces[i % pieces.size()] at piece.offset + (i / pieces.size()) * block_size.
+// lanes, one per directory it uses, in block_size units: logical block i is
+// block i / lanes of lane i % lanes. A lane is the run of pieces naming one
+// directory (lanes in the order the pieces first name them), its blocks laid
+// end to end over its pieces in order. A lane has one piece unless that
+// directory's free space was fragmented when the extent was allocated: then
+// it takes the largest free ranges, up to kMaxPiecesPerLane of them.
 // The data file is never truncated, so extents recorded in a manifest (see
 // storage/manifest.h) stay readable after a restart (Adopt them).
 //
@@ -90,9 +94,16 @@ struct NvmePiece {
 
 struct NvmeExtent {
   uint64_t bytes = 0;               // logical size the extent was allocated for
-  std::vector<NvmePiece> pieces;    // one per directory used, in stripe order
+  std::vector<NvmePiece> pieces;    // lane by lane, in stripe order (see above)
   bool operator==(const NvmeExtent&) const = default;
 };
+
+// How many free ranges one lane of an extent may be spread over.
+inline constexpr size_t kMaxPiecesPerLane = 64;
+
+// The extent's pieces grouped into lanes: lane k holds, in order, the pieces
+// naming the k-th directory the extent's pieces name.
+std::vector<std::vector<NvmePiece>> NvmeLanes(const NvmeExtent& extent);
 
 // Called exactly once per Write/Read. On a completion thread, except when
 // the arguments are rejected before any I/O starts: then it runs on the
@@ -209,6 +220,10 @@ class NvmeTier {
   absl::Status StartRings(
       const std::function<absl::StatusOr<std::unique_ptr<IoBackend>>(int)>& factory);
   absl::Status CheckExtent(const NvmeExtent& extent) const;
+  // Appends to `out` the pieces of one lane of len bytes in directory dir:
+  // one range when one fits, else the largest free ones. ResourceExhausted
+  // (why) leaves what it appended for the caller to free. Holds mu_.
+  absl::Status AllocateLaneLocked(uint32_t dir, uint64_t len, std::vector<NvmePiece>& out);
   void Submit(bool write, const NvmeExtent& extent, uint8_t* mem, uint64_t bytes,
               std::vector<uint32_t>* out_crcs, const std::vector<uint32_t>* in_crcs,
               std::string what, IoDone done);
