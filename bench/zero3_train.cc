@@ -203,8 +203,8 @@ void SizeSpilld(Run& run) {
   if (optim_nvme) run.spilld_pinned += 4 * run.spilld_segment;
   // NVMe: a parameter can hold three extents at once (published, newest,
   // being written) and a group member's states a shadow copy while it steps
-  // (the tier spreads an extent over several free ranges when the space is
-  // fragmented, so that costs nothing more): three times the NVMe-homed
+  // (the tier spreads an extent over up to 64 free ranges per directory when
+  // the space is fragmented): three times the NVMe-homed
   // bytes, at most 90% of what the directory's file system has free.
   const double nvme_bytes = ((optim_nvme ? 12 : 0) + (param_nvme ? b : 0)) * run.total_params;
   run.nvme_homed = static_cast<uint64_t>(nvme_bytes);

@@ -214,19 +214,23 @@ absl::Status NvmeTier::AllocateLaneLocked(uint32_t dir, uint64_t len, std::vecto
   if (a.free_bytes() / bs * bs < len) {
     return absl::ResourceExhaustedError(absl::StrCat(a.free_bytes(), " bytes free"));
   }
+  const size_t first = out.size();
   uint64_t left = len;
-  for (size_t n = 0; left > 0 && n < kMaxPiecesPerLane; ++n) {
+  while (left > 0 && out.size() - first < kMaxPiecesPerLane) {
     const uint64_t chunk = std::min(left, a.largest_free() / bs * bs);
-    if (chunk == 0) break;
+    if (chunk == 0) break;  // Only ranges shorter than a block are left.
     absl::StatusOr<uint64_t> off = a.Allocate(chunk, kPage);
     if (!off.ok()) break;
     out.push_back({dir, *off, chunk});
     left -= chunk;
   }
   if (left == 0) return absl::OkStatus();
-  return absl::ResourceExhaustedError(
-      absl::StrCat(a.free_bytes(), " bytes free, but in more than ", kMaxPiecesPerLane,
-                   " ranges (largest ", a.largest_free(), ")"));
+  // Give this lane's ranges back before describing the free space.
+  for (size_t k = first; k < out.size(); ++k) (void)a.Free(out[k].offset);
+  out.resize(first);
+  return absl::ResourceExhaustedError(absl::StrCat(
+      a.free_bytes(), " bytes free, but a lane of ", len, " bytes would need more than ",
+      kMaxPiecesPerLane, " ranges of whole blocks (largest ", a.largest_free(), ")"));
 }
 
 absl::StatusOr<NvmeExtent> NvmeTier::Allocate(const std::string& job, uint64_t bytes) {

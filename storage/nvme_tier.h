@@ -9,7 +9,9 @@
 // directory (lanes in the order the pieces first name them), its blocks laid
 // end to end over its pieces in order. A lane has one piece unless that
 // directory's free space was fragmented when the extent was allocated: then
-// it takes the largest free ranges, up to kMaxPiecesPerLane of them.
+// it takes the largest free ranges, up to kMaxPiecesPerLane of them. (A
+// manifest holding such an extent is refused by builds older than this
+// layout, which required one piece per directory.)
 // The data file is never truncated, so extents recorded in a manifest (see
 // storage/manifest.h) stay readable after a restart (Adopt them).
 //
@@ -222,7 +224,7 @@ class NvmeTier {
   absl::Status CheckExtent(const NvmeExtent& extent) const;
   // Appends to `out` the pieces of one lane of len bytes in directory dir:
   // one range when one fits, else the largest free ones. ResourceExhausted
-  // (why) leaves what it appended for the caller to free. Holds mu_.
+  // (why) appends nothing. Holds mu_.
   absl::Status AllocateLaneLocked(uint32_t dir, uint64_t len, std::vector<NvmePiece>& out);
   void Submit(bool write, const NvmeExtent& extent, uint8_t* mem, uint64_t bytes,
               std::vector<uint32_t>* out_crcs, const std::vector<uint32_t>* in_crcs,

@@ -1,6 +1,8 @@
 #include "storage/nvme_tier.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -458,6 +460,7 @@ TEST(NvmeTierTest, TooFragmentedIsResourceExhaustedAndChangesNothing) {
   auto r = tier->Allocate("a", (kMaxPiecesPerLane + 1) * 32 * kKiB);
   ASSERT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("ranges"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("8388608 bytes free"));
   EXPECT_EQ(tier->Stats().used_bytes, used);
   EXPECT_TRUE(tier->Allocate("a", kMaxPiecesPerLane * 32 * kKiB).ok());
 }
@@ -490,12 +493,55 @@ TEST(NvmeTierTest, AdoptedFragmentedExtentReadsBackAndBadLanesAreRefused) {
   NvmeExtent odd = e;
   odd.pieces[1].length -= 4096;
   EXPECT_EQ(tier->Adopt("a", odd).code(), absl::StatusCode::kInvalidArgument);
+  NvmeExtent split = e;  // the lane's total is right, its pieces are not whole blocks
+  split.pieces[0].length += 4096;
+  split.pieces[1].length -= 4096;
+  EXPECT_EQ(tier->Adopt("a", split).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(tier->Stats().used_bytes, 0u);
   ASSERT_TRUE(tier->Adopt("a", e).ok());
   ASSERT_TRUE(ReadSync(*tier, e, crcs, dst.data, bytes).ok());
   EXPECT_EQ(std::memcmp(src.data, dst.data, bytes), 0);
   EXPECT_TRUE(tier->Free("a", e).ok());
   EXPECT_EQ(tier->Stats().used_bytes, 0u);
+}
+
+// The layout is an on-disk format (manifests record extents): a lane takes
+// the largest holes first, and its blocks run over them in that order, each
+// from its start. Checked against the data file itself.
+TEST(NvmeTierTest, FragmentedLaneLayoutIsPinned) {
+  TempDir tmp;
+  const uint64_t bs = 128 * kKiB;
+  SPILL_OPEN_TIER_OR_SKIP(tier, fragmented::Dirs(tmp, 1));  // 32 blocks
+  std::vector<NvmeExtent> holes;  // of 3, 2 and 4 blocks, between kept blocks
+  for (const uint64_t n : {3, 1, 2, 1, 4, 1}) {
+    ASSERT_OK_AND_ASSIGN(e, tier->Allocate("f", n * bs));
+    if (n > 1) holes.push_back(e);
+  }
+  ASSERT_OK_AND_ASSIGN(rest, tier->Allocate("f", tier->Stats().free_bytes));
+  for (const NvmeExtent& h : holes) ASSERT_TRUE(tier->Free("f", h).ok());
+  const uint64_t bytes = 9 * bs - 5000;  // the last block partial
+  ASSERT_OK_AND_ASSIGN(e, tier->Allocate("a", bytes));
+  ASSERT_EQ(e.pieces.size(), 3u);
+  const NvmePiece want[] = {{0, holes[2].pieces[0].offset, 4 * bs},
+                            {0, holes[0].pieces[0].offset, 3 * bs},
+                            {0, holes[1].pieces[0].offset, 2 * bs}};
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(e.pieces[k], want[k]) << k;
+  AlignedBuf src(9 * bs), block(bs);
+  src.Fill(5);
+  std::vector<uint32_t> crcs;
+  ASSERT_TRUE(WriteSync(*tier, e, src.data, bytes, &crcs).ok());
+  const int fd = open(tier->DataFilePath(0).c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  uint64_t b = 0;
+  for (const NvmePiece& p : want) {
+    for (uint64_t j = 0; j < p.length / bs; ++j, ++b) {
+      const uint64_t len = std::min(bs, bytes - b * bs);
+      ASSERT_EQ(pread(fd, block.data, len, static_cast<off_t>(p.offset + j * bs)),
+                static_cast<ssize_t>(len));
+      EXPECT_EQ(std::memcmp(block.data, src.data + b * bs, len), 0) << "block " << b;
+    }
+  }
+  close(fd);
 }
 
 }  // namespace
