@@ -544,5 +544,61 @@ TEST(NvmeTierTest, FragmentedLaneLayoutIsPinned) {
   close(fd);
 }
 
+// Two directories, one fragmented and one not: uneven lanes (one of several
+// pieces, one of one) read back; when the second lane cannot be placed, the
+// first one's ranges are given back and the job's use is unchanged.
+TEST(NvmeTierTest, OneFragmentedDirectoryAndRollbackAcrossLanes) {
+  TempDir tmp;
+  const uint64_t bs = 128 * kKiB;
+  SPILL_OPEN_TIER_OR_SKIP(tier, fragmented::Dirs(tmp, 2));  // 32 blocks per directory
+  std::vector<NvmeExtent> all;
+  for (;;) {
+    absl::StatusOr<NvmeExtent> e = tier->Allocate("f", bs);
+    if (!e.ok()) break;
+    all.push_back(*e);
+  }
+  ASSERT_EQ(all.size(), 64u);
+  std::vector<uint64_t> seen(2, 0);  // blocks seen per directory, in allocation order
+  for (const NvmeExtent& e : all) {
+    const uint32_t dir = e.pieces[0].dir;
+    const uint64_t n = seen[dir]++;
+    // d0: every other block; d1: its first 8 blocks, in one run.
+    if (dir == 0 ? n % 2 == 0 : n < 8) ASSERT_TRUE(tier->Free("f", e).ok());
+  }
+  const uint64_t used = tier->Stats().used_bytes;
+  ASSERT_EQ(used, (64 - 16 - 8) * bs);
+  // 13 blocks: lanes of 7 and 6, on d0 in 7 pieces and d1 in one (or the
+  // other way round, by which directory comes first).
+  const uint64_t bytes = 13 * bs - 100;
+  ASSERT_OK_AND_ASSIGN(e, tier->Allocate("a", bytes));
+  const auto lanes = NvmeLanes(e);
+  ASSERT_EQ(lanes.size(), 2u);
+  for (const auto& lane : lanes) {
+    uint64_t total = 0;
+    for (const NvmePiece& p : lane) total += p.length;
+    EXPECT_EQ(lane.size(), lane[0].dir == 0 ? total / bs : 1u);
+  }
+  AlignedBuf src(13 * bs), dst(13 * bs);
+  src.Fill(11);
+  std::vector<uint32_t> crcs;
+  ASSERT_TRUE(WriteSync(*tier, e, src.data, bytes, &crcs).ok());
+  ASSERT_TRUE(ReadSync(*tier, e, crcs, dst.data, bytes).ok());
+  EXPECT_EQ(std::memcmp(src.data, dst.data, bytes), 0);
+  ASSERT_TRUE(tier->Free("a", e).ok());
+  // 20 blocks: 10 fit d0 in pieces, 10 do not fit d1 (8 free). Tried with
+  // each directory first (a successful allocation moves the first one on).
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto r = tier->Allocate("a", 20 * bs);
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << attempt;
+    EXPECT_EQ(tier->Stats().used_bytes, used) << attempt;
+    EXPECT_EQ(tier->Stats().job_used_bytes.count("a"), 0u) << attempt;
+    ASSERT_OK_AND_ASSIGN(one, tier->Allocate("g", bs));
+    ASSERT_TRUE(tier->Free("g", one).ok());
+  }
+  // Everything freed is still there to take, in pieces.
+  ASSERT_OK_AND_ASSIGN(whole, tier->Allocate("a", 16 * bs));
+  EXPECT_EQ(tier->Stats().used_bytes, used + 16 * bs);
+}
+
 }  // namespace
 }  // namespace spill::storage
