@@ -168,10 +168,10 @@ std::vector<std::vector<NvmePiece>> NvmeLanes(const NvmeExtent& extent) {
 
 absl::Status NvmeTier::CheckExtent(const NvmeExtent& e) const {
   const uint64_t bs = options_.block_size;
-  const uint64_t blocks = (e.bytes + bs - 1) / bs;
+  const uint64_t blocks = e.bytes / bs + (e.bytes % bs != 0 ? 1 : 0);  // no wrap near 2^64
   const size_t want = std::min<uint64_t>(blocks, options_.dirs.size());
   const std::vector<std::vector<NvmePiece>> lanes = NvmeLanes(e);
-  if (e.bytes == 0 || lanes.size() != want) {
+  if (e.bytes == 0 || e.bytes > dir_capacity_ * options_.dirs.size() || lanes.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat("NVMe extent of ", e.bytes, " bytes has ",
                                                    e.pieces.size(), " pieces in ", lanes.size(),
                                                    " directories, expected ", want));

@@ -493,6 +493,11 @@ TEST(NvmeTierTest, AdoptedFragmentedExtentReadsBackAndBadLanesAreRefused) {
   NvmeExtent odd = e;
   odd.pieces[1].length -= 4096;
   EXPECT_EQ(tier->Adopt("a", odd).code(), absl::StatusCode::kInvalidArgument);
+  NvmeExtent huge = e;  // a size whose block count would wrap
+  huge.bytes = ~uint64_t{0};
+  EXPECT_EQ(tier->Adopt("a", huge).code(), absl::StatusCode::kInvalidArgument);
+  huge.pieces.clear();
+  EXPECT_EQ(tier->Adopt("a", huge).code(), absl::StatusCode::kInvalidArgument);
   NvmeExtent split = e;  // the lane's total is right, its pieces are not whole blocks
   split.pieces[0].length += 4096;
   split.pieces[1].length -= 4096;
