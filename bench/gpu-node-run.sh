@@ -242,15 +242,20 @@ if want train; then
   fi
 fi
 # DeepSpeed's ZeRO-3 on the same GPT and configuration as a zero3_train run
-# of this invocation (bench/zero3_deepspeed.py): NAME OF_RUN ARGS... The
+# of this invocation (bench/zero3_deepspeed.py): NAME GPUS ARGS... The
 # comparison line goes to bench.jsonl; DeepSpeed's own log (it writes to
 # stdout) to deepspeed-NAME.log.
 ds_run() {
-  local name=$1
-  shift
+  local name=$1 gpus=$2 launcher=(python3)
+  shift 2
   [[ " ${SPILL_DS_RUNS:-ds-1gpu-1.3B ds-1gpu-1.3B-noclip} " == *" $name "* ]] || return 0
+  if [ "$gpus" -gt "$(nvidia-smi -L 2>/dev/null | wc -l)" ]; then
+    echo "SKIP deepspeed $name: fewer than $gpus GPUs here" | tee -a "$out/run.log"
+    return 0
+  fi
+  [ "$gpus" -gt 1 ] && launcher=(python3 -m torch.distributed.run --nproc-per-node="$gpus")
   log "deepspeed $name: $*"
-  timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" python3 \
+  timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" \
     "$root/share/spill/bench/zero3_deepspeed.py" "$@" --ours="$out/bench.jsonl" \
     >"$out/deepspeed-$name.log" 2>&1
   local rc=$?
@@ -260,8 +265,10 @@ ds_run() {
 }
 if want deepspeed; then
   install_deepspeed
-  ds_run ds-1gpu-1.3B --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
-  ds_run ds-1gpu-1.3B-noclip --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
-  ds_run ds-1gpu-2.7B --preset=2.7B --bf16 --micro-batch=4 --steps=4 --warmup=2
+  ds_run ds-1gpu-1.3B 1 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
+  ds_run ds-1gpu-1.3B-noclip 1 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
+  ds_run ds-1gpu-2.7B 1 --preset=2.7B --bf16 --micro-batch=4 --steps=4 --warmup=2
+  ds_run ds-2gpu-1.3B 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
+  ds_run ds-2gpu-1.3B-noclip 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
 fi
 rm -rf /var/tmp/spill-nvme-bench /var/tmp/spill-zero3-nvme "$work"

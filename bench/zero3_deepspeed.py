@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """zero3_vs_deepspeed: the GPT that zero3_train trains, trained by DeepSpeed's ZeRO-3 with the
-same offload modes, batch, precision, clipping and optimizer, on the same GPU in the same run;
+same offload modes, batch, precision, clipping and optimizer, on the same GPUs in the same run;
 its tokens/s is the baseline of zero3_train's line for the same configuration.
 
   python3 bench/zero3_deepspeed.py --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 \\
       [--clip=1.0] [--offload-param=cpu] [--offload-optimizer=cpu] [--no-pin-memory] \\
       [--ours=bench.jsonl]
+  python3 -m torch.distributed.run --nproc-per-node=2 bench/zero3_deepspeed.py ...   # 2 GPUs
 
 The model is worker/gpt.h's: token and position embeddings, pre-LN blocks (causal attention
 through scaled_dot_product_attention, GELU(tanh) MLP of width 4h), final LayerNorm and a head tied
@@ -276,6 +277,8 @@ def main():
             "loss_last": losses[-1], "params": expected_params(a)}
     if a.engine == "deepspeed":
         info["deepspeed"] = deepspeed.__version__
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # Under torchrun, rank 0 reports for all (tokens count every rank's).
     print(json.dumps({"bench": "zero3_deepspeed", "metric": "tokens_per_s", "value": rate,
                       "unit": "tokens/s", "machine": machine(), **info}), flush=True)
     if a.ours:
