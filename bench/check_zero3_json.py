@@ -5,7 +5,8 @@ bench/bench_json.h, and every metric zero3_train prints present once.
   check_zero3_json.py OUTPUT.jsonl [--nvme]
 
 --nvme: the run had states on spilld's NVMe tier; its lane line must carry
-spilld's measured bytes, and the lane must count no more than the model's.
+spilld's measured bytes and rate, count no more bytes than the model's, and
+run at the better of the disk's measured rate and spilld's achieved one.
 """
 import json
 import math
@@ -20,6 +21,10 @@ def check_nvme(path, row):
     read, written = row.get("spilld_read_bytes", -1), row.get("spilld_written_bytes", -1)
     if not (read > 0 and written > 0):
         sys.exit(f"{path}: lane_nvme_s has no spilld NVMe bytes: {row}")
+    rates = (row.get("disk_bytes_per_s", 0), row.get("spilld_bytes_per_s", 0))
+    if not (min(rates) > 0 and abs(row["bytes_per_s"] - max(rates)) <= 1e-6 * max(rates)):
+        sys.exit(f"{path}: lane_nvme_s rate {row['bytes_per_s']} is not the better of the disk's "
+                 f"and spilld's ({rates})")
     if not 0 < row["bytes"] <= row["model_bytes"] or row["bytes"] > read + written + 1:
         sys.exit(f"{path}: lane_nvme_s counts {row['bytes']} bytes, not min(model "
                  f"{row['model_bytes']}, spilld {read + written})")

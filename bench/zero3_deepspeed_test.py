@@ -61,10 +61,12 @@ class Zero3DeepSpeedTest(unittest.TestCase):
                 "micro_batch": 4, "gas": 1, "bf16": True, "world_size": 1,
                 "offload_param": "cpu", "offload_optimizer": "cpu",
                 "gradient_checkpointing": False, "cpu_checkpointing": False,
-                "gradient_clipping": 1.0, "value": 100.0}
+                "gradient_clipping": 1.0, "value": 100.0, "seq": 2048, "params": 1315723264,
+                "tuned": False}
         lines = [dict(base, value=1.0, gradient_clipping=0.0), dict(base, value=2.0, bf16=False),
                  dict(base, value=3.0, world_size=2), dict(base, value=4.0, metric="tflops"),
-                 dict(base, value=5.0, gradient_checkpointing=True), dict(base, value=6.0)]
+                 dict(base, value=5.0, gradient_checkpointing=True), dict(base, value=6.0),
+                 dict(base, value=7.0, tuned=True), dict(base, value=8.0, seq=1024)]
         with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
             f.write("not json\n")
             for ln in lines:

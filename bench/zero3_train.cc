@@ -158,12 +158,16 @@ uint64_t PackedPinnedBytes(const Run& run, uint64_t segment, bool params, bool s
     }
     free_bytes.push_back(segment >= bytes ? segment - bytes : 0);
   };
+  // Every rank of the node registers its own shards in the same job, and
+  // the ranks build the layers side by side.
   for (const int64_t layer : layers) {
     const uint64_t n = static_cast<uint64_t>((layer + world - 1) / world);
-    if (params) place(b * n);
-    place(b * n);
-    if (run.config.gradient_accumulation_steps > 1) place(4 * n);
-    for (int k = 0; states && k < 3; ++k) place(4 * n);
+    for (int64_t rank = 0; rank < world; ++rank) {
+      if (params) place(b * n);
+      place(b * n);
+      if (run.config.gradient_accumulation_steps > 1) place(4 * n);
+      for (int k = 0; states && k < 3; ++k) place(4 * n);
+    }
   }
   return free_bytes.size() * segment;
 }
@@ -197,10 +201,10 @@ void SizeSpilld(Run& run) {
   const uint64_t packed = PackedPinnedBytes(run, run.spilld_segment, !param_nvme, !optim_nvme);
   run.spilld_pinned = std::max<uint64_t>(
       run.spilld_pinned, packed + 2 * run.spilld_segment + (param_nvme ? param_bytes : 0));
-  // States on NVMe: the engine stages one layer's three fp32 states in the
+  // States on NVMe: each rank stages one layer's three fp32 states in the
   // pool to import them (worker/engine_checkpoint.cc); a segment each, and one
   // more since the pool's other objects fragment it.
-  if (optim_nvme) run.spilld_pinned += 4 * run.spilld_segment;
+  if (optim_nvme) run.spilld_pinned += (3 * run.info.world_size + 1) * run.spilld_segment;
   // NVMe: a parameter can hold three extents at once (published, newest,
   // being written) and a group member's states a shadow copy while it steps
   // (the tier spreads an extent over up to 64 free ranges per directory when
@@ -318,15 +322,19 @@ struct Totals {
   // when not read): wall time with a step or gradient pass running, and
   // the sums of the step and gradient passes' own times.
   double optimizer_busy_s = -1, optimizer_step_s = -1, optimizer_grad_s = -1;
-  // Bytes spilld's NVMe tier read and wrote while the measured steps ran
-  // (-1 when not read or spilld has no NVMe tier).
-  double nvme_read_bytes = -1, nvme_written_bytes = -1;
+  // Bytes spilld's NVMe tier read and wrote from the first measured step's
+  // start until the last one's optimizer pass ended (never less than the
+  // measured steps' traffic; up to the warm-up's tail more), and while the
+  // measured steps ran (the tails in and out about cancel: the rate
+  // spilld achieved). -1 when not read or spilld has no NVMe tier.
+  double nvme_read_bytes = -1, nvme_written_bytes = -1, nvme_timed_bytes = -1;
 };
 
 // spilld's counters over the measured steps: optimizer busy, step and
 // gradient-pass seconds, NVMe bytes read and written; -1 each without spilld
 // (or, for the NVMe ones, without its NVMe tier).
 using SpilldCounters = std::array<double, 5>;
+bool HasNvmeCounters(const SpilldCounters& c) { return c[3] >= 0 && c[4] >= 0; }
 SpilldCounters ReadSpilldCounters(worker::testing::SpilldFixture* spilld) {
   if (spilld == nullptr) return {-1, -1, -1, -1, -1};
   return {spilld->Metric("spill_optimizer_busy_seconds_total"),
@@ -375,12 +383,11 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step < run.flags.warmup) continue;
     if (step + 1 == total_steps) {
-      // NVMe bytes over the timed window only (the optimizer counters below
-      // also take in the last step's tail).
+      // The NVMe bytes moved while the measured steps ran: the rate spilld
+      // achieved (the byte count per step is read below, once quiet).
       const SpilldCounters end = ReadSpilldCounters(spilld);
-      if (end[3] >= 0 && before[3] >= 0) {
-        totals.nvme_read_bytes = end[3] - before[3];
-        totals.nvme_written_bytes = end[4] - before[4];
+      if (HasNvmeCounters(end) && HasNvmeCounters(before)) {
+        totals.nvme_timed_bytes = end[3] - before[3] + end[4] - before[4];
       }
     }
     totals.seconds += sec;
@@ -409,6 +416,10 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
       return Failure{kFailed, "error", w.ToString()};
     }
     const SpilldCounters after = ReadSpilldCounters(spilld);
+    if (HasNvmeCounters(after) && HasNvmeCounters(before)) {
+      totals.nvme_read_bytes = after[3] - before[3];
+      totals.nvme_written_bytes = after[4] - before[4];
+    }
     if (after[0] >= 0) {
       totals.optimizer_busy_s = after[0] - before[0];
       totals.optimizer_step_s = after[1] - before[1];
@@ -443,28 +454,44 @@ absl::StatusOr<LaneRates> MeasureLanes(const Run& run, const StepTraffic& t) {
     // over 1 GiB passes was noisy. spilld has stopped, so nothing else
     // uses the disk.
     struct statvfs fs {};
-    uint64_t bytes = 2ull << 30;
+    uint64_t bytes = cuda ? (2ull << 30) : (256ull << 20);  // CPU runs are tests
     if (statvfs(run.flags.nvme_dir.c_str(), &fs) == 0) {
       bytes = std::clamp<uint64_t>(static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize / 4, 64ull << 20,
                                    bytes);
     }
-    // At spilld's queue depth (aio.queue_depth, 32) and deeper: the better.
+    // At spilld's queue depth (aio.queue_depth, 32) and deeper: the better
+    // of those that ran.
+    absl::Status first_error;
     for (const int depth : {32, 128}) {
-      SPILL_ASSIGN_OR_RETURN(const double rate, MeasureNvme(run.flags.nvme_dir, bytes, depth));
-      r.nvme_bytes_per_s = std::max(r.nvme_bytes_per_s, rate);
+      absl::StatusOr<double> rate = MeasureNvme(run.flags.nvme_dir, bytes, depth);
+      if (rate.ok()) {
+        r.nvme_bytes_per_s = std::max(r.nvme_bytes_per_s, *rate);
+      } else if (first_error.ok()) {
+        first_error = rate.status();
+      }
+    }
+    if (r.nvme_bytes_per_s <= 0) {
+      return first_error.ok() ? absl::InternalError("the NVMe lane measured no rate") : first_error;
     }
   }
   return r;
 }
 
-void Report(const Run& run, const Totals& totals, StepTraffic t, const LaneRates& r) {
+void Report(const Run& run, const Totals& totals, StepTraffic t, LaneRates r) {
   // The NVMe lane counts the smaller of the model's bytes and what spilld's
   // tier moved: what spilld keeps cached in pinned memory never reaches the
-  // disk, and write-backs it repeats or discards are its own overhead.
+  // disk, and write-backs it repeats or discards are its own overhead. Its
+  // rate is the better of the disk's measured one and what spilld achieved
+  // in training: the disk can do at least that.
   const double model_nvme_bytes = t.nvme_bytes;
+  const double measured_nvme_rate = r.nvme_bytes_per_s;
+  const double spilld_nvme_rate =
+      totals.nvme_timed_bytes > 0 && totals.seconds > 0 ? totals.nvme_timed_bytes / totals.seconds
+                                                        : 0;
   if (t.nvme_bytes > 0 && totals.nvme_read_bytes >= 0 && totals.steps > 0) {
     t.nvme_bytes = std::min(t.nvme_bytes,
                             (totals.nvme_read_bytes + totals.nvme_written_bytes) / totals.steps);
+    r.nvme_bytes_per_s = std::max(r.nvme_bytes_per_s, spilld_nvme_rate);
   }
   const LaneTimes lanes = LaneTimesFor(t, r);
   const double tokens_per_s = totals.tokens / totals.seconds;
@@ -479,7 +506,12 @@ void Report(const Run& run, const Totals& totals, StepTraffic t, const LaneRates
       // The bound and TFLOP/s count model work: no recomputation, no
       // activation copies.
       {"gradient_checkpointing", run.flags.gradient_checkpointing},
-      {"cpu_checkpointing", run.flags.cpu_checkpointing}};
+      {"cpu_checkpointing", run.flags.cpu_checkpointing},
+      // A run with engine or spilld knobs off their defaults, or profiled:
+      // not the configuration a baseline of the same mode is compared with.
+      {"tuned", !run.flags.profile.empty() || run.flags.steps_in_flight != 2 ||
+                    run.flags.acquire_ahead != 4 || run.flags.optim_nice != -1 ||
+                    run.flags.optim_threads != std::max(1u, std::thread::hardware_concurrency())}};
   Result headline{kBench, "tokens_per_s", tokens_per_s, "tokens/s", "lane_bound",
               lanes.bound_s > 0 ? tokens_per_step / lanes.bound_s : 0, mode};
   headline.extra["preset"] = run.shape.name;
@@ -528,6 +560,7 @@ void Report(const Run& run, const Totals& totals, StepTraffic t, const LaneRates
             {"optim_nice", run.flags.optim_nice}});
   EmitLine(run, "lane_nvme_s", lanes.nvme_s, "s/step",
            {{"bytes", t.nvme_bytes}, {"bytes_per_s", r.nvme_bytes_per_s},
+            {"disk_bytes_per_s", measured_nvme_rate}, {"spilld_bytes_per_s", spilld_nvme_rate},
             {"model_bytes", model_nvme_bytes},
             {"spilld_read_bytes", totals.nvme_read_bytes >= 0 ? totals.nvme_read_bytes / n : -1},
             {"spilld_written_bytes",
@@ -586,6 +619,9 @@ int Bench(Run& run) {
     const std::string sock = SocketPath(run);
     unlink(sock.c_str());
     rmdir(sock.substr(0, sock.rfind('/')).c_str());
+  }
+  if (run.info.rank == 0 && !b.ok()) {
+    EmitFailure(run, {kFailed, "error", "barrier before the lanes: " + b.ToString()});
   }
   if (run.info.rank == 0 && b.ok()) {
     absl::StatusOr<LaneRates> rates = MeasureLanes(run, traffic);
