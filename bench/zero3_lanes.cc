@@ -274,7 +274,9 @@ absl::Status UringPass(int fd, std::vector<LaneStream>& streams, int depth) {
     const size_t i = data >> 32;
     LaneStream& st = streams[i];
     if (cqe->res != static_cast<int>(kLaneBlock) && status.ok()) {
-      const char* what = st.write ? "O_DIRECT write" : "O_DIRECT read";
+      const char* what = st.alternate ? "O_DIRECT read/write"
+                         : st.write   ? "O_DIRECT write"
+                                      : "O_DIRECT read";
       status = cqe->res < 0 ? absl::ErrnoToStatus(-cqe->res, what)
                             : absl::DataLossError(absl::StrCat("short ", what));
     }

@@ -90,9 +90,10 @@ absl::StatusOr<double> MeasureOptimizerStep(uint64_t params, uint32_t threads, b
 
 // Bytes/s (read and written bytes alike) of O_DIRECT traffic on a `bytes`
 // file in `dir`, 1 MiB requests through one io_uring ring with queue_depth
-// requests in flight each way: the better of sequential writes then reads,
-// and the optimizer's mix (half the file read while the other half is
-// rewritten). The file is removed after. InvalidArgument for a queue depth
+// requests in flight each way: the best of sequential writes then reads,
+// the optimizer's mix (half the file read while the other half is
+// rewritten) and fio's (blocks written and read in turn). The file is
+// removed after. InvalidArgument for a queue depth
 // below 1; the errno status naming the path otherwise.
 absl::StatusOr<double> MeasureNvme(const std::string& dir, uint64_t bytes, int queue_depth);
 

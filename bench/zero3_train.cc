@@ -129,12 +129,14 @@ bool Offloaded(const Run& run) {
          run.config.zero.offload_param.device != OffloadDevice::kNone;
 }
 
-// Bytes spilld holds for the whole node: 16-bit (or fp32) parameter and
-// gradient shards, fp32 master and two moments, an fp32 accumulator with
-// gradient accumulation (server/optimizer_host.h), times 1.1, plus 256 MiB.
-// With the optimizer on NVMe its states stream through spilld's heap, not
-// the pool; with parameters on NVMe the pool caches what offload_param
-// allows (max_in_cpu plus the buffers, per rank of the node).
+// Bytes the file system holding `dir` has free for us; none when it cannot
+// be asked (no directory given, or statvfs fails).
+std::optional<uint64_t> FreeBytes(const std::string& dir) {
+  struct statvfs fs {};
+  if (dir.empty() || statvfs(dir.c_str(), &fs) != 0) return std::nullopt;
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+}
+
 // The pool spilld's pinned objects take when placed first fit, in the
 // engine's order (layer by layer: 16-bit parameter, gradient, accumulation
 // buffer, fp32 master and two moments), into segments of `segment` bytes
@@ -172,6 +174,12 @@ uint64_t PackedPinnedBytes(const Run& run, uint64_t segment, bool params, bool s
   return free_bytes.size() * segment;
 }
 
+// Bytes spilld holds for the whole node: 16-bit (or fp32) parameter and
+// gradient shards, fp32 master and two moments, an fp32 accumulator with
+// gradient accumulation (server/optimizer_host.h), times 1.1, plus 256 MiB.
+// With the optimizer on NVMe its states stream through spilld's heap, not
+// the pool; with parameters on NVMe the pool caches what offload_param
+// allows (max_in_cpu plus the buffers, per rank of the node).
 void SizeSpilld(Run& run) {
   const double b = run.config.bf16_enabled ? 2 : 4;
   const bool optim_nvme = run.config.zero.offload_optimizer.device == OffloadDevice::kNvme;
@@ -213,10 +221,8 @@ void SizeSpilld(Run& run) {
   const double nvme_bytes = ((optim_nvme ? 12 : 0) + (param_nvme ? b : 0)) * run.total_params;
   run.nvme_homed = static_cast<uint64_t>(nvme_bytes);
   run.spilld_nvme = std::max<uint64_t>(static_cast<uint64_t>(3 * nvme_bytes), 1ull << 30);
-  struct statvfs fs {};
-  if (!run.flags.nvme_dir.empty() && statvfs(run.flags.nvme_dir.c_str(), &fs) == 0) {
-    const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-    run.spilld_nvme = std::min(run.spilld_nvme, free_bytes / 10 * 9);
+  if (const std::optional<uint64_t> free_bytes = FreeBytes(run.flags.nvme_dir)) {
+    run.spilld_nvme = std::min(run.spilld_nvme, *free_bytes / 10 * 9);
   }
 }
 
@@ -453,11 +459,9 @@ absl::StatusOr<LaneRates> MeasureLanes(const Run& run, const StepTraffic& t) {
     // 2 GiB (a quarter of the free space when less): a virtio disk's rate
     // over 1 GiB passes was noisy. spilld has stopped, so nothing else
     // uses the disk.
-    struct statvfs fs {};
     uint64_t bytes = cuda ? (2ull << 30) : (256ull << 20);  // CPU runs are tests
-    if (statvfs(run.flags.nvme_dir.c_str(), &fs) == 0) {
-      bytes = std::clamp<uint64_t>(static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize / 4, 64ull << 20,
-                                   bytes);
+    if (const std::optional<uint64_t> free_bytes = FreeBytes(run.flags.nvme_dir)) {
+      bytes = std::clamp<uint64_t>(*free_bytes / 4, 64ull << 20, bytes);
     }
     // At spilld's queue depth (aio.queue_depth, 32) and deeper: the better
     // of those that ran.
@@ -622,8 +626,7 @@ int Bench(Run& run) {
   }
   if (run.info.rank == 0 && !b.ok()) {
     EmitFailure(run, {kFailed, "error", "barrier before the lanes: " + b.ToString()});
-  }
-  if (run.info.rank == 0 && b.ok()) {
+  } else if (run.info.rank == 0) {
     absl::StatusOr<LaneRates> rates = MeasureLanes(run, traffic);
     if (rates.ok()) {
       Report(run, totals, traffic, *rates);

@@ -121,7 +121,10 @@ void NvmeTier::Submit(bool write, const NvmeExtent& extent, uint8_t* mem, uint64
                       std::string what, IoDone done) {
   const uint32_t bs = options_.block_size;
   absl::Status status = CheckArgs(write, extent, mem, bytes, bs, out_crcs, in_crcs);
-  if (status.ok()) status = CheckExtent(extent);
+  // Block b is block b / lanes of lane b % lanes; a lane's blocks run over
+  // its pieces in order (CheckExtent makes sure they add up).
+  std::vector<std::vector<NvmePiece>> lanes;
+  if (status.ok()) status = CheckExtent(extent, &lanes);
   if (!status.ok()) {
     RecordOp(write, bytes, status);
     done(status);
@@ -149,9 +152,6 @@ void NvmeTier::Submit(bool write, const NvmeExtent& extent, uint8_t* mem, uint64
   }
   op->block_left = std::make_unique<std::atomic<uint32_t>[]>(blocks);
   op->units.reserve(blocks + 1);  // pointers into units stay valid
-  // Block b is block b / lanes of lane b % lanes; a lane's blocks run over
-  // its pieces in order (CheckExtent made sure they add up).
-  const std::vector<std::vector<NvmePiece>> lanes = NvmeLanes(extent);
   struct Cursor {
     size_t piece = 0;
     uint64_t first_block = 0;  // the lane block the piece starts with

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -166,11 +167,12 @@ std::vector<std::vector<NvmePiece>> NvmeLanes(const NvmeExtent& extent) {
   return lanes;
 }
 
-absl::Status NvmeTier::CheckExtent(const NvmeExtent& e) const {
+absl::Status NvmeTier::CheckExtent(const NvmeExtent& e,
+                                   std::vector<std::vector<NvmePiece>>* lanes_out) const {
   const uint64_t bs = options_.block_size;
   const uint64_t blocks = e.bytes / bs + (e.bytes % bs != 0 ? 1 : 0);  // no wrap near 2^64
   const size_t want = std::min<uint64_t>(blocks, options_.dirs.size());
-  const std::vector<std::vector<NvmePiece>> lanes = NvmeLanes(e);
+  std::vector<std::vector<NvmePiece>> lanes = NvmeLanes(e);
   if (e.bytes == 0 || e.bytes > dir_capacity_ * options_.dirs.size() || lanes.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat("NVMe extent of ", e.bytes, " bytes has ",
                                                    e.pieces.size(), " pieces in ", lanes.size(),
@@ -200,6 +202,7 @@ absl::Status NvmeTier::CheckExtent(const NvmeExtent& e) const {
                                                      " bytes, expected ", lane_bytes));
     }
   }
+  if (lanes_out != nullptr) *lanes_out = std::move(lanes);
   return absl::OkStatus();
 }
 

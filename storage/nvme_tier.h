@@ -221,7 +221,10 @@ class NvmeTier {
   absl::Status OpenFiles();
   absl::Status StartRings(
       const std::function<absl::StatusOr<std::unique_ptr<IoBackend>>(int)>& factory);
-  absl::Status CheckExtent(const NvmeExtent& extent) const;
+  // (The extent's lanes, NvmeLanes, into *lanes when given: Submit maps
+  // blocks with them.)
+  absl::Status CheckExtent(const NvmeExtent& extent,
+                           std::vector<std::vector<NvmePiece>>* lanes = nullptr) const;
   // Appends to `out` the pieces of one lane of len bytes in directory dir:
   // one range when one fits, else the largest free ones. ResourceExhausted
   // (why) appends nothing. Holds mu_.

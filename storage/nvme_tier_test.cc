@@ -368,14 +368,6 @@ TEST(NvmeTierTest, ManyThreadsAllocateWriteReadFreeAtOnce) {
 
 namespace fragmented {
 
-// A tier of `dirs` directories of 32 blocks of 128 KiB each, filled with
-// one-block extents of job "filler" of which every other one is freed:
-// 16 free blocks per directory, none next to another.
-struct Holes {
-  std::unique_ptr<NvmeTier> tier;
-  std::vector<NvmeExtent> kept;
-};
-
 NvmeOptions Dirs(const TempDir& tmp, int dirs, uint64_t capacity = 4 * kMiB,
                  uint32_t block = 128 * kKiB) {
   NvmeOptions o;
@@ -385,13 +377,22 @@ NvmeOptions Dirs(const TempDir& tmp, int dirs, uint64_t capacity = 4 * kMiB,
   return o;
 }
 
-absl::Status Punch(NvmeTier& tier, int dirs, uint64_t block, std::vector<NvmeExtent>& kept) {
+// Fills the tier with extents of one block of job `job`, in allocation
+// order (they go to the directories in turn).
+std::vector<NvmeExtent> Fill(NvmeTier& tier, const std::string& job, uint64_t block) {
   std::vector<NvmeExtent> all;
   for (;;) {
-    absl::StatusOr<NvmeExtent> e = tier.Allocate("filler", block);
-    if (!e.ok()) break;
+    absl::StatusOr<NvmeExtent> e = tier.Allocate(job, block);
+    if (!e.ok()) return all;
     all.push_back(*e);
   }
+}
+
+// Fills the tier of `dirs` directories with one-block extents of job
+// "filler" and frees every other one in each directory: one-block holes,
+// none next to another. The extents left are appended to `kept`.
+absl::Status Punch(NvmeTier& tier, int dirs, uint64_t block, std::vector<NvmeExtent>& kept) {
+  const std::vector<NvmeExtent> all = Fill(tier, "filler", block);
   for (size_t i = 0; i < all.size(); ++i) {
     if (i / dirs % 2 == 0) {  // Extents go to the directories in turn.
       SPILL_RETURN_IF_ERROR(tier.Free("filler", all[i]));
@@ -556,19 +557,16 @@ TEST(NvmeTierTest, OneFragmentedDirectoryAndRollbackAcrossLanes) {
   TempDir tmp;
   const uint64_t bs = 128 * kKiB;
   SPILL_OPEN_TIER_OR_SKIP(tier, fragmented::Dirs(tmp, 2));  // 32 blocks per directory
-  std::vector<NvmeExtent> all;
-  for (;;) {
-    absl::StatusOr<NvmeExtent> e = tier->Allocate("f", bs);
-    if (!e.ok()) break;
-    all.push_back(*e);
-  }
+  const std::vector<NvmeExtent> all = fragmented::Fill(*tier, "f", bs);
   ASSERT_EQ(all.size(), 64u);
   std::vector<uint64_t> seen(2, 0);  // blocks seen per directory, in allocation order
   for (const NvmeExtent& e : all) {
     const uint32_t dir = e.pieces[0].dir;
     const uint64_t n = seen[dir]++;
     // d0: every other block; d1: its first 8 blocks, in one run.
-    if (dir == 0 ? n % 2 == 0 : n < 8) ASSERT_TRUE(tier->Free("f", e).ok());
+    if (dir == 0 ? n % 2 == 0 : n < 8) {
+      ASSERT_TRUE(tier->Free("f", e).ok());
+    }
   }
   const uint64_t used = tier->Stats().used_bytes;
   ASSERT_EQ(used, (64 - 16 - 8) * bs);
