@@ -55,6 +55,10 @@ def main(path, nvme):
     if main_row["baseline"] != "lane_bound" or not main_row["value"] > 0 \
             or not main_row["baseline_value"] > 0:
         sys.exit(f"{path}: tokens_per_s needs a positive value and lane_bound baseline: {main_row}")
+    pool, segment = main_row.get("spilld_pinned_gib", 0), main_row.get("spilld_segment_mib", 0)
+    if not (segment > 0 and pool * 1024 >= 2 * segment):
+        sys.exit(f"{path}: tokens_per_s needs spilld's pool and segment (two segments at least): "
+                 f"pool {pool} GiB, segment {segment} MiB")
     if nvme:
         check_nvme(path, seen["lane_nvme_s"])
     print(f"{path}: {len(seen)} metrics, tokens/s {main_row['value']:.1f}, "

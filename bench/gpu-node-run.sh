@@ -22,6 +22,8 @@
 #      python3 -m torch.distributed.run; each run bounded by
 #      $SPILL_TRAIN_TIMEOUT seconds (default 540). $SPILL_TRAIN_RUNS picks
 #      runs (default "1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B").
+#   rtt (not in the default list): control_rtt, the control round trip over
+#      spilld's Unix socket against a bare socketpair ping-pong.
 #   nvgpu (not in the default list): nvme_gpu, a parameter prefetch NVMe ->
 #      spilld's pinned tier -> GPU against O_DIRECT reads + cudaMemcpyAsync
 #      on the node's disk (about 2 minutes at 1 GB/s).
@@ -108,6 +110,11 @@ fi
 if want h2d && [ -x "$root/bin/h2d_shm" ]; then
   log "h2d_shm"
   "$root/bin/h2d_shm" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+fi
+
+if want rtt && [ -x "$root/bin/control_rtt" ]; then
+  log "control_rtt"
+  "$root/bin/control_rtt" --seconds=3 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 fi
 
 if want nvgpu && [ -x "$root/bin/nvme_gpu" ]; then
@@ -237,7 +244,7 @@ if want train; then
     # parameter: fp32 master and moments, 16-bit parameters).
     train_run 1gpu-2.7B-noclip-nvall 1 --preset=2.7B --bf16 --micro-batch=4 --steps=2 \
       --warmup=1 "${nvparam[@]}" --offload-optimizer=nvme
-    # The largest preset: 13B needs about 194 GiB of pinned host memory.
+    # The largest preset: 13B needs about 210 GiB of pinned host memory.
     train_run 1gpu-13B-noclip 1 --preset=13B --bf16 --micro-batch=1 --steps=3 --warmup=1 --clip=0
   fi
 fi

@@ -5,7 +5,8 @@
 set(spill_bench_dir ${PROJECT_SOURCE_DIR}/bench)
 if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spilld_fixture)
   add_executable(zero3_train ${spill_bench_dir}/zero3_train.cc ${spill_bench_dir}/zero3_flags.cc
-                 ${spill_bench_dir}/zero3_lanes.cc ${spill_bench_dir}/zero3_profile.cc)
+                 ${spill_bench_dir}/zero3_lanes.cc ${spill_bench_dir}/zero3_profile.cc
+                 ${spill_bench_dir}/zero3_sizing.cc)
   set_target_properties(zero3_train PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
   spill_link_torch_first(zero3_train)
   target_link_libraries(zero3_train PRIVATE spill_worker_engine spill_worker_spilld_fixture
@@ -21,7 +22,8 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
   endif()
   add_dependencies(zero3_train spilld)
   if(SPILL_BUILD_TESTS)
-    add_executable(zero3_lanes_test ${spill_bench_dir}/zero3_lanes_test.cc ${spill_bench_dir}/zero3_lanes.cc)
+    add_executable(zero3_lanes_test ${spill_bench_dir}/zero3_lanes_test.cc ${spill_bench_dir}/zero3_lanes.cc
+                   ${spill_bench_dir}/zero3_sizing_test.cc ${spill_bench_dir}/zero3_sizing.cc)
     set_target_properties(zero3_lanes_test PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
     spill_link_torch_first(zero3_lanes_test)
     target_link_libraries(zero3_lanes_test PRIVATE spill_worker_torch spill::optim GTest::gtest_main
