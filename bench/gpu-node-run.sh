@@ -260,7 +260,10 @@ ds_run() {
     echo "SKIP deepspeed $name: fewer than $gpus GPUs here" | tee -a "$out/run.log"
     return 0
   fi
-  [ "$gpus" -gt 1 ] && launcher=(python3 -m torch.distributed.run --nproc-per-node="$gpus")
+  # torchrun sets OMP_NUM_THREADS=1 when it is unset, which would leave
+  # DeepSpeed's CPU Adam one thread per rank: give each rank its share.
+  [ "$gpus" -gt 1 ] && launcher=(env OMP_NUM_THREADS=$(($(nproc) / gpus)) python3 -m
+                                 torch.distributed.run --nproc-per-node="$gpus")
   log "deepspeed $name: $*"
   timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" \
     "$root/share/spill/bench/zero3_deepspeed.py" "$@" --ours="$out/bench.jsonl" \
