@@ -83,7 +83,16 @@ struct Run {
   uint64_t spilld_pinned = 0, spilld_segment = 0, spilld_nvme = 0;
   uint64_t nvme_homed = 0;  // bytes of states with home NVMe
   double total_params = 0;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 };
+
+// Rank 0's progress on stderr, with the seconds since start: a large model
+// spends minutes before its first step (the pinned pool, the model's build).
+void Progress(const Run& run, const std::string& what) {
+  if (run.info.rank != 0) return;
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.started).count();
+  std::cerr << absl::StrFormat("zero3_train: [%7.1f s] %s\n", t, what) << std::flush;
+}
 
 void EmitLine(const Run& run, const std::string& metric, double value, const std::string& unit,
               nlohmann::json extra = nlohmann::json::object()) {
@@ -364,6 +373,8 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     }
     if (!s.ok()) return Failure{kFailed, "error", absl::StrCat("step ", step, ": ", s.status().ToString())};
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    Progress(run, absl::StrFormat("step %d of %d%s: %.3f s, loss %.4f", step + 1, total_steps,
+                                  step < run.flags.warmup ? " (warm-up)" : "", sec, s->loss));
     if (step < run.flags.warmup) continue;
     if (step + 1 == total_steps) {
       // The NVMe bytes moved while the measured steps ran: the rate spilld
@@ -559,8 +570,12 @@ int Bench(Run& run) {
       run.device.is_cuda() ? worker::CreateNcclCollectives(run.info, run.device.index())
                            : worker::CreateGlooCollectives(run.info, worker::EngineOptions().timeout);
   if (!coll.ok()) return EmitFailure(run, {kFailed, "error", coll.status().ToString()}), kFailed;
+  Progress(run, absl::StrFormat("%.3g parameters; starting spilld: %.1f GiB pinned in %.0f MiB "
+                                "segments", run.total_params, run.spilld_pinned / 1073741824.0,
+                                run.spilld_segment / 1048576.0));
   auto spilld = StartSpilld(run, **coll);
   if (!spilld.ok()) return EmitFailure(run, {kFailed, "error", spilld.status().ToString()}), kFailed;
+  Progress(run, "spilld is up; building the model's shards");
   worker::EngineOptions o;
   o.config = run.config;
   o.shape = run.shape;
@@ -580,6 +595,8 @@ int Bench(Run& run) {
               engine.status().ToString()};
     return EmitFailure(run, f), f.code;
   }
+  Progress(run, absl::StrFormat("model built; training %d warm-up and %d measured steps",
+                                run.flags.warmup, run.flags.steps));
   Totals totals;
   if (std::optional<Failure> f = Train(run, **engine, totals, spilld->get())) {
     return EmitFailure(run, *f), f->code;
@@ -607,6 +624,7 @@ int Bench(Run& run) {
   if (run.info.rank == 0 && !b.ok()) {
     EmitFailure(run, {kFailed, "error", "barrier before the lanes: " + b.ToString()});
   } else if (run.info.rank == 0) {
+    Progress(run, "spilld stopped; measuring the lanes");
     absl::StatusOr<LaneRates> rates = MeasureLanes(run, traffic);
     if (rates.ok()) {
       Report(run, totals, traffic, *rates);
