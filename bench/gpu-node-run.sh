@@ -31,6 +31,10 @@
 #      before it): DeepSpeed's ZeRO-3 with the same offload, model and batch
 #      as zero3_train runs of this invocation ($SPILL_DS_RUNS picks them);
 #      zero3_vs_deepspeed lines.
+#   largest (not in the default list; needs WHEELS_DIR): the largest GPT that
+#      Spill and DeepSpeed each train on one GPU with this node's host memory
+#      ($SPILL_LARGEST_SIZES, default "2.7B 6.7B 13B"); one largest_trainable
+#      line.
 #   $SPILL_NODE_STEPS (default "selftest tests optim python h2d nvme") picks
 #   steps, e.g. SPILL_NODE_STEPS="selftest worker train".
 set -uo pipefail
@@ -280,5 +284,15 @@ if want deepspeed; then
   ds_run ds-1gpu-2.7B 1 --preset=2.7B --bf16 --micro-batch=4 --steps=4 --warmup=2
   ds_run ds-2gpu-1.3B 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
   ds_run ds-2gpu-1.3B-noclip 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
+fi
+# The largest GPT each of Spill and DeepSpeed trains on one GPU of this node
+# (bench/largest_trainable.py): sizes from $SPILL_LARGEST_SIZES, smallest
+# first; each attempt bounded by $SPILL_TRAIN_TIMEOUT seconds.
+if want largest; then
+  install_deepspeed
+  log "largest_trainable: ${SPILL_LARGEST_SIZES:-2.7B 6.7B 13B}"
+  python3 "$root/share/spill/bench/largest_trainable.py" --zero3-train="$root/bin/zero3_train" \
+    --sizes="${SPILL_LARGEST_SIZES:-2.7B 6.7B 13B}" --timeout="${SPILL_TRAIN_TIMEOUT:-540}" \
+    --log-dir="$out" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 fi
 rm -rf /var/tmp/spill-nvme-bench /var/tmp/spill-zero3-nvme "$work"

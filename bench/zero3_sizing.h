@@ -34,10 +34,11 @@ struct PinnedPlan {
   uint64_t packed = 0;   // PackedPinnedBytes(objects, segment).
 };
 
-// The segment, a multiple of 2 MiB from `smallest` (which must hold the
-// largest object) to twice that, whose packed bytes plus `extra_segments`
-// segments are fewest: a segment a little larger than the smallest can hold
-// two objects where the smallest holds one.
+// The segment from `smallest` (which must hold the largest object; rounded
+// up to 2 MiB) to twice that, in steps of 2 MiB or of a 256th of the
+// range, whose packed bytes plus `extra_segments` segments are fewest: a
+// segment a little larger than the smallest can hold two objects where the
+// smallest holds one.
 PinnedPlan ChoosePinnedSegment(const PoolObjects& objects, uint64_t smallest,
                                uint64_t extra_segments);
 

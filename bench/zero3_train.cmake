@@ -59,6 +59,11 @@ if(SPILL_BUILD_BENCH AND TARGET spill_worker_engine AND TARGET spill_worker_spil
     add_test(NAME zero3_deepspeed_py COMMAND ${SPILL_PYTHON} ${spill_bench_dir}/zero3_deepspeed_test.py
              $<TARGET_FILE:spill-estimate>)
     set_tests_properties(zero3_deepspeed_py PROPERTIES LABELS unit TIMEOUT 300)
+    # The largest-trainable driver on the CPU: zero3_train against that torch loop.
+    add_test(NAME largest_trainable_py COMMAND ${SPILL_PYTHON} ${spill_bench_dir}/largest_trainable_test.py
+             $<TARGET_FILE:zero3_train>)
+    set_tests_properties(largest_trainable_py PROPERTIES LABELS integration TIMEOUT 600
+                         ENVIRONMENT SPILL_BENCH_MACHINE=ctest)
     add_test(NAME zero3_train_bad_acquire_ahead COMMAND sh -c
       "\"$0\" --acquire-ahead=-1 2>&1; echo \"exit=$?\"" $<TARGET_FILE:zero3_train>)
     set_tests_properties(zero3_train_bad_acquire_ahead PROPERTIES LABELS unit
