@@ -176,10 +176,11 @@ absl::StatusOr<at::Tensor> Engine::InitialMaster(size_t i) {
         absl::Span<float>(t.data_ptr<float>(), static_cast<size_t>(ls.shard))));
     return t;
   }
-  // One layer at a time in fp32 on the CPU: the full model never exists here.
-  at::Tensor flat = at::zeros({ls.shard * world}, at::kFloat);
-  SPILL_RETURN_IF_ERROR(model_.layers()[i]->Initialize(flat.narrow(0, 0, ls.numel), options_.seed));
-  return flat.narrow(0, rank * ls.shard, ls.shard);
+  // This rank's shard of one layer, in fp32 on the CPU: neither the full
+  // model nor the rest of the layer is drawn here.
+  at::Tensor shard = at::empty({ls.shard}, at::kFloat);
+  SPILL_RETURN_IF_ERROR(model_.layers()[i]->InitializeRange(shard, rank * ls.shard, options_.seed));
+  return shard;
 }
 
 absl::StatusOr<at::Tensor> Engine::CheckpointState(size_t i, size_t k) {

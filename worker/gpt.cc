@@ -2,14 +2,28 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace spill::worker {
 namespace {
+
+// A 64-bit mix (Steele, Lea and Flood's SplitMix64 finaliser): distinct
+// seeds for neighbouring chunks' generators.
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
 
 class EmbeddingLayer final : public Layer {
  public:
@@ -109,19 +123,60 @@ absl::Status Layer::Initialize(const at::Tensor& flat, uint64_t seed) const {
         "layer ", name_, " needs a floating-point tensor of ", numel_, " elements, got ",
         flat.defined() ? flat.numel() : 0));
   }
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
-      seed * 1000003ULL + static_cast<uint64_t>(index_));
   at::Tensor values = at::empty({numel_}, at::kFloat);
-  for (const ParamSpec& p : params_) {
-    at::Tensor v = values.narrow(0, p.offset, p.numel);
-    switch (p.init) {
-      case ParamInit::kNormal: v.normal_(0.0, p.init_std, gen); break;
-      case ParamInit::kZeros: v.zero_(); break;
-      case ParamInit::kOnes: v.fill_(1.0); break;
-    }
-  }
+  SPILL_RETURN_IF_ERROR(InitializeRange(values, 0, seed));
   c10::NoGradGuard no_grad;
   at::Tensor(flat).copy_(values);
+  return absl::OkStatus();
+}
+
+absl::Status Layer::InitializeRange(at::Tensor& out, int64_t begin, uint64_t seed) const {
+  if (!out.defined() || out.scalar_type() != at::kFloat || !out.device().is_cpu() ||
+      !out.is_contiguous() || begin < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", name_, ": initial values go to a contiguous fp32 CPU tensor from a "
+        "non-negative offset, got ", out.defined() ? out.toString() : "an undefined tensor",
+        " from ", begin));
+  }
+  const int64_t end = begin + out.numel();
+  c10::NoGradGuard no_grad;
+  if (end > numel_) out.narrow(0, std::max(begin, numel_) - begin, end - std::max(begin, numel_)).zero_();
+  // The chunks overlapping [begin, end): (parameter, chunk index).
+  std::vector<std::pair<size_t, int64_t>> chunks;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const ParamSpec& p = params_[k];
+    const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
+    if (lo >= hi) continue;
+    for (int64_t c = (lo - p.offset) / kInitChunk; c * kInitChunk + p.offset < hi; ++c) {
+      chunks.emplace_back(k, c);
+    }
+  }
+  const uint64_t layer_seed = seed * 1000003ULL + static_cast<uint64_t>(index_);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t from, int64_t to) {
+    for (int64_t i = from; i < to; ++i) {
+      const auto [k, c] = chunks[static_cast<size_t>(i)];
+      const ParamSpec& p = params_[k];
+      const int64_t chunk_lo = p.offset + c * kInitChunk;
+      const int64_t chunk_n = std::min(kInitChunk, p.offset + p.numel - chunk_lo);
+      const int64_t lo = std::max(begin, chunk_lo), hi = std::min(end, chunk_lo + chunk_n);
+      at::Tensor dst = out.narrow(0, lo - begin, hi - lo);
+      switch (p.init) {
+        case ParamInit::kNormal: {
+          // The whole chunk is drawn, so that its values do not depend on
+          // which part of it this range holds.
+          at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+              SplitMix64(layer_seed ^ SplitMix64((static_cast<uint64_t>(k) << 32) ^
+                                                 static_cast<uint64_t>(c))));
+          at::Tensor v = lo == chunk_lo && hi == chunk_lo + chunk_n ? dst : at::empty({chunk_n}, at::kFloat);
+          v.normal_(0.0, p.init_std, gen);
+          if (!v.is_same(dst)) dst.copy_(v.narrow(0, lo - chunk_lo, hi - lo));
+          break;
+        }
+        case ParamInit::kZeros: dst.zero_(); break;
+        case ParamInit::kOnes: dst.fill_(1.0); break;
+      }
+    }
+  });
   return absl::OkStatus();
 }
 

@@ -57,10 +57,22 @@ class Layer {
 
   // Writes the initial values (GPT-2's: normal(0, 0.02), residual
   // projections scaled by 1/sqrt(2 * layers), LayerNorm 1/0, biases 0) into
-  // `flat` (numel() elements, any floating dtype and device; drawn in fp32
-  // on the CPU from a generator seeded by (seed, index()), so every rank and
-  // every world size gets the same values). InvalidArgument for a wrong size.
+  // `flat` (numel() elements, any floating dtype and device). The values are
+  // drawn in fp32 on the CPU in chunks of kInitChunk elements of each
+  // parameter, each chunk from its own generator seeded by (seed, index(),
+  // parameter, chunk): every rank, world size and thread count gets the same
+  // values, and the chunks are drawn in parallel. InvalidArgument for a wrong
+  // size.
   absl::Status Initialize(const at::Tensor& flat, uint64_t seed) const;
+
+  // The same values for elements [begin, begin + out.numel()) of the flat
+  // vector only, drawing just the chunks that overlap them: a rank's shard
+  // without the rest of the layer. `out` is a contiguous fp32 CPU tensor;
+  // elements past numel() (a shard's padding) are set to 0. InvalidArgument
+  // for another tensor or a negative begin.
+  absl::Status InitializeRange(at::Tensor& out, int64_t begin, uint64_t seed) const;
+
+  static constexpr int64_t kInitChunk = int64_t{1} << 20;
 
   // Views of `flat` (numel() elements) as this layer's parameters, in
   // params() order, sharing its storage (and autograd history).

@@ -1,6 +1,7 @@
 #include "worker/gpt.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
 #include "gmock/gmock.h"
@@ -56,6 +57,56 @@ TEST(GptTest, InitializationIsDeterministicPerLayer) {
   EXPECT_TRUE(p[1].eq(0).all().item<bool>());  // ln1.bias
   EXPECT_NEAR(p[2].std().item<double>(), 0.02, 0.002);
   EXPECT_FALSE(block.Initialize(at::empty({3}), 7).ok());
+}
+
+// An embedding of 50,000 x 64 elements spans four chunks of its wte.
+TEST(GptTest, ARangeOfTheInitialValuesIsTheSameSliceOfTheWhole) {
+  GptShape shape = Tiny();
+  shape.vocab = 50000;
+  shape.hidden = 64;
+  auto model = GptModel::Create(shape);
+  ASSERT_TRUE(model.ok());
+  const Layer& emb = *model->layers()[0];
+  ASSERT_GT(emb.numel(), 3 * Layer::kInitChunk);
+  at::Tensor whole = at::empty({emb.numel()});
+  ASSERT_TRUE(emb.Initialize(whole, 11).ok());
+  // Chunk by chunk, the values are the distribution's.
+  EXPECT_NEAR(whole.narrow(0, 0, 50000 * 64).std().item<double>(), 0.02, 0.001);
+  EXPECT_NEAR(whole.narrow(0, 50000 * 64, 32 * 64).std().item<double>(), 0.01, 0.001);
+  // Neighbouring chunks are not copies of each other.
+  EXPECT_FALSE(whole.narrow(0, 0, 1000).equal(whole.narrow(0, Layer::kInitChunk, 1000)));
+  const int64_t n = emb.numel();
+  // Ranges inside a chunk, across chunk and parameter boundaries, and past
+  // the end (a shard's padding, zeros).
+  for (auto [begin, count] : std::vector<std::pair<int64_t, int64_t>>{
+           {0, 17}, {5, Layer::kInitChunk}, {Layer::kInitChunk - 3, 2 * Layer::kInitChunk},
+           {50000 * 64 - 100, 300}, {n - 50, 100}, {n + 10, 20}, {0, n}}) {
+    at::Tensor part = at::full({count}, 7.0f);
+    ASSERT_TRUE(emb.InitializeRange(part, begin, 11).ok()) << begin;
+    const int64_t in = std::max<int64_t>(0, std::min(n, begin + count) - begin);
+    EXPECT_TRUE(part.narrow(0, 0, in).equal(whole.narrow(0, std::min(begin, n), in))) << begin;
+    EXPECT_TRUE(part.narrow(0, in, count - in).eq(0).all().item<bool>()) << begin;
+  }
+  // The same values on one thread as on several.
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  at::Tensor serial = at::empty({emb.numel()});
+  ASSERT_TRUE(emb.Initialize(serial, 11).ok());
+  at::set_num_threads(threads);
+  EXPECT_TRUE(serial.equal(whole));
+  // Another seed, other values.
+  at::Tensor other = at::empty({emb.numel()});
+  ASSERT_TRUE(emb.Initialize(other, 12).ok());
+  EXPECT_FALSE(other.equal(whole));
+  // Bad outputs are refused and left alone.
+  at::Tensor bf16 = at::zeros({8}, at::kBFloat16);
+  EXPECT_EQ(emb.InitializeRange(bf16, 0, 11).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(bf16.eq(0).all().item<bool>());
+  at::Tensor f32 = at::zeros({8});
+  EXPECT_EQ(emb.InitializeRange(f32, -1, 11).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(f32.eq(0).all().item<bool>());
+  at::Tensor strided = at::zeros({16}).narrow(0, 0, 8).view({4, 2}).t();
+  EXPECT_EQ(emb.InitializeRange(strided, 0, 11).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(GptTest, ForwardBackwardShapes) {
