@@ -135,10 +135,10 @@ struct CellRuns {
 
 // Runs one cell repeat times, ours and fio in alternating order, on one
 // open tier.
-// Read and mixed cells write the whole range again (untimed, then syncfs)
-// before each timed run, ours and fio alike, so each reads freshly written
-// blocks under the same conditions and ours has their CRCs. A failed run
-// counts 0.
+// Read and mixed cells write the whole range again (untimed) before each
+// timed run, ours and fio alike, so each reads freshly written blocks under
+// the same conditions and ours has their CRCs; every cell syncs before each
+// timed run (do_prime). A failed run counts 0.
 CellRuns RunCell(const Flags& f, const Cell& c, uint8_t* mem, const std::string& file) {
   CellRuns out;
   NvmeOptions o;
@@ -174,13 +174,15 @@ CellRuns RunCell(const Flags& f, const Cell& c, uint8_t* mem, const std::string&
   if (random) std::shuffle(timed.begin(), timed.end(), std::mt19937(7));
   const bool needs_prime = !write;
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  // Before every timed run, ours and fio's alike: read cells rewrite the
+  // range (untimed); every cell then flushes the device's write cache
+  // (syncfs: the previous run's writes, ours or fio's, are on the medium, not
+  // in the virtio host's cache) and lets the disk settle, so that no run
+  // inherits the one before it, and the timed run does not depend on how
+  // soon after it starts (fio starts later than ours: it is a new process).
   auto do_prime = [&] {
-    if (!needs_prime) return true;
-    const bool ok = RunBatch(tier, prime);
+    const bool ok = !needs_prime || RunBatch(tier, prime);
     ::syncfs(fd);
-    // Let the disk (here: the virtio host) finish absorbing the rewrite, so
-    // the timed run does not depend on how soon after it it starts (fio
-    // starts later than ours: it is a new process).
     std::this_thread::sleep_for(std::chrono::milliseconds(f.settle_ms));
     return ok;
   };
