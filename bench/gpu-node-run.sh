@@ -162,6 +162,12 @@ if want worker; then
 fi
 
 # One zero3_train run: NAME GPUS ARGS...; JSON lines into bench.jsonl.
+# Each rank's share of the cores for LibTorch's CPU threads (torchrun would
+# set OMP_NUM_THREADS=1): nproc / ranks, at least 1.
+omp_share() {
+  local n=$(($(nproc) / $1))
+  echo $((n > 0 ? n : 1))
+}
 train_run() {
   local name=$1 gpus=$2 launcher=()
   shift 2
@@ -171,7 +177,8 @@ train_run() {
     return 0
   fi
   if [ "$gpus" -gt 1 ]; then
-    launcher=(python3 -m torch.distributed.run --nproc-per-node="$gpus" --no-python)
+    launcher=(env OMP_NUM_THREADS="$(omp_share "$gpus")" python3 -m torch.distributed.run
+              --nproc-per-node="$gpus" --no-python)
   fi
   log "zero3_train $name: $*"
   # spilld recovers the jobs an NVMe directory's manifest names: each run
@@ -266,7 +273,7 @@ ds_run() {
   fi
   # torchrun sets OMP_NUM_THREADS=1 when it is unset, which would leave
   # DeepSpeed's CPU Adam one thread per rank: give each rank its share.
-  [ "$gpus" -gt 1 ] && launcher=(env OMP_NUM_THREADS=$(($(nproc) / gpus)) python3 -m
+  [ "$gpus" -gt 1 ] && launcher=(env OMP_NUM_THREADS="$(omp_share "$gpus")" python3 -m
                                  torch.distributed.run --nproc-per-node="$gpus")
   log "deepspeed $name: $*"
   timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" \

@@ -19,9 +19,11 @@ DESIGN.md's target: larger than DeepSpeed's on the same node.
 run, e.g. on a CPU); --gpus=N launches both under torch.distributed.run with N ranks.
 """
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -48,8 +50,6 @@ def parse():
     p.add_argument("--python", default=sys.executable)
     a = p.parse_args()
     a.sizes = parse_sizes(a.sizes)
-    if not a.sizes:
-        fail("--sizes names no size")
     if a.gpus < 1:
         fail(f"--gpus must be at least 1, not {a.gpus}")
     for path, what in ((a.zero3_train, "--zero3-train"), (a.deepspeed_script, "--deepspeed-script")):
@@ -59,14 +59,18 @@ def parse():
 
 
 def parse_sizes(text):
-    """[(name, flags)] from "2.7B 6.7B" or "tiny:--layers=2 --hidden=64,6.7B"."""
-    items = text.split(",") if ":" in text else text.replace(",", " ").split()
+    """[(name, flags)] from "2.7B 6.7B" or "tiny:--layers=2 --hidden=64,6.7B 13B"."""
     sizes = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        name, _, flags = item.partition(":")
-        sizes.append((name, shlex.split(flags) if flags else [f"--preset={name}"]))
+    for item in text.split(","):
+        name, colon, flags = item.strip().partition(":")
+        names = [name] if colon else name.split()
+        for n in names:
+            if not n or any(c.isspace() or c == "/" for c in n) or (colon and not flags.strip()):
+                fail(f"--sizes: bad size name {n!r} in {text!r} (presets, or NAME:FLAGS "
+                     "separated by commas)")
+            sizes.append((n, shlex.split(flags) if colon else [f"--preset={n}"]))
+    if not sizes:
+        fail(f"--sizes names no size: {text!r}")
     return sizes
 
 
@@ -93,9 +97,12 @@ def reason_of(output, errors, rc, timed_out):
             continue
         if isinstance(r, dict) and r.get("metric") in ("does_not_fit", "error"):
             return f"{r['metric']}: {r.get('reason', r.get('message', ''))}".strip()
-    if rc < 0 or rc == 137:
-        return f"killed by signal {-rc if rc < 0 else 9} (the kernel's OOM killer, most likely)"
     lines = [x for x in errors.splitlines() if x.strip()]
+    # Killed by SIGKILL: itself, or (under torchrun) one of its ranks.
+    if rc == -9 or any("exitcode: -9" in x or "Signal 9 (SIGKILL)" in x for x in lines):
+        return "killed by SIGKILL (the kernel's OOM killer, most likely)"
+    if rc < 0:
+        return f"killed by signal {-rc}"
     for key in ("out of memory", "OutOfMemory", "can't allocate", "Cannot allocate",
                 "not enough memory", "Error", "error:"):
         for line in reversed(lines):
@@ -132,8 +139,15 @@ def attempt(a, engine, name, flags):
             rc = proc.wait(timeout=a.timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(proc.pid, 9)
-            rc = proc.wait()
+            rc = None
+        finally:
+            # Whatever is left of its session goes too, whichever way it ended:
+            # a spilld that outlived a killed zero3_train would keep its
+            # pinned pool from the attempts after it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if rc is None:
+                rc = proc.wait()
     seconds = time.monotonic() - t0
     with open(log + ".out", errors="replace") as f:
         output = f.read()
@@ -169,10 +183,11 @@ def main():
         if not alive:
             break
     ours, theirs = largest["spill"], largest["deepspeed"]
+    extra = {} if theirs or not ours else {"ratio": None}  # larger than nothing: no ratio
     emit("largest_trainable", "params", float(ours["params"]) if ours else 0.0, "parameters",
          f"{a.engine}_zero3" if a.engine == "deepspeed" else "torch_no_offload",
          float(theirs["params"]) if theirs else 0.0,
-         {"ours_size": ours["size"] if ours else None,
+         {**extra, "ours_size": ours["size"] if ours else None,
           "baseline_size": theirs["size"] if theirs else None,
           "gpus": a.gpus, "args": a.args, "target": "larger than the baseline's",
           "attempts": attempts})

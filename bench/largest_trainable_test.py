@@ -30,7 +30,24 @@ def expect(cond, what, p):
         sys.exit(f"FAIL: {what}\nstdout: {p.stdout}\nstderr: {p.stderr}")
 
 
+def check_sizes():
+    sys.path.insert(0, HERE)
+    from largest_trainable import parse_sizes  # pylint: disable=import-outside-toplevel
+    got = parse_sizes("2.7B 6.7B, tiny:--layers=2 --hidden=64,13B")
+    want = [("2.7B", ["--preset=2.7B"]), ("6.7B", ["--preset=6.7B"]),
+            ("tiny", ["--layers=2", "--hidden=64"]), ("13B", ["--preset=13B"])]
+    if got != want:
+        sys.exit(f"FAIL: parse_sizes gave {got}, want {want}")
+    for bad in ("a/b", "x y:--layers=2", "tiny:", ",", ""):
+        try:
+            parse_sizes(bad)
+        except SystemExit:
+            continue
+        sys.exit(f"FAIL: parse_sizes accepted {bad!r}")
+
+
 def main(zero3_train):
+    check_sizes()
     with tempfile.TemporaryDirectory() as d:
         p = run(zero3_train, f"tiny:{TINY},huge:{HUGE}", d)
         expect(p.returncode == 0, f"exit {p.returncode}", p)

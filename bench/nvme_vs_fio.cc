@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -182,7 +183,10 @@ CellRuns RunCell(const Flags& f, const Cell& c, uint8_t* mem, const std::string&
   // soon after it starts (fio starts later than ours: it is a new process).
   auto do_prime = [&] {
     const bool ok = !needs_prime || RunBatch(tier, prime);
-    ::syncfs(fd);
+    if (fd < 0 || ::syncfs(fd) != 0) {
+      std::fprintf(stderr, "nvme_vs_fio: cannot sync %s: %s\n", file.c_str(), std::strerror(errno));
+      return false;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(f.settle_ms));
     return ok;
   };

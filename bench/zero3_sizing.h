@@ -12,10 +12,13 @@
 
 namespace spill::bench {
 
-// The objects one job registers, layer by layer in the engine's order: per
-// rank of the node, the 16-bit (or fp32) parameter shard, its gradient, an
-// fp32 accumulation buffer with gradient accumulation, and the fp32 master
-// and two moments.
+// The objects one job registers, layer by layer: per rank of the node, the
+// 16-bit (or fp32) parameter shard, its gradient, then the fp32 master, two
+// moments and, with gradient accumulation, an fp32 accumulation buffer (all
+// four of one size, so their order among themselves does not matter). The
+// ranks are taken one after another within a layer; in a run they register
+// side by side, so the real placement can differ, which the pool's margin
+// covers.
 struct PoolObjects {
   std::vector<int64_t> layers;  // Parameters of each layer, unsharded.
   int64_t world = 1;            // Ranks of the node; each holds a 1/world shard.
@@ -34,11 +37,14 @@ struct PinnedPlan {
   uint64_t packed = 0;   // PackedPinnedBytes(objects, segment).
 };
 
-// The segment from `smallest` (which must hold the largest object; rounded
-// up to 2 MiB) to twice that, in steps of 2 MiB or of a 256th of the
-// range, whose packed bytes plus `extra_segments` segments are fewest: a
-// segment a little larger than the smallest can hold two objects where the
-// smallest holds one.
+// The segment sizes ChoosePinnedSegment tries: from `smallest` (rounded up
+// to 2 MiB) to twice that, both included, in steps of a 256th of the range
+// rounded up to 2 MiB (2 MiB at least); all multiples of 2 MiB.
+std::vector<uint64_t> SegmentCandidates(uint64_t smallest);
+
+// The candidate (`smallest` must hold the largest object) whose packed
+// bytes plus `extra_segments` segments are fewest: a segment a little larger
+// than the smallest can hold two objects where the smallest holds one.
 PinnedPlan ChoosePinnedSegment(const PoolObjects& objects, uint64_t smallest,
                                uint64_t extra_segments);
 

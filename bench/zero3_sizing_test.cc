@@ -2,6 +2,7 @@
 #include "bench/zero3_sizing.h"
 
 #include <cstdint>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "worker/gpt_shape.h"
@@ -48,6 +49,29 @@ TEST(Zero3SizingTest, ChoosesTheSegmentThatWastesLeast) {
   // A smallest size off the 2 MiB grid is rounded up, never down.
   plan = ChoosePinnedSegment(OneLayer(), 5 * kMiB, 20);
   EXPECT_EQ(plan.segment, 6 * kMiB);
+}
+
+TEST(Zero3SizingTest, CandidatesRunFromTheSmallestToTwiceIt) {
+  // Below 512 MiB: every 2 MiB.
+  std::vector<uint64_t> c = SegmentCandidates(300 * kMiB);
+  ASSERT_EQ(c.size(), 151u);
+  EXPECT_EQ(c.front(), 300 * kMiB);
+  EXPECT_EQ(c.back(), 600 * kMiB);
+  // Larger: at most 257, the last twice the smallest even where the step
+  // does not divide the range (1202 MiB: steps of 6 MiB).
+  for (uint64_t smallest : {1202 * kMiB, 1201 * kMiB + 5, 64 * 1024 * kMiB}) {
+    c = SegmentCandidates(smallest);
+    const uint64_t rounded = (smallest + 2 * kMiB - 1) / (2 * kMiB) * (2 * kMiB);
+    EXPECT_LE(c.size(), 257u) << smallest;
+    EXPECT_EQ(c.front(), rounded) << smallest;
+    EXPECT_EQ(c.back(), 2 * rounded) << smallest;
+    for (size_t i = 0; i < c.size(); ++i) {
+      EXPECT_EQ(c[i] % (2 * kMiB), 0u) << smallest;
+      if (i > 0) {
+        EXPECT_GT(c[i], c[i - 1]) << smallest;
+      }
+    }
+  }
 }
 
 // GPT 2.7B on one rank: the smallest segment holding the embedding's fp32

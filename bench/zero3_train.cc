@@ -183,7 +183,8 @@ void SizeSpilld(Run& run) {
   // more since the pool's other objects fragment it.
   const uint64_t staging = optim_nvme ? 3 * run.info.world_size + 1 : 0;
   // The segment that wastes least (2.7B: 41 GiB of packed segments instead
-  // of 52 GiB; 13B: 195 GiB instead of 242 GiB).
+  // of 52 GiB, a 43.7 GiB pool instead of 51.5 once the margin above is
+  // counted; 13B: 211 GiB instead of 242 GiB).
   PoolObjects objects;
   objects.layers = {worker::GptEmbeddingParams(run.shape)};
   objects.layers.insert(objects.layers.end(), run.shape.layers, worker::GptBlockParams(run.shape));

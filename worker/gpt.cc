@@ -130,17 +130,33 @@ absl::Status Layer::Initialize(const at::Tensor& flat, uint64_t seed) const {
   return absl::OkStatus();
 }
 
-absl::Status Layer::InitializeRange(at::Tensor& out, int64_t begin, uint64_t seed) const {
-  if (!out.defined() || out.scalar_type() != at::kFloat || !out.device().is_cpu() ||
-      !out.is_contiguous() || begin < 0) {
+absl::Status Layer::InitializeRange(const at::Tensor& out, int64_t begin, uint64_t seed) const {
+  if (!out.defined() || out.dim() != 1 || out.scalar_type() != at::kFloat ||
+      !out.device().is_cpu() || !out.is_contiguous() || begin < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", name_, ": initial values go to a contiguous fp32 CPU tensor from a "
+        "layer ", name_, ": initial values go to a contiguous 1-D fp32 CPU tensor from a "
         "non-negative offset, got ", out.defined() ? out.toString() : "an undefined tensor",
-        " from ", begin));
+        out.defined() ? absl::StrCat(" of ", out.dim(), " dimensions") : "", " from ", begin));
   }
+  // Each chunk's generator gets a 32-bit seed (mt19937 keeps only 32 bits):
+  // the seed's hash XOR (layer index << 20 | the chunk's ordinal in the
+  // layer), distinct for every chunk of a model by construction.
+  if (index_ < 0 || index_ >= (1 << 12)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", name_, ": index ", index_, " is past the 4096 layers the "
+                     "initialiser's chunk seeds tell apart"));
+  }
+  std::vector<int64_t> first_chunk(params_.size() + 1, 0);  // per parameter, in layer order
+  for (size_t k = 0; k < params_.size(); ++k) {
+    first_chunk[k + 1] = first_chunk[k] + (params_[k].numel + kInitChunk - 1) / kInitChunk;
+  }
+  if (first_chunk.back() > (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", name_, " has ", first_chunk.back(), " initialisation chunks of ", kInitChunk,
+        " elements; at most 2^20 have seeds of their own"));
+  }
+  const uint32_t seed_hash = static_cast<uint32_t>(SplitMix64(seed));
   const int64_t end = begin + out.numel();
-  c10::NoGradGuard no_grad;
-  if (end > numel_) out.narrow(0, std::max(begin, numel_) - begin, end - std::max(begin, numel_)).zero_();
   // The chunks overlapping [begin, end): (parameter, chunk index).
   std::vector<std::pair<size_t, int64_t>> chunks;
   for (size_t k = 0; k < params_.size(); ++k) {
@@ -151,32 +167,43 @@ absl::Status Layer::InitializeRange(at::Tensor& out, int64_t begin, uint64_t see
       chunks.emplace_back(k, c);
     }
   }
-  const uint64_t layer_seed = seed * 1000003ULL + static_cast<uint64_t>(index_);
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t from, int64_t to) {
-    for (int64_t i = from; i < to; ++i) {
-      const auto [k, c] = chunks[static_cast<size_t>(i)];
-      const ParamSpec& p = params_[k];
-      const int64_t chunk_lo = p.offset + c * kInitChunk;
-      const int64_t chunk_n = std::min(kInitChunk, p.offset + p.numel - chunk_lo);
-      const int64_t lo = std::max(begin, chunk_lo), hi = std::min(end, chunk_lo + chunk_n);
-      at::Tensor dst = out.narrow(0, lo - begin, hi - lo);
-      switch (p.init) {
-        case ParamInit::kNormal: {
-          // The whole chunk is drawn, so that its values do not depend on
-          // which part of it this range holds.
-          at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
-              SplitMix64(layer_seed ^ SplitMix64((static_cast<uint64_t>(k) << 32) ^
-                                                 static_cast<uint64_t>(c))));
-          at::Tensor v = lo == chunk_lo && hi == chunk_lo + chunk_n ? dst : at::empty({chunk_n}, at::kFloat);
-          v.normal_(0.0, p.init_std, gen);
-          if (!v.is_same(dst)) dst.copy_(v.narrow(0, lo - chunk_lo, hi - lo));
-          break;
-        }
-        case ParamInit::kZeros: dst.zero_(); break;
-        case ParamInit::kOnes: dst.fill_(1.0); break;
-      }
+  try {
+    c10::NoGradGuard no_grad;
+    if (end > numel_) {
+      const int64_t pad = std::max(begin, numel_);
+      out.narrow(0, pad - begin, end - pad).zero_();
     }
-  });
+    at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t from, int64_t to) {
+      for (int64_t i = from; i < to; ++i) {
+        const auto [k, c] = chunks[static_cast<size_t>(i)];
+        const ParamSpec& p = params_[k];
+        const int64_t chunk_lo = p.offset + c * kInitChunk;
+        const int64_t chunk_n = std::min(kInitChunk, p.offset + p.numel - chunk_lo);
+        const int64_t lo = std::max(begin, chunk_lo), hi = std::min(end, chunk_lo + chunk_n);
+        at::Tensor dst = out.narrow(0, lo - begin, hi - lo);
+        switch (p.init) {
+          case ParamInit::kNormal: {
+            // The whole chunk is drawn, so that its values do not depend on
+            // which part of it this range holds.
+            const uint32_t ordinal = static_cast<uint32_t>(first_chunk[k] + c);
+            at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+                seed_hash ^ (static_cast<uint32_t>(index_) << 20 | ordinal));
+            const bool whole = lo == chunk_lo && hi == chunk_lo + chunk_n;
+            at::Tensor v = whole ? dst : at::empty({chunk_n}, at::kFloat);
+            v.normal_(0.0, p.init_std, gen);
+            if (!whole) dst.copy_(v.narrow(0, lo - chunk_lo, hi - lo));
+            break;
+          }
+          case ParamInit::kZeros: dst.zero_(); break;
+          case ParamInit::kOnes: dst.fill_(1.0); break;
+        }
+      }
+    });
+  } catch (const c10::Error& e) {
+    // An allocation of a partial chunk's values, when host memory is short.
+    return absl::ResourceExhaustedError(absl::StrCat("layer ", name_, ": drawing initial values: ",
+                                                     e.what_without_backtrace()));
+  }
   return absl::OkStatus();
 }
 

@@ -59,18 +59,21 @@ class Layer {
   // projections scaled by 1/sqrt(2 * layers), LayerNorm 1/0, biases 0) into
   // `flat` (numel() elements, any floating dtype and device). The values are
   // drawn in fp32 on the CPU in chunks of kInitChunk elements of each
-  // parameter, each chunk from its own generator seeded by (seed, index(),
-  // parameter, chunk): every rank, world size and thread count gets the same
-  // values, and the chunks are drawn in parallel. InvalidArgument for a wrong
-  // size.
+  // parameter, each chunk from its own generator, seeded by (seed, index(),
+  // the chunk's ordinal in the layer): every rank, world size and thread
+  // count gets the same values, and the chunks are drawn in parallel.
+  // InvalidArgument for a wrong size.
   absl::Status Initialize(const at::Tensor& flat, uint64_t seed) const;
 
   // The same values for elements [begin, begin + out.numel()) of the flat
   // vector only, drawing just the chunks that overlap them: a rank's shard
-  // without the rest of the layer. `out` is a contiguous fp32 CPU tensor;
-  // elements past numel() (a shard's padding) are set to 0. InvalidArgument
-  // for another tensor or a negative begin.
-  absl::Status InitializeRange(at::Tensor& out, int64_t begin, uint64_t seed) const;
+  // without the rest of the layer. `out` is a contiguous 1-D fp32 CPU
+  // tensor; elements past numel() (a shard's padding) are set to 0.
+  // InvalidArgument for another tensor, a negative begin, a layer index of
+  // 4096 or more or a layer of more than 2^20 chunks (the chunks' seeds are
+  // distinct by construction within those bounds); ResourceExhausted when
+  // the host cannot allocate a partial chunk.
+  absl::Status InitializeRange(const at::Tensor& out, int64_t begin, uint64_t seed) const;
 
   static constexpr int64_t kInitChunk = int64_t{1} << 20;
 

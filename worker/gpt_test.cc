@@ -87,17 +87,29 @@ TEST(GptTest, ARangeOfTheInitialValuesIsTheSameSliceOfTheWhole) {
     EXPECT_TRUE(part.narrow(0, 0, in).equal(whole.narrow(0, std::min(begin, n), in))) << begin;
     EXPECT_TRUE(part.narrow(0, in, count - in).eq(0).all().item<bool>()) << begin;
   }
-  // The same values on one thread as on several.
+  // The same values on one thread as on four.
   const int threads = at::get_num_threads();
+  at::Tensor serial = at::empty({emb.numel()}), parallel = at::empty({emb.numel()});
   at::set_num_threads(1);
-  at::Tensor serial = at::empty({emb.numel()});
   ASSERT_TRUE(emb.Initialize(serial, 11).ok());
+  at::set_num_threads(4);
+  ASSERT_TRUE(emb.Initialize(parallel, 11).ok());
   at::set_num_threads(threads);
   EXPECT_TRUE(serial.equal(whole));
-  // Another seed, other values.
-  at::Tensor other = at::empty({emb.numel()});
-  ASSERT_TRUE(emb.Initialize(other, 12).ok());
-  EXPECT_FALSE(other.equal(whole));
+  EXPECT_TRUE(parallel.equal(whole));
+  // Another seed, other values, also when the seeds differ only above their
+  // low 32 bits (the generators keep 32).
+  for (uint64_t seed : {uint64_t{12}, 11 + (uint64_t{7} << 32)}) {
+    at::Tensor other = at::empty({emb.numel()});
+    ASSERT_TRUE(emb.Initialize(other, seed).ok());
+    EXPECT_FALSE(other.narrow(0, 0, 1000).equal(whole.narrow(0, 0, 1000))) << seed;
+  }
+  // Another layer's chunks are not this one's.
+  const Layer& block = *model->layers()[1];
+  at::Tensor b = at::empty({block.numel()});
+  ASSERT_TRUE(block.Initialize(b, 11).ok());
+  const int64_t qkv = block.params()[2].offset;
+  EXPECT_FALSE(b.narrow(0, qkv, 1000).equal(whole.narrow(0, 0, 1000)));
   // Bad outputs are refused and left alone.
   at::Tensor bf16 = at::zeros({8}, at::kBFloat16);
   EXPECT_EQ(emb.InitializeRange(bf16, 0, 11).code(), absl::StatusCode::kInvalidArgument);
@@ -107,6 +119,9 @@ TEST(GptTest, ARangeOfTheInitialValuesIsTheSameSliceOfTheWhole) {
   EXPECT_TRUE(f32.eq(0).all().item<bool>());
   at::Tensor strided = at::zeros({16}).narrow(0, 0, 8).view({4, 2}).t();
   EXPECT_EQ(emb.InitializeRange(strided, 0, 11).code(), absl::StatusCode::kInvalidArgument);
+  at::Tensor two_d = at::zeros({4, 2});
+  EXPECT_EQ(emb.InitializeRange(two_d, 0, 11).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(two_d.eq(0).all().item<bool>());
 }
 
 TEST(GptTest, ForwardBackwardShapes) {
