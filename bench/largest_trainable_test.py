@@ -31,6 +31,7 @@ def expect(cond, what, p):
 
 
 def check_sizes():
+    sys.dont_write_bytecode = True  # nothing written into the source tree
     sys.path.insert(0, HERE)
     from largest_trainable import parse_sizes  # pylint: disable=import-outside-toplevel
     got = parse_sizes("2.7B 6.7B, tiny:--layers=2 --hidden=64,13B")
