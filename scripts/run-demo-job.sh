@@ -158,7 +158,7 @@ JSON
   done
   train_rc=0
   for pid in "${pids[@]}"; do wait "$pid" || train_rc=$?; done
-  grep -E '^step|^spill-train: (rank|warning|not supported)' "$workdir/train.0.log" | sed 's/^/    /'
+  grep -E '^step|^spill-train: (rank|warning|not supported|building|model built)' "$workdir/train.0.log" | sed 's/^/    /'
   if [ $train_rc -ne 0 ]; then
     for ((r = 0; r < ranks; r++)); do sed "s/^/    [rank $r] /" "$workdir/train.$r.log" | tail -20; done
     fail "spill-train failed (status $train_rc)"

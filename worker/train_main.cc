@@ -25,6 +25,7 @@
 #include "worker/config.h"
 #include "worker/data.h"
 #include "worker/engine.h"
+#include "worker/gpt_shape.h"
 #include "worker/rendezvous.h"
 
 namespace spill::worker {
@@ -226,8 +227,23 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
     o.ranks_per_node = std::atoi(local);
   }
   o.resume_dir = f.resume;
+  // Building a large model's shards takes minutes: say so, then how long.
+  const auto built_from = std::chrono::steady_clock::now();
+  if (info.rank == 0) {
+    std::cout << absl::StrFormat("spill-train: building %.3g parameters in %d shards (%s)",
+                                 static_cast<double>(GptTotalParams(shape)), info.world_size,
+                                 f.resume.empty() ? std::string("initialised") : "from " + f.resume)
+              << std::endl;
+  }
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(o, coll->get());
   if (!engine.ok()) return engine.status();
+  if (info.rank == 0) {
+    std::cout << absl::StrFormat(
+                     "spill-train: model built in %.1f s",
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - built_from)
+                         .count())
+              << std::endl;
+  }
   const int64_t gas = config.gradient_accumulation_steps;
   const int64_t batch = config.train_micro_batch_size_per_gpu;
   if (info.rank == 0 && !f.resume.empty()) {
