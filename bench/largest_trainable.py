@@ -55,6 +55,12 @@ def parse():
     for path, what in ((a.zero3_train, "--zero3-train"), (a.deepspeed_script, "--deepspeed-script")):
         if not os.path.isfile(path):
             fail(f"{what}: no file {path}")
+    # Without DeepSpeed every baseline attempt would fail, and Spill would be
+    # "larger" than nothing: refuse before trying anything.
+    if a.engine == "deepspeed" and subprocess.run(
+            [a.python, "-c", "import deepspeed"], capture_output=True, check=False).returncode:
+        fail(f"{a.python} cannot import deepspeed (bench/fetch-bench-wheels.sh fetches it; "
+             "--engine=torch runs the torch loop instead)")
     return a
 
 

@@ -4,6 +4,7 @@ zero3_deepspeed.py, a small shape that both train and a shape neither can hold.
 
   largest_trainable_test.py ZERO3_TRAIN
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,8 +81,21 @@ def main(zero3_train):
         expect(p.returncode != 0 and "--gpus" in p.stderr, "bad --gpus is named", p)
         p = run(os.path.join(d, "missing"), "tiny:" + TINY, d)
         expect(p.returncode != 0 and "--zero3-train" in p.stderr, "a missing program is named", p)
+        # DeepSpeed that cannot be imported stops the run before any attempt, naming it.
+        if importlib.util.find_spec("deepspeed") is not None:
+            print("largest_trainable_test: this Python has DeepSpeed; the missing-DeepSpeed "
+                  "check is skipped")
+            return
+        p = run(zero3_train, "tiny:" + TINY, d, ["--engine=deepspeed", "--python=" + sys.executable,
+                                                 f"--log-dir={d}/ds"])
+        expect(p.returncode != 0 and "cannot import deepspeed" in p.stderr
+               and not os.path.exists(f"{d}/ds"), "missing DeepSpeed is named first", p)
+
+
+def run_all(zero3_train):
+    main(zero3_train)
     print("largest_trainable_test: OK")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_all(sys.argv[1])
