@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -133,6 +134,9 @@ const std::map<std::string, Setter>& Setters() {
        }},
       {"worker_threads", [](const std::string& v, ServerConfig* c) {
          return SetInt("worker_threads", v, 1, 1024, &c->worker_threads);
+       }},
+      {"parent_pid", [](const std::string& v, ServerConfig* c) {
+         return SetInt("parent_pid", v, 1, std::numeric_limits<int>::max(), &c->parent_pid);
        }},
       {"nvme_dirs", [](const std::string& v, ServerConfig* c) {
          return SetDirs(v, &c->nvme_dirs);
@@ -284,6 +288,9 @@ std::string ConfigUsage() {
   --optim-threads-per-job=N  most optimizer threads one job's step may use
                            (default 0: all of them)
   --optim-concurrency=N    optimizer groups stepping at once (default 4)
+  --parent-pid=PID         stop as on SIGTERM when process PID, which must be
+                           spilld's parent (the thread that started it), exits;
+                           for a spilld that a test or benchmark starts
   --stream-dispatch=inline|pool  run non-blocking stream requests on the
                            reactor thread (inline, default) or the pool
   --max-message-bytes=SIZE largest accepted gRPC message (default 64KiB)

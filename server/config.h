@@ -29,6 +29,9 @@ struct ServerConfig {
   std::chrono::milliseconds attach_timeout{std::chrono::seconds(30)};
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(10)};
   int worker_threads = 4;
+  // When set: spilld stops (as on SIGTERM) once this process, its parent,
+  // exits, and refuses to start when it is not its parent (tests, benches).
+  int parent_pid = 0;
   // CPU optimizer: executor threads (0: one per CPU), the most one job's
   // step may use (0: all), and how many groups may step at once.
   // NVMe tier (off when nvme_dirs is empty); aio_* keep the meaning of

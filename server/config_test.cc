@@ -24,6 +24,8 @@ TEST(ConfigTest, FlagsParse) {
   EXPECT_EQ(c->job_grace, std::chrono::seconds(30));
   EXPECT_EQ(c->huge_pages, storage::HugePageMode::kOff);
   EXPECT_EQ(c->worker_threads, 8);
+  EXPECT_EQ(c->parent_pid, 0);  // Off unless given.
+  EXPECT_EQ(Parse({"--socket=/x", "--pinned-bytes=1G", "--parent-pid=4242"})->parent_pid, 4242);
   EXPECT_EQ(c->job_pinned_quota, 1u << 30);
 }
 
@@ -40,6 +42,8 @@ TEST(ConfigTest, ErrorsNameTheFlag) {
       {{"--socket=/x", "--pinned-bytes=1G", "--huge-pages=maybe"}, "huge_pages"},
       {{"--socket=/x", "--pinned-bytes=1G", "--job-grace=10"}, "job-grace"},
       {{"--socket=/x", "--pinned-bytes=1G", "--worker-threads=0"}, "worker_threads"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--parent-pid=0"}, "parent_pid"},
+      {{"--socket=/x", "--pinned-bytes=1G", "--parent-pid=me"}, "parent_pid"},
       {{"--socket=/x", "--pinned-bytes=1G", "positional"}, "positional"},
       {{"--socket=/x", "--pinned-bytes=1G", "--config=/nonexistent/spilld.json"},
        "/nonexistent/spilld.json"},

@@ -1,6 +1,8 @@
 // spilld: the per-node offload daemon. See `spilld --help`.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <iostream>
@@ -26,6 +28,18 @@ int main(int argc, char** argv) {
   if (config->validate_only) {
     std::cout << spill::server::DescribeConfig(*config) << "spilld: configuration is valid\n";
     return 0;
+  }
+  // A spilld started for one process (a test, a benchmark) goes when that
+  // process does, however it ends: SIGTERM, taken below once the daemon runs,
+  // stops it cleanly. Checked before the pool is pinned.
+  if (config->parent_pid > 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (const pid_t parent = getppid(); parent != config->parent_pid) {
+      std::cerr << "spilld: --parent-pid=" << config->parent_pid
+                << " is not spilld's parent (process " << parent
+                << "): that process has exited or never started spilld\n";
+      return 2;
+    }
   }
   // Every segment is an open memfd, and every connection a socket: take the
   // whole hard limit on descriptors (the soft default is often 1024).

@@ -7,7 +7,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
 
 #include "spill/client.h"
 #include "tests/integration/spilld_process.h"
@@ -124,6 +128,59 @@ TEST(DaemonTest, RefusesMoreMemoryThanTheMachineHas) {
   std::string out = ReadAll(p->stdout_fd);
   EXPECT_EQ(WaitExit(p->pid), 1) << out;
   EXPECT_NE(out.find("MemAvailable"), std::string::npos) << out;
+}
+
+// Whether process pid has exited: gone, or a zombie nobody reaped yet (its
+// parent was killed, and init in a container need not reap it).
+bool Exited(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  const size_t paren = line.rfind(')');
+  return paren == std::string::npos || line.compare(paren + 2, 1, "Z") == 0;
+}
+
+// A spilld started for a process that is then killed goes too, cleanly,
+// instead of keeping its pinned pool.
+TEST(DaemonTest, StopsWhenItsParentIsKilled) {
+  const std::string dir = ::testing::TempDir() + "/spilld-parent-" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto sh = Spawn({"/bin/sh", "-c",
+                   "\"$0\" --socket=\"$1/s.sock\" --pinned-bytes=8MiB --parent-pid=$$ & "
+                   "echo $! > \"$1/pid\"; wait",
+                   SpilldPath(), dir});
+  ASSERT_TRUE(sh.ok());
+  pid_t spilld = 0;
+  for (int i = 0; i < 200 && (spilld == 0 || !std::filesystem::exists(dir + "/s.sock")); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream(dir + "/pid") >> spilld;
+  }
+  ASSERT_GT(spilld, 0);
+  ASSERT_TRUE(std::filesystem::exists(dir + "/s.sock")) << "spilld did not start";
+  ASSERT_EQ(::kill(sh->pid, SIGKILL), 0);
+  WaitExit(sh->pid);
+  bool exited = false;
+  for (int i = 0; i < 300 && !(exited = Exited(spilld)); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!exited) ::kill(spilld, SIGKILL);
+  std::string out = ReadAll(sh->stdout_fd, std::chrono::seconds(5));
+  EXPECT_TRUE(exited) << "spilld outlived its parent by 15 s: " << out;
+  EXPECT_NE(out.find("SIGTERM"), std::string::npos) << out;
+  EXPECT_NE(out.find("stopped cleanly"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/s.sock"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DaemonTest, RefusesAParentPidThatIsNotItsParent) {
+  const std::string sock = ::testing::TempDir() + "/spilld-notparent.sock";
+  auto p = Spawn({SpilldPath(), "--socket=" + sock, "--pinned-bytes=8MiB", "--parent-pid=1"});
+  ASSERT_TRUE(p.ok());
+  std::string out = ReadAll(p->stdout_fd);
+  EXPECT_EQ(WaitExit(p->pid), 2) << out;
+  EXPECT_NE(out.find("--parent-pid=1 is not spilld's parent"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(sock));
 }
 
 TEST(DaemonTest, StandardHealthServiceAnswersServing) {

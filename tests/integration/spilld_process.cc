@@ -114,6 +114,8 @@ absl::StatusOr<std::unique_ptr<SpilldProcess>> SpilldProcess::Start(
   if (!has("--socket=")) argv.push_back("--socket=" + p->socket_path_);
   if (!has("--pinned-bytes")) argv.push_back("--pinned-bytes=64MiB");
   if (!has("--segment-bytes")) argv.push_back("--segment-bytes=8MiB");
+  // spilld goes when this process does, even killed (it would keep its pool).
+  if (!has("--parent-pid")) argv.push_back("--parent-pid=" + std::to_string(::getpid()));
   argv.insert(argv.end(), flags.begin(), flags.end());
   auto spawned = Spawn(argv);
   if (!spawned.ok()) return spawned.status();
