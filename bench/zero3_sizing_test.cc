@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "worker/gpt.h"
 #include "worker/gpt_shape.h"
 
 namespace spill::bench {
@@ -79,9 +80,8 @@ TEST(Zero3SizingTest, CandidatesRunFromTheSmallestToTwiceIt) {
 TEST(Zero3SizingTest, GptTwoPointSevenBPacksTighterThanTheSmallestSegment) {
   const worker::GptShape shape = *worker::GptPreset("2.7B");
   PoolObjects o;
-  o.layers = {worker::GptEmbeddingParams(shape)};
-  o.layers.insert(o.layers.end(), shape.layers, worker::GptBlockParams(shape));
-  o.layers.push_back(2 * shape.hidden);
+  const worker::GptModel model = worker::GptModel::Create(shape).value();
+  for (const auto& layer : model.layers()) o.layers.push_back(layer->numel());
   const uint64_t smallest =
       (static_cast<uint64_t>(worker::GptLargestLayerParams(shape)) * 4 / (2 * kMiB) + 1) * 2 * kMiB;
   ASSERT_EQ(smallest, 512 * kMiB);

@@ -186,9 +186,8 @@ void SizeSpilld(Run& run) {
   // of 52 GiB, a 43.7 GiB pool instead of 51.5 once the margin above is
   // counted; 13B: 211 GiB instead of 242 GiB).
   PoolObjects objects;
-  objects.layers = {worker::GptEmbeddingParams(run.shape)};
-  objects.layers.insert(objects.layers.end(), run.shape.layers, worker::GptBlockParams(run.shape));
-  objects.layers.push_back(2 * run.shape.hidden);
+  const worker::GptModel model = worker::GptModel::Create(run.shape).value();
+  for (const auto& layer : model.layers()) objects.layers.push_back(layer->numel());
   objects.world = run.info.world_size;
   objects.element_bytes = run.config.bf16_enabled ? 2 : 4;
   objects.params = !param_nvme;
@@ -196,7 +195,6 @@ void SizeSpilld(Run& run) {
   objects.accumulate = run.config.gradient_accumulation_steps > 1;
   const PinnedPlan plan = ChoosePinnedSegment(objects, smallest, 2 + staging);
   run.spilld_segment = plan.segment;
-  run.spilld_pinned = std::max(run.spilld_pinned, 2 * run.spilld_segment);
   run.spilld_pinned = std::max<uint64_t>(
       run.spilld_pinned, plan.packed + 2 * run.spilld_segment + (param_nvme ? param_bytes : 0));
   run.spilld_pinned += staging * run.spilld_segment;

@@ -123,6 +123,12 @@ absl::Status Layer::Initialize(const at::Tensor& flat, uint64_t seed) const {
         "layer ", name_, " needs a floating-point tensor of ", numel_, " elements, got ",
         flat.defined() ? flat.numel() : 0));
   }
+  // Drawn in place when `flat` is what InitializeRange takes, else in fp32
+  // first and copied.
+  if (flat.dim() == 1 && flat.scalar_type() == at::kFloat && flat.device().is_cpu() &&
+      flat.is_contiguous()) {
+    return InitializeRange(flat, 0, seed);
+  }
   at::Tensor values = at::empty({numel_}, at::kFloat);
   SPILL_RETURN_IF_ERROR(InitializeRange(values, 0, seed));
   c10::NoGradGuard no_grad;
