@@ -128,7 +128,9 @@ if want nvgpu && [ -x "$root/bin/nvme_gpu" ]; then
 fi
 
 mkdir -p /var/tmp/spill-nvme-bench
-if want nvme; then
+if want nvme && [ ! -x "$root/bin/fio" ]; then
+  log "nvme_vs_fio skipped: the bundle has no fio (make it with deploy/make-bundle.sh --with-fio)"
+elif want nvme; then
   log "nvme_vs_fio"
   "$root/bin/nvme_vs_fio" --dir=/var/tmp/spill-nvme-bench --size=$((1 << 30)) --cells=quick \
     --repeat="${SPILL_NVME_REPEAT:-1}" --fio="$root/bin/fio" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"

@@ -69,7 +69,20 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Runs fio as a child and returns its bandwidth in bytes/s (read + write).
+// Runs a shell command, collects its stdout into *out, and returns its exit
+// status (-1 when it could not be started or did not exit normally).
+int RunCapture(const std::string& cmd, std::string* out) {
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
+  const int status = ::pclose(p);
+  return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Runs fio as a child and returns its bandwidth in bytes/s (read + write);
+// 0, with the reason on stderr, when it fails.
 double RunFio(const Flags& f, const std::string& file, const Cell& c, double* cpu_share) {
   const std::map<std::string, std::string> rw = {{"seq_write", "write"},
                                                  {"seq_read", "read"},
@@ -82,17 +95,20 @@ double RunFio(const Flags& f, const std::string& file, const Cell& c, double* cp
                     " --ioengine=io_uring --direct=1 --fixedbufs=1 --registerfiles=1" +
                     " --randrepeat=0 --output-format=json 2>/dev/null";
   if (c.pattern == "mixed") cmd += " --rwmixread=50";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return 0;
   std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  if (::pclose(p) != 0) return 0;
+  const int rc = RunCapture(cmd, &out);
+  if (rc != 0) {
+    std::fprintf(stderr, "nvme_vs_fio: fio failed (exit status %d): %s\n", rc, cmd.c_str());
+    return 0;
+  }
   const size_t brace = out.find('{');
-  if (brace == std::string::npos) return 0;
-  const auto j = nlohmann::json::parse(out.substr(brace), nullptr, false);
-  if (j.is_discarded()) return 0;
+  const auto j = brace == std::string::npos
+                     ? nlohmann::json()
+                     : nlohmann::json::parse(out.substr(brace), nullptr, false);
+  if (!j.is_object() || !j.contains("jobs")) {
+    std::fprintf(stderr, "nvme_vs_fio: fio printed no JSON report: %s\n", cmd.c_str());
+    return 0;
+  }
   const auto& job = j["jobs"][0];
   *cpu_share = (job["usr_cpu"].get<double>() + job["sys_cpu"].get<double>()) / 100;
   return job["read"]["bw_bytes"].get<double>() + job["write"]["bw_bytes"].get<double>();
@@ -291,6 +307,14 @@ int main(int argc, char** argv) {
   using namespace spill::bench;
   Flags f;
   if (!ParseFlags(argc, argv, &f)) return 2;
+  // Without a working fio every cell's baseline would be 0: refuse first.
+  if (std::string version; RunCapture(f.fio + " --version 2>&1", &version) != 0 ||
+                           version.rfind("fio-", 0) != 0) {
+    std::fprintf(stderr, "nvme_vs_fio: --fio=%s does not run (%s); install fio, or make the "
+                 "bundle with --with-fio\n", f.fio.c_str(),
+                 version.empty() ? "no output" : version.substr(0, version.find('\n')).c_str());
+    return 2;
+  }
   std::filesystem::create_directories(f.dir);
   void* mem = std::aligned_alloc(4096, f.size);
   std::memset(mem, 0x5a, f.size);
