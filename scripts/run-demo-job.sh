@@ -64,6 +64,27 @@ spilld_pid=
 
 # True while spilld runs (an exited child stays a zombie until waited for,
 # and kill -0 would still find it).
+# A TCP port on 127.0.0.1 for the ranks' rendezvous store, from below the
+# kernel's ephemeral range: one from inside it can be handed to another
+# socket's outgoing connection before rank 0 binds it.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for port in random.sample(range(10000, low), min(100, max(0, low - 10000))) if low > 11000 else []:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        print(s.getsockname()[1])
+PY
+}
 spilld_running() {
   local stat
   [ -n "$spilld_pid" ] || return 1
@@ -144,7 +165,7 @@ else
                         "offload_param": {"device": "cpu", "pin_memory": true}}
 }
 JSON
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   echo "    $ (for each of $ranks ranks) RANK=r WORLD_SIZE=$ranks MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \\"
   echo "        $spill_train --deepspeed ds_config.json --device $device --spill-socket $socket --job demo-train \\"
   echo "        --layers 2 --hidden 64 --heads 4 --seq_len 64 --max_steps ${SPILL_TRAIN_STEPS:-40}"
@@ -157,7 +178,23 @@ JSON
     pids+=($!)
   done
   train_rc=0
-  for pid in "${pids[@]}"; do wait "$pid" || train_rc=$?; done
+  # The first rank to fail stops the others (they would wait out the
+  # rendezvous or a collective), as torchrun does.
+  # (spilld is this shell's job too: wait only for the ranks.)
+  running=("${pids[@]}")
+  while [ ${#running[@]} -gt 0 ]; do
+    finished=
+    wait -n -p finished "${running[@]}"
+    s=$?
+    [ -n "$finished" ] || break
+    left=()
+    for pid in "${running[@]}"; do [ "$pid" = "$finished" ] || left+=("$pid"); done
+    running=("${left[@]}")
+    if [ $s -ne 0 ] && [ $train_rc -eq 0 ]; then
+      train_rc=$s
+      kill "${running[@]}" 2>/dev/null
+    fi
+  done
   grep -E '^step|^spill-train: (rank|warning|not supported|building|model built)' "$workdir/train.0.log" | sed 's/^/    /'
   if [ $train_rc -ne 0 ]; then
     for ((r = 0; r < ranks; r++)); do sed "s/^/    [rank $r] /" "$workdir/train.$r.log" | tail -20; done

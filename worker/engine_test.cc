@@ -8,21 +8,25 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <torch/cuda.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <filesystem>
-#include <limits>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "worker/checkpoint.h"
@@ -65,28 +69,53 @@ class EngineTest : public ::testing::Test {
     return path;
   }
 
-  // Runs `world` spill-train ranks; returns the worst exit status, with
-  // every rank's output in *output.
+  // Runs `world` spill-train ranks; returns the first failing rank's exit
+  // status (0 when all succeed; 128 + signal for a rank killed by one), with
+  // every rank's output in *output. Like torchrun, the first rank to fail
+  // stops the others, which would otherwise wait out the rendezvous or a
+  // collective's timeout.
   int RunRanks(int world, const std::string& socket, const std::string& args,
                std::string* output) {
-    std::string script = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(FreePort()) +
-                         " WORLD_SIZE=" + std::to_string(world) + " SPILL_SOCKET=" + socket +
-                         "; export MASTER_ADDR MASTER_PORT WORLD_SIZE SPILL_SOCKET; rc=0; ";
+    const std::string env = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(FreePort()) +
+                            " WORLD_SIZE=" + std::to_string(world) + " SPILL_SOCKET=" + socket;
+    std::vector<pid_t> running;
     for (int r = 0; r < world; ++r) {
-      script += "RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + " " +
-                SPILL_TRAIN_BIN + " " + args + " >" + (dir_ / ("rank" + std::to_string(r))).string() +
-                " 2>&1 & p" + std::to_string(r) + "=$!; ";
+      const std::string command =
+          env + " RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + " exec " +
+          SPILL_TRAIN_BIN + " " + args + " >" + (dir_ / ("rank" + std::to_string(r))).string() +
+          " 2>&1";
+      const pid_t pid = fork();
+      if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      if (pid > 0) running.push_back(pid);
     }
-    for (int r = 0; r < world; ++r) {
-      script += "wait $p" + std::to_string(r) + " || rc=$?; ";
+    int rc = static_cast<int>(running.size()) == world ? 0 : 126;
+    if (rc != 0) {
+      for (pid_t pid : running) kill(pid, SIGKILL);
     }
-    script += "exit $rc";
-    const int status = std::system(("sh -c '" + script + "'").c_str());
+    while (!running.empty()) {
+      for (auto it = running.begin(); it != running.end();) {
+        int status = 0;
+        if (waitpid(*it, &status, WNOHANG) != *it) {
+          ++it;
+          continue;
+        }
+        it = running.erase(it);
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (code != 0 && rc == 0) {
+          rc = code;
+          for (pid_t other : running) kill(other, SIGTERM);
+        }
+      }
+      if (!running.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     for (int r = 0; r < world; ++r) {
       *output += "--- rank " + std::to_string(r) + "\n" +
                  ReadFile((dir_ / ("rank" + std::to_string(r))).string());
     }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    return rc;
   }
 
   std::filesystem::path dir_;
