@@ -105,7 +105,7 @@ double RunFio(const Flags& f, const std::string& file, const Cell& c, double* cp
   const auto j = brace == std::string::npos
                      ? nlohmann::json()
                      : nlohmann::json::parse(out.substr(brace), nullptr, false);
-  if (!j.is_object() || !j.contains("jobs")) {
+  if (!j.is_object() || !j.contains("jobs") || !j["jobs"].is_array() || j["jobs"].empty()) {
     std::fprintf(stderr, "nvme_vs_fio: fio printed no JSON report: %s\n", cmd.c_str());
     return 0;
   }
