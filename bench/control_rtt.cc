@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -154,9 +155,15 @@ int main(int argc, char** argv) {
       const double n = static_cast<double>(r.latencies_us.size());
       std::string suffix = "_" + std::to_string(clients) +
                            (clients == 1 ? "client_" : "clients_") + dispatch;
+      // gRPC's poller (both ends: spilld inherits the environment), when
+      // chosen through GRPC_POLL_STRATEGY, names its own metrics.
+      const char* poller = std::getenv("GRPC_POLL_STRATEGY");
+      const std::string strategy = poller != nullptr && *poller != '\0' ? poller : "";
+      if (!strategy.empty()) suffix += "_grpc_" + strategy;
       nlohmann::json extra = {{"clients", clients},
                               {"requests", n},
                               {"dispatch", dispatch},
+                              {"grpc_poll_strategy", strategy.empty() ? "default" : strategy},
                               {"spilld_worker_threads", threads}};
       Result p50{"control_rtt",
                  "p50_us" + suffix,

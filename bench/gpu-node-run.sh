@@ -23,7 +23,8 @@
 #      $SPILL_TRAIN_TIMEOUT seconds (default 540). $SPILL_TRAIN_RUNS picks
 #      runs (default "1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B").
 #   rtt (not in the default list): control_rtt, the control round trip over
-#      spilld's Unix socket against a bare socketpair ping-pong.
+#      spilld's Unix socket against a bare socketpair ping-pong, with gRPC's
+#      default poller and with GRPC_POLL_STRATEGY=poll.
 #   nvgpu (not in the default list): nvme_gpu, a parameter prefetch NVMe ->
 #      spilld's pinned tier -> GPU against O_DIRECT reads + cudaMemcpyAsync
 #      on the node's disk (about 2 minutes at 1 GB/s).
@@ -119,6 +120,10 @@ fi
 if want rtt && [ -x "$root/bin/control_rtt" ]; then
   log "control_rtt"
   "$root/bin/control_rtt" --seconds=3 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
+  # The same with gRPC's poll() poller instead of epoll1 (metrics end in
+  # _grpc_poll): epoll1 hands polling between two threads on every request.
+  GRPC_POLL_STRATEGY=poll "$root/bin/control_rtt" --seconds=3 2>>"$out/run.log" |
+    tee -a "$out/bench.jsonl"
 fi
 
 if want nvgpu && [ -x "$root/bin/nvme_gpu" ]; then
