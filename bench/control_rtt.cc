@@ -2,11 +2,14 @@
 //
 // Starts a real spilld, opens one session per client thread, and has each
 // thread send Ping requests on its session stream back to back for a fixed
-// time. Reports p50/p99 latency and requests/s for 1 and 8 clients. The
-// baseline, measured in the same run, is a bare ping-pong of 8-byte messages
-// over a Unix socketpair between two threads: the floor any protocol over
-// that socket can reach on this machine.
+// time; 8 clients also as 8 processes with one session each, as the ranks
+// of a job on one node are (metrics *_8processes_*). Reports p50/p99
+// latency and requests/s. The baseline, measured in the same run, is a bare
+// ping-pong of 8-byte messages over a Unix socketpair between two threads:
+// the floor any protocol over that socket can reach on this machine.
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -67,50 +70,137 @@ struct RunResult {
   int failures = 0;
 };
 
-RunResult PingClients(const std::string& socket, int clients,
+std::unique_ptr<spill::client::Session> OpenSession(const std::string& socket, int rank,
+                                                    int world) {
+  spill::client::SessionOptions options;
+  options.socket_path = socket;
+  options.job_id = "rtt-" + std::to_string(world);
+  options.rank = rank;
+  options.world_size = world;
+  auto s = spill::client::Session::Open(options);
+  if (!s.ok()) {
+    std::fprintf(stderr, "control_rtt: %s\n", s.status().ToString().c_str());
+    std::exit(1);
+  }
+  (void)(*s)->Ping()->Wait(std::chrono::seconds(10));  // Warm the stream up.
+  return std::move(*s);
+}
+
+// Pings back to back from start until end; latencies in µs.
+std::vector<double> PingLoop(spill::client::Session& session, Clock::time_point start,
+                             Clock::time_point end, int* failures) {
+  std::vector<double> lat;
+  lat.reserve(1 << 20);
+  std::this_thread::sleep_until(start);
+  while (Clock::now() < end) {
+    auto t0 = Clock::now();
+    if (!session.Ping()->Wait(std::chrono::seconds(10)).ok()) ++*failures;
+    lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  return lat;
+}
+
+// `clients` sessions in this process, one thread each.
+RunResult PingThreads(const std::string& socket, int clients,
                       std::chrono::milliseconds duration) {
   std::vector<std::unique_ptr<spill::client::Session>> sessions;
-  for (int i = 0; i < clients; ++i) {
-    spill::client::SessionOptions options;
-    options.socket_path = socket;
-    options.job_id = "rtt-" + std::to_string(clients);
-    options.rank = i;
-    options.world_size = clients;
-    auto s = spill::client::Session::Open(options);
-    if (!s.ok()) {
-      std::fprintf(stderr, "control_rtt: %s\n", s.status().ToString().c_str());
-      std::exit(1);
-    }
-    sessions.push_back(std::move(*s));
-  }
-  // Warm up every stream.
-  for (auto& s : sessions) (void)s->Ping()->Wait(std::chrono::seconds(10));
+  for (int i = 0; i < clients; ++i) sessions.push_back(OpenSession(socket, i, clients));
   std::vector<std::vector<double>> per_thread(clients);
-  std::atomic<int> failures{0};
+  std::vector<int> failures(clients, 0);
   std::vector<std::thread> threads;
-  auto start = Clock::now();
-  auto end = start + duration;
+  const auto start = Clock::now();
+  const auto end = start + duration;
   for (int i = 0; i < clients; ++i) {
-    threads.emplace_back([&, i] {
-      auto& lat = per_thread[i];
-      lat.reserve(1 << 20);
-      while (Clock::now() < end) {
-        auto t0 = Clock::now();
-        if (!sessions[i]->Ping()->Wait(std::chrono::seconds(10)).ok())
-          ++failures;
-        lat.push_back(
-            std::chrono::duration<double, std::micro>(Clock::now() - t0)
-                .count());
-      }
-    });
+    threads.emplace_back(
+        [&, i] { per_thread[i] = PingLoop(*sessions[i], start, end, &failures[i]); });
   }
   for (auto& t : threads) t.join();
   RunResult r;
   r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  for (auto& v : per_thread)
-    r.latencies_us.insert(r.latencies_us.end(), v.begin(), v.end());
-  r.failures = failures.load();
+  for (int i = 0; i < clients; ++i) {
+    r.latencies_us.insert(r.latencies_us.end(), per_thread[i].begin(), per_thread[i].end());
+    r.failures += failures[i];
+  }
   for (auto& s : sessions) (void)s->Close();
+  return r;
+}
+
+int64_t SinceEpochNs(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+// A client process (--child=SOCKET,RANK,WORLD,START_NS,END_NS; steady_clock
+// is CLOCK_MONOTONIC, shared by the processes of a host): pings over its own
+// session in the window and writes its latencies to stdout as doubles.
+int RunChild(const std::string& spec) {
+  std::vector<std::string> f;
+  for (size_t pos = 0;;) {
+    const size_t comma = spec.find(',', pos);
+    f.push_back(spec.substr(pos, comma - pos));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  if (f.size() != 5) {
+    std::fprintf(stderr, "control_rtt: --child wants SOCKET,RANK,WORLD,START_NS,END_NS\n");
+    return 2;
+  }
+  auto session = OpenSession(f[0], std::stoi(f[1]), std::stoi(f[2]));
+  const Clock::time_point start{std::chrono::nanoseconds(std::stoll(f[3]))};
+  const Clock::time_point end{std::chrono::nanoseconds(std::stoll(f[4]))};
+  int failures = 0;
+  const std::vector<double> lat = PingLoop(*session, start, end, &failures);
+  (void)session->Close();
+  const size_t bytes = lat.size() * sizeof(double);
+  if (std::fwrite(lat.data(), 1, bytes, stdout) != bytes || std::fflush(stdout) != 0) return 1;
+  return failures == 0 ? 0 : 3;
+}
+
+// `clients` client processes with one session each, as the ranks of a job
+// on one node are.
+RunResult PingProcesses(const std::string& socket, int clients,
+                        std::chrono::milliseconds duration) {
+  // Time for every child to start and open its session before the window.
+  const auto start = Clock::now() + std::chrono::milliseconds(1500);
+  const auto end = start + duration;
+  std::vector<std::pair<pid_t, int>> children;  // pid, read end of its stdout
+  RunResult r;
+  for (int i = 0; i < clients; ++i) {
+    int fds[2];
+    if (::pipe(fds) != 0) std::exit(1);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    const std::string spec = "--child=" + socket + "," + std::to_string(i) + "," +
+                             std::to_string(clients) + "," + std::to_string(SinceEpochNs(start)) +
+                             "," + std::to_string(SinceEpochNs(end));
+    char self[] = "/proc/self/exe";
+    std::vector<char*> child_argv = {self, const_cast<char*>(spec.c_str()), nullptr};
+    pid_t pid = -1;
+    const int rc = posix_spawn(&pid, self, &actions, nullptr, child_argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(fds[1]);
+    if (rc != 0) {
+      std::fprintf(stderr, "control_rtt: cannot start a client process: %s\n", std::strerror(rc));
+      std::exit(1);
+    }
+    children.emplace_back(pid, fds[0]);
+  }
+  for (auto [pid, fd] : children) {
+    std::string bytes;
+    char buf[1 << 16];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof(buf))) > 0) bytes.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++r.failures;
+    const size_t count = bytes.size() / sizeof(double);
+    const size_t at = r.latencies_us.size();
+    r.latencies_us.resize(at + count);
+    std::memcpy(r.latencies_us.data() + at, bytes.data(), count * sizeof(double));
+  }
+  r.seconds = std::chrono::duration<double>(duration).count();
   return r;
 }
 
@@ -121,6 +211,8 @@ int main(int argc, char** argv) {
   std::string machine = spill::bench::MachineName();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
+    if (a.rfind("--child=", 0) == 0)
+      return RunChild(a.substr(8));
     if (a.rfind("--seconds=", 0) == 0)
       duration = std::chrono::milliseconds(
           static_cast<int64_t>(std::stod(a.substr(10)) * 1000));
@@ -146,21 +238,25 @@ int main(int argc, char** argv) {
                    daemon.status().ToString().c_str());
       return 1;
     }
-    for (int clients : {1, 8}) {
-      RunResult r = PingClients((*daemon)->socket_path(), clients, duration);
+    // 1 and 8 sessions on threads of this process, and 8 client processes.
+    for (const auto& [clients, processes] : {std::pair{1, false}, {8, false}, {8, true}}) {
+      RunResult r = processes ? PingProcesses((*daemon)->socket_path(), clients, duration)
+                              : PingThreads((*daemon)->socket_path(), clients, duration);
       if (r.failures != 0) {
         std::fprintf(stderr, "control_rtt: %d failed pings\n", r.failures);
         return 1;
       }
       const double n = static_cast<double>(r.latencies_us.size());
       std::string suffix = "_" + std::to_string(clients) +
-                           (clients == 1 ? "client_" : "clients_") + dispatch;
+                           (processes ? "processes_" : clients == 1 ? "client_" : "clients_") +
+                           dispatch;
       // gRPC's poller (both ends: spilld inherits the environment), when
       // chosen through GRPC_POLL_STRATEGY, names its own metrics.
       const char* poller = std::getenv("GRPC_POLL_STRATEGY");
       const std::string strategy = poller != nullptr && *poller != '\0' ? poller : "";
       if (!strategy.empty()) suffix += "_grpc_" + strategy;
       nlohmann::json extra = {{"clients", clients},
+                              {"client_processes", processes ? clients : 1},
                               {"requests", n},
                               {"dispatch", dispatch},
                               {"grpc_poll_strategy", strategy.empty() ? "default" : strategy},

@@ -23,8 +23,9 @@
 #      $SPILL_TRAIN_TIMEOUT seconds (default 540). $SPILL_TRAIN_RUNS picks
 #      runs (default "1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B").
 #   rtt (not in the default list): control_rtt, the control round trip over
-#      spilld's Unix socket against a bare socketpair ping-pong, with gRPC's
-#      default poller and with GRPC_POLL_STRATEGY=poll.
+#      spilld's Unix socket against a bare socketpair ping-pong (1 client,
+#      8 client threads, 8 client processes), with gRPC's default poller
+#      and with GRPC_POLL_STRATEGY=poll.
 #   nvgpu (not in the default list): nvme_gpu, a parameter prefetch NVMe ->
 #      spilld's pinned tier -> GPU against O_DIRECT reads + cudaMemcpyAsync
 #      on the node's disk (about 2 minutes at 1 GB/s).
