@@ -92,10 +92,22 @@ def tokens_line(output, bench):
     return None
 
 
+def last_progress(errors):
+    """The last progress line zero3_train or zero3_deepspeed.py printed, without its prefix."""
+    for line in reversed(errors.splitlines()):
+        for prefix in ("zero3_train: [", "zero3_deepspeed: ["):
+            if line.startswith(prefix) and "] " in line:
+                return line[len(prefix) - 1:].strip()
+    return ""
+
+
 def reason_of(output, errors, rc, timed_out):
-    """Why an attempt did not train, in one line."""
+    """Why an attempt did not train, in one line; for a killed or timed-out attempt, with the
+    last progress line it printed (where it got to)."""
+    got_to = last_progress(errors)
+    after = f", after \"{got_to}\"" if got_to else ", before any progress line"
     if timed_out:
-        return "timed out"
+        return "timed out" + after
     for line in output.splitlines():
         try:
             r = json.loads(line)
@@ -106,9 +118,9 @@ def reason_of(output, errors, rc, timed_out):
     lines = [x for x in errors.splitlines() if x.strip()]
     # Killed by SIGKILL: itself, or (under torchrun) one of its ranks.
     if rc == -9 or any("exitcode: -9" in x or "Signal 9 (SIGKILL)" in x for x in lines):
-        return "killed by SIGKILL (the kernel's OOM killer, most likely)"
+        return "killed by SIGKILL (the kernel's OOM killer, most likely)" + after
     if rc < 0:
-        return f"killed by signal {-rc}"
+        return f"killed by signal {-rc}" + after
     for key in ("out of memory", "OutOfMemory", "can't allocate", "Cannot allocate",
                 "not enough memory", "Error", "error:"):
         for line in reversed(lines):

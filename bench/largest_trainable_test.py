@@ -49,8 +49,30 @@ def check_sizes():
         sys.exit(f"FAIL: parse_sizes accepted {bad!r}")
 
 
+def check_reasons():
+    """A killed or timed-out attempt's reason names the last progress line it printed."""
+    from largest_trainable import reason_of  # pylint: disable=import-outside-toplevel
+    errors = ("noise\nzero3_deepspeed: [    3.0 s] model built under deepspeed.zero.Init\n"
+              "zero3_deepspeed: [   41.5 s] weights initialised; deepspeed.initialize\nmore\n")
+    cases = [
+        ((errors, -9, False), "killed by SIGKILL (the kernel's OOM killer, most likely), after "
+                              "\"[   41.5 s] weights initialised; deepspeed.initialize\""),
+        (("zero3_train: [   12.0 s] step 1 of 2: 1.0 s\n", -15, False),
+         "killed by signal 15, after \"[   12.0 s] step 1 of 2: 1.0 s\""),
+        (("no progress at all\n", -9, False),
+         "killed by SIGKILL (the kernel's OOM killer, most likely), before any progress line"),
+        ((errors, None, True),
+         "timed out, after \"[   41.5 s] weights initialised; deepspeed.initialize\""),
+    ]
+    for (err, rc, timed_out), want in cases:
+        got = reason_of("", err, rc, timed_out)
+        if got != want:
+            sys.exit(f"FAIL: reason_of gave {got!r}, want {want!r}")
+
+
 def main(zero3_train):
     check_sizes()
+    check_reasons()
     with tempfile.TemporaryDirectory() as d:
         p = run(zero3_train, f"tiny:{TINY},huge:{HUGE}", d)
         expect(p.returncode == 0, f"exit {p.returncode}", p)

@@ -203,6 +203,17 @@ def ours_line(path, a, world):
     return found
 
 
+T0 = time.perf_counter()
+
+
+def progress(what):
+    """Rank 0's progress on stderr (flushed), as zero3_train reports its own: where a run that
+    was killed got to."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"zero3_deepspeed: [{time.perf_counter() - T0:7.1f} s] {what}", file=sys.stderr,
+              flush=True)
+
+
 def main():
     a = parse()
     try:
@@ -237,11 +248,15 @@ def main():
                                  remote_device=a.offload_param if a.offload_param != "none"
                                  else None, pin_memory=not a.no_pin_memory):
             model = Gpt()
+        progress("model built under deepspeed.zero.Init; initialising its weights")
         initialize(model, a, torch,
                    lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0))
+        progress("weights initialised; deepspeed.initialize")
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=cfg)
         build_s = time.perf_counter() - t0
+        progress(f"deepspeed.initialize done; training {a.warmup} warm-up and {a.steps} "
+                 "measured steps")
 
         def step(tokens, labels, last):
             del last  # DeepSpeed steps at its own accumulation boundary
@@ -257,6 +272,7 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
                                 weight_decay=0.1)
         build_s = time.perf_counter() - t0
+        progress(f"model built; training {a.warmup} warm-up and {a.steps} measured steps")
 
         def step(tokens, labels, last):
             loss = model(tokens, labels)
@@ -282,6 +298,7 @@ def main():
             b = batches[(i * a.gas + g) % len(batches)].to(device)
             loss = step(b[:, :-1].contiguous(), b[:, 1:].contiguous(), g == a.gas - 1)
         losses.append(loss.item())
+        progress(f"step {i + 1} of {a.warmup + a.steps}: loss {losses[-1]:.4f}")
     sync()
     seconds = time.perf_counter() - t_start
     tokens = a.steps * a.gas * a.micro_batch * a.seq * world
