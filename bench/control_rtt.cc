@@ -7,19 +7,21 @@
 // latency and requests/s. The baseline, measured in the same run, is a bare
 // ping-pong of 8-byte messages over a Unix socketpair between two threads:
 // the floor any protocol over that socket can reach on this machine.
+#include <fcntl.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_json.h"
@@ -66,8 +68,9 @@ std::vector<double> SocketPingPong(std::chrono::milliseconds duration) {
 
 struct RunResult {
   std::vector<double> latencies_us;
-  double seconds = 0;
+  double requests_per_s = 0;
   int failures = 0;
+  double latest_start_s = 0;  // client processes: the last one's lateness
 };
 
 std::unique_ptr<spill::client::Session> OpenSession(const std::string& socket, int rank,
@@ -116,11 +119,12 @@ RunResult PingThreads(const std::string& socket, int clients,
   }
   for (auto& t : threads) t.join();
   RunResult r;
-  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   for (int i = 0; i < clients; ++i) {
     r.latencies_us.insert(r.latencies_us.end(), per_thread[i].begin(), per_thread[i].end());
     r.failures += failures[i];
   }
+  r.requests_per_s = static_cast<double>(r.latencies_us.size()) / seconds;
   for (auto& s : sessions) (void)s->Close();
   return r;
 }
@@ -131,7 +135,8 @@ int64_t SinceEpochNs(Clock::time_point t) {
 
 // A client process (--child=SOCKET,RANK,WORLD,START_NS,END_NS; steady_clock
 // is CLOCK_MONOTONIC, shared by the processes of a host): pings over its own
-// session in the window and writes its latencies to stdout as doubles.
+// session in the window and writes to stdout, as doubles, how late it
+// started (s), how long it pinged (s), then its latencies.
 int RunChild(const std::string& spec) {
   std::vector<std::string> f;
   for (size_t pos = 0;;) {
@@ -148,10 +153,17 @@ int RunChild(const std::string& spec) {
   const Clock::time_point start{std::chrono::nanoseconds(std::stoll(f[3]))};
   const Clock::time_point end{std::chrono::nanoseconds(std::stoll(f[4]))};
   int failures = 0;
+  const auto ready = Clock::now();
   const std::vector<double> lat = PingLoop(*session, start, end, &failures);
+  const auto began = std::max(ready, start);
   (void)session->Close();
+  const double header[2] = {std::chrono::duration<double>(began - start).count(),
+                            std::chrono::duration<double>(end - began).count()};
   const size_t bytes = lat.size() * sizeof(double);
-  if (std::fwrite(lat.data(), 1, bytes, stdout) != bytes || std::fflush(stdout) != 0) return 1;
+  if (std::fwrite(header, sizeof(double), 2, stdout) != 2 ||
+      std::fwrite(lat.data(), 1, bytes, stdout) != bytes || std::fflush(stdout) != 0) {
+    return 1;
+  }
   return failures == 0 ? 0 : 3;
 }
 
@@ -166,7 +178,7 @@ RunResult PingProcesses(const std::string& socket, int clients,
   RunResult r;
   for (int i = 0; i < clients; ++i) {
     int fds[2];
-    if (::pipe(fds) != 0) std::exit(1);
+    if (::pipe2(fds, O_CLOEXEC) != 0) std::exit(1);  // dup2 clears it on the child's end
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
@@ -189,18 +201,31 @@ RunResult PingProcesses(const std::string& socket, int clients,
   for (auto [pid, fd] : children) {
     std::string bytes;
     char buf[1 << 16];
-    ssize_t n;
-    while ((n = ::read(fd, buf, sizeof(buf))) > 0) bytes.append(buf, static_cast<size_t>(n));
+    for (;;) {
+      const ssize_t n = ::read(fd, buf, sizeof(buf));
+      if (n > 0) {
+        bytes.append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        break;
+      }
+    }
     ::close(fd);
     int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++r.failures;
-    const size_t count = bytes.size() / sizeof(double);
-    const size_t at = r.latencies_us.size();
-    r.latencies_us.resize(at + count);
-    std::memcpy(r.latencies_us.data() + at, bytes.data(), count * sizeof(double));
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    const size_t values = bytes.size() / sizeof(double);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || values < 2) {
+      ++r.failures;
+      continue;
+    }
+    std::vector<double> v(values);
+    std::memcpy(v.data(), bytes.data(), values * sizeof(double));
+    // Each process's rate over the time it pinged; a late starter shows in
+    // latest_start_s.
+    r.latest_start_s = std::max(r.latest_start_s, v[0]);
+    if (v[1] > 0) r.requests_per_s += static_cast<double>(values - 2) / v[1];
+    r.latencies_us.insert(r.latencies_us.end(), v.begin() + 2, v.end());
   }
-  r.seconds = std::chrono::duration<double>(duration).count();
   return r;
 }
 
@@ -257,6 +282,7 @@ int main(int argc, char** argv) {
       if (!strategy.empty()) suffix += "_grpc_" + strategy;
       nlohmann::json extra = {{"clients", clients},
                               {"client_processes", processes ? clients : 1},
+                              {"latest_client_start_s", r.latest_start_s},
                               {"requests", n},
                               {"dispatch", dispatch},
                               {"grpc_poll_strategy", strategy.empty() ? "default" : strategy},
@@ -280,7 +306,7 @@ int main(int argc, char** argv) {
       Emit(p99, machine);
       Result rate{"control_rtt",
                   "requests_per_s" + suffix,
-                  n / r.seconds,
+                  r.requests_per_s,
                   "req/s",
                   "",
                   0,

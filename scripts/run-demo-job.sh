@@ -61,9 +61,8 @@ workdir=$(mktemp -d "${TMPDIR:-/tmp}/spill-demo.XXXXXX")
 socket=$workdir/spilld.sock
 log=$workdir/spilld.log
 spilld_pid=
+rank_pids=()  # spill-train ranks still running
 
-# True while spilld runs (an exited child stays a zombie until waited for,
-# and kill -0 would still find it).
 # A TCP port on 127.0.0.1 for the ranks' rendezvous store, from below the
 # kernel's ephemeral range: one from inside it can be handed to another
 # socket's outgoing connection before rank 0 binds it.
@@ -74,7 +73,7 @@ low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 for port in random.sample(range(10000, low), min(100, max(0, low - 10000))) if low > 11000 else []:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind(("", port))  # the store listens on every address
         except OSError:
             continue
     print(port)
@@ -85,6 +84,9 @@ else:
         print(s.getsockname()[1])
 PY
 }
+
+# True while spilld runs (an exited child stays a zombie until waited for,
+# and kill -0 would still find it).
 spilld_running() {
   local stat
   [ -n "$spilld_pid" ] || return 1
@@ -101,6 +103,9 @@ show_log() {
 
 cleanup() {
   local rc=$?
+  if [ ${#rank_pids[@]} -gt 0 ]; then
+    kill -KILL "${rank_pids[@]}" 2>/dev/null || true
+  fi
   if spilld_running; then
     echo "    killing spilld (pid $spilld_pid) left running by the failure above" >&2
     kill -KILL "$spilld_pid" 2>/dev/null || true
@@ -181,21 +186,23 @@ JSON
   # The first rank to fail stops the others (they would wait out the
   # rendezvous or a collective), as torchrun does.
   # (spilld is this shell's job too: wait only for the ranks.)
-  running=("${pids[@]}")
-  while [ ${#running[@]} -gt 0 ]; do
+  rank_pids=("${pids[@]}")
+  while [ ${#rank_pids[@]} -gt 0 ]; do
     finished=
-    wait -n -p finished "${running[@]}"
-    s=$?
+    s=0
+    wait -n -p finished "${rank_pids[@]}" || s=$?
     [ -n "$finished" ] || break
     left=()
-    for pid in "${running[@]}"; do [ "$pid" = "$finished" ] || left+=("$pid"); done
-    running=("${left[@]}")
+    for pid in "${rank_pids[@]}"; do [ "$pid" = "$finished" ] || left+=("$pid"); done
+    rank_pids=("${left[@]}")
     if [ $s -ne 0 ] && [ $train_rc -eq 0 ]; then
       train_rc=$s
-      kill "${running[@]}" 2>/dev/null
+      if [ ${#rank_pids[@]} -gt 0 ]; then kill "${rank_pids[@]}" 2>/dev/null || true; fi
     fi
   done
-  grep -E '^step|^spill-train: (rank|warning|not supported|building|model built)' "$workdir/train.0.log" | sed 's/^/    /'
+  # (Nothing matches when a rank failed at start: not an error here.)
+  grep -E '^step|^spill-train: (rank|warning|not supported|building|model built)' \
+    "$workdir/train.0.log" | sed 's/^/    /' || true
   if [ $train_rc -ne 0 ]; then
     for ((r = 0; r < ranks; r++)); do sed "s/^/    [rank $r] /" "$workdir/train.$r.log" | tail -20; done
     fail "spill-train failed (status $train_rc)"

@@ -16,6 +16,7 @@
 #include <torch/optim/adamw.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -76,12 +77,13 @@ class EngineTest : public ::testing::Test {
   // collective's timeout.
   int RunRanks(int world, const std::string& socket, const std::string& args,
                std::string* output) {
-    const std::string env = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(FreePort()) +
-                            " WORLD_SIZE=" + std::to_string(world) + " SPILL_SOCKET=" + socket;
+    const std::string env = "export MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+                            std::to_string(FreePort()) + " WORLD_SIZE=" + std::to_string(world) +
+                            " SPILL_SOCKET=" + socket;
     std::vector<pid_t> running;
     for (int r = 0; r < world; ++r) {
       const std::string command =
-          env + " RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + " exec " +
+          env + " RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + "; exec " +
           SPILL_TRAIN_BIN + " " + args + " >" + (dir_ / ("rank" + std::to_string(r))).string() +
           " 2>&1";
       const pid_t pid = fork();
@@ -98,12 +100,16 @@ class EngineTest : public ::testing::Test {
     while (!running.empty()) {
       for (auto it = running.begin(); it != running.end();) {
         int status = 0;
-        if (waitpid(*it, &status, WNOHANG) != *it) {
+        const pid_t got = waitpid(*it, &status, WNOHANG);
+        if (got == 0 || (got < 0 && errno == EINTR)) {
           ++it;
           continue;
         }
         it = running.erase(it);
-        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        // got < 0: no longer our child to wait for; count it as failed.
+        const int code = got < 0              ? 125
+                         : WIFEXITED(status) ? WEXITSTATUS(status)
+                                             : 128 + WTERMSIG(status);
         if (code != 0 && rc == 0) {
           rc = code;
           for (pid_t other : running) kill(other, SIGTERM);

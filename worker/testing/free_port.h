@@ -20,13 +20,14 @@
 
 namespace spill::worker::testing {
 
-// Whether a listening socket could bind 127.0.0.1:port now.
+// Whether a listening socket could bind port on every address now (c10d's
+// TCPStore listens on all of them, not only on 127.0.0.1).
 inline bool PortBindable(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return false;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
   addr.sin_port = htons(static_cast<uint16_t>(port));
   const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
