@@ -53,6 +53,7 @@ root=$(echo "$work"/spill-bundle-*)
 # shellcheck source=/dev/null
 . "$root/env.sh"
 log() { printf '\n==> %s\n' "$*" | tee -a "$out/run.log"; }
+ngpus=$(nvidia-smi -L 2>/dev/null | wc -l)  # every step counts the GPUs from this
 
 log "machine"
 { nproc; lscpu | grep -E 'Model name|Flags' | cut -c1-200; nvidia-smi -L; df -h /var/tmp;
@@ -162,7 +163,7 @@ run_worker_test() {
   fi | tee -a "$out/run.log"
 }
 if want worker; then
-  log "worker tests on $(nvidia-smi -L 2>/dev/null | wc -l) GPU(s)"
+  log "worker tests on $ngpus GPU(s)"
   run_worker_test worker_nccl_test
   run_worker_test worker_engine_test
   run_worker_test worker_engine_api_test
@@ -213,7 +214,6 @@ prof_run() {
   done
 }
 if want train; then
-  ngpus=$(nvidia-smi -L 2>/dev/null | wc -l)
   if [ ! -x "$root/bin/zero3_train" ]; then
     echo "SKIP train: zero3_train is not in the bundle (make it with --with-worker)" | tee -a "$out/run.log"
   else
@@ -275,7 +275,7 @@ ds_run() {
   local name=$1 gpus=$2 launcher=(python3)
   shift 2
   [[ " ${SPILL_DS_RUNS:-ds-1gpu-1.3B ds-1gpu-1.3B-noclip} " == *" $name "* ]] || return 0
-  if [ "$gpus" -gt "$(nvidia-smi -L 2>/dev/null | wc -l)" ]; then
+  if [ "$gpus" -gt "$ngpus" ]; then
     echo "SKIP deepspeed $name: fewer than $gpus GPUs here" | tee -a "$out/run.log"
     return 0
   fi

@@ -69,6 +69,13 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// text as one word of a shell command line.
+std::string ShellQuoted(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 // Runs a shell command, collects its stdout into *out, and returns its exit
 // status (-1 when it could not be started or did not exit normally).
 int RunCapture(const std::string& cmd, std::string* out) {
@@ -89,7 +96,8 @@ double RunFio(const Flags& f, const std::string& file, const Cell& c, double* cp
                                                  {"rand_write", "randwrite"},
                                                  {"rand_read", "randread"},
                                                  {"mixed", "rw"}};
-  std::string cmd = f.fio + " --name=cell --filename=" + file + " --size=" +
+  std::string cmd = ShellQuoted(f.fio) + " --name=cell --filename=" + ShellQuoted(file) +
+                    " --size=" +
                     std::to_string(f.size) + " --offset=0 --bs=" + std::to_string(c.block_size) +
                     " --iodepth=" + std::to_string(c.queue_depth) + " --rw=" + rw.at(c.pattern) +
                     " --ioengine=io_uring --direct=1 --fixedbufs=1 --registerfiles=1" +
@@ -308,7 +316,7 @@ int main(int argc, char** argv) {
   Flags f;
   if (!ParseFlags(argc, argv, &f)) return 2;
   // Without a working fio every cell's baseline would be 0: refuse first.
-  if (std::string version; RunCapture(f.fio + " --version 2>&1", &version) != 0 ||
+  if (std::string version; RunCapture(ShellQuoted(f.fio) + " --version 2>&1", &version) != 0 ||
                            version.rfind("fio-", 0) != 0) {
     std::fprintf(stderr, "nvme_vs_fio: --fio=%s does not run (%s); install fio, or make the "
                  "bundle with --with-fio\n", f.fio.c_str(),
@@ -336,7 +344,11 @@ int main(int argc, char** argv) {
     for (uint64_t off = 0; off < f.size; off += 1 << 20) {
       crc ^= spill::storage::Crc32c(static_cast<uint8_t*>(mem) + off, 1 << 20);
     }
-    Result r{"nvme_vs_fio", "crc32c_throughput", f.size / Seconds(t0) / (1 << 20), "MiB/s"};
+    Result r;
+    r.bench = "nvme_vs_fio";
+    r.metric = "crc32c_throughput";
+    r.value = f.size / Seconds(t0) / (1 << 20);
+    r.unit = "MiB/s";
     r.extra = {{"check", crc}};
     Emit(r, machine);
   }
