@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -124,6 +125,21 @@ pid_t SpawnRank(int rank, int world, int port) {
   pid_t pid = -1;
   if (posix_spawn(&pid, self, nullptr, nullptr, argv, envp.data()) != 0) return -1;
   return pid;
+}
+
+// The rendezvous port of the multi-process tests: free on every address, and
+// outside the kernel's ephemeral range, where another socket's outgoing
+// connection could be handed it before rank 0 binds it.
+TEST(FreePortTest, IsBindableAndBelowTheEphemeralRange) {
+  int low = 0;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low;
+  if (low < 11000) GTEST_SKIP() << "the ephemeral range starts at " << low;
+  for (int i = 0; i < 20; ++i) {
+    const int port = FreePort();
+    EXPECT_GE(port, 10000);
+    EXPECT_LT(port, low);
+    EXPECT_TRUE(testing::PortBindable(port)) << port;
+  }
 }
 
 TEST(GlooCollectivesTest, TwoProcessesAgreeOnEveryCollective) {
