@@ -251,6 +251,10 @@ int main(int argc, char** argv) {
   }
   int threads =
       static_cast<int>(std::max(2u, std::thread::hardware_concurrency() / 2));
+  // gRPC's poller (both ends: spilld inherits the environment), when chosen
+  // through GRPC_POLL_STRATEGY, names its own metrics.
+  const char* poller = std::getenv("GRPC_POLL_STRATEGY");
+  const std::string strategy = poller != nullptr && *poller != '\0' ? poller : "";
   std::vector<double> raw = SocketPingPong(duration);
   const double raw_p50 = Percentile(raw, 0.5);
   for (const std::string dispatch : {"inline", "pool"}) {
@@ -275,10 +279,6 @@ int main(int argc, char** argv) {
       std::string suffix = "_" + std::to_string(clients) +
                            (processes ? "processes_" : clients == 1 ? "client_" : "clients_") +
                            dispatch;
-      // gRPC's poller (both ends: spilld inherits the environment), when
-      // chosen through GRPC_POLL_STRATEGY, names its own metrics.
-      const char* poller = std::getenv("GRPC_POLL_STRATEGY");
-      const std::string strategy = poller != nullptr && *poller != '\0' ? poller : "";
       if (!strategy.empty()) suffix += "_grpc_" + strategy;
       nlohmann::json extra = {{"clients", clients},
                               {"client_processes", processes ? clients : 1},

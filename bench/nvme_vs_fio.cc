@@ -69,7 +69,7 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// text as one word of a shell command line.
+// `text` quoted as one word of a shell command line.
 std::string ShellQuoted(const std::string& text) {
   std::string out = "'";
   for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -97,8 +97,8 @@ double RunFio(const Flags& f, const std::string& file, const Cell& c, double* cp
                                                  {"rand_read", "randread"},
                                                  {"mixed", "rw"}};
   std::string cmd = ShellQuoted(f.fio) + " --name=cell --filename=" + ShellQuoted(file) +
-                    " --size=" +
-                    std::to_string(f.size) + " --offset=0 --bs=" + std::to_string(c.block_size) +
+                    " --size=" + std::to_string(f.size) +
+                    " --offset=0 --bs=" + std::to_string(c.block_size) +
                     " --iodepth=" + std::to_string(c.queue_depth) + " --rw=" + rw.at(c.pattern) +
                     " --ioengine=io_uring --direct=1 --fixedbufs=1 --registerfiles=1" +
                     " --randrepeat=0 --output-format=json 2>/dev/null";
