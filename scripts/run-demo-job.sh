@@ -174,19 +174,17 @@ JSON
   echo "    $ (for each of $ranks ranks) RANK=r WORLD_SIZE=$ranks MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \\"
   echo "        $spill_train --deepspeed ds_config.json --device $device --spill-socket $socket --job demo-train \\"
   echo "        --layers 2 --hidden 64 --heads 4 --seq_len 64 --max_steps ${SPILL_TRAIN_STEPS:-40}"
-  pids=()
   for ((r = 0; r < ranks; r++)); do
     MASTER_ADDR=127.0.0.1 MASTER_PORT=$port WORLD_SIZE=$ranks RANK=$r LOCAL_RANK=$r \
       "$spill_train" --deepspeed "$workdir/ds_config.json" --device "$device" \
       --spill-socket "$socket" --job demo-train --layers 2 --hidden 64 --heads 4 --seq_len 64 \
       --max_steps "${SPILL_TRAIN_STEPS:-40}" >"$workdir/train.$r.log" 2>&1 &
-    pids+=($!)
+    rank_pids+=($!)
   done
   train_rc=0
   # The first rank to fail stops the others (they would wait out the
   # rendezvous or a collective), as torchrun does.
   # (spilld is this shell's job too: wait only for the ranks.)
-  rank_pids=("${pids[@]}")
   while [ ${#rank_pids[@]} -gt 0 ]; do
     finished=
     s=0
