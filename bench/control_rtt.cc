@@ -4,9 +4,13 @@
 // thread send Ping requests on its session stream back to back for a fixed
 // time; 8 clients also as 8 processes with one session each, as the ranks
 // of a job on one node are (metrics *_8processes_*). Reports p50/p99
-// latency and requests/s. The baseline, measured in the same run, is a bare
-// ping-pong of 8-byte messages over a Unix socketpair between two threads:
-// the floor any protocol over that socket can reach on this machine.
+// latency and requests/s. Two floors are measured in the same run:
+// - a bare ping-pong of 8-byte messages over a Unix socketpair between two
+//   threads, the floor any protocol over that socket can reach on this
+//   machine (the latencies' baseline);
+// - a bare gRPC echo stream of 8-byte messages with 1 and 8 client threads
+//   (metrics *_grpc_echo, bench/grpc_echo.h), the floor gRPC itself sets
+//   (the rates' baseline, and grpc_echo_p50_us beside each p50).
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -19,12 +23,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "bench/bench_json.h"
+#include "bench/grpc_echo.h"
+#include "common/mutex_checks.h"
 #include "spill/client.h"
 #include "tests/integration/spilld_process.h"
 
@@ -34,7 +41,13 @@ using Clock = std::chrono::steady_clock;
 using spill::bench::Emit;
 using spill::bench::Result;
 
-double Percentile(std::vector<double>& v, double q) {
+// A Ping request and its answer are a few bytes each; the echo sends this many.
+constexpr size_t kPingMessageBytes = 8;
+constexpr char kEchoWhat[] =
+    "bare gRPC echo stream over a Unix socket, no Spill: callback server in its own "
+    "process; see bench/grpc_echo.h for the client";
+
+double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   size_t k = static_cast<size_t>(q * (v.size() - 1));
   std::nth_element(v.begin(), v.begin() + k, v.end());
@@ -103,30 +116,43 @@ std::vector<double> PingLoop(spill::client::Session& session, Clock::time_point 
   return lat;
 }
 
-// `clients` sessions in this process, one thread each.
-RunResult PingThreads(const std::string& socket, int clients,
-                      std::chrono::milliseconds duration) {
-  std::vector<std::unique_ptr<spill::client::Session>> sessions;
-  for (int i = 0; i < clients; ++i) sessions.push_back(OpenSession(socket, i, clients));
+// Per client, what it pings over: set up, ping from start until end, tear
+// down; latencies in µs.
+using ClientLoop = std::function<std::vector<double>(int client, Clock::time_point start,
+                                                     Clock::time_point end, int* failures)>;
+
+// `clients` threads of this process running `loop`, after time for each to
+// set up.
+RunResult PingThreads(int clients, std::chrono::milliseconds duration, const ClientLoop& loop) {
   std::vector<std::vector<double>> per_thread(clients);
   std::vector<int> failures(clients, 0);
   std::vector<std::thread> threads;
-  const auto start = Clock::now();
+  const auto start = Clock::now() + std::chrono::milliseconds(500);
   const auto end = start + duration;
   for (int i = 0; i < clients; ++i) {
-    threads.emplace_back(
-        [&, i] { per_thread[i] = PingLoop(*sessions[i], start, end, &failures[i]); });
+    threads.emplace_back([&, i] { per_thread[i] = loop(i, start, end, &failures[i]); });
   }
   for (auto& t : threads) t.join();
   RunResult r;
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   for (int i = 0; i < clients; ++i) {
     r.latencies_us.insert(r.latencies_us.end(), per_thread[i].begin(), per_thread[i].end());
     r.failures += failures[i];
   }
-  r.requests_per_s = static_cast<double>(r.latencies_us.size()) / seconds;
-  for (auto& s : sessions) (void)s->Close();
+  r.requests_per_s = static_cast<double>(r.latencies_us.size()) /
+                     std::chrono::duration<double>(duration).count();
   return r;
+}
+
+// `clients` Spill sessions on threads of this process.
+RunResult PingSessions(const std::string& socket, int clients,
+                       std::chrono::milliseconds duration) {
+  return PingThreads(clients, duration, [&](int i, Clock::time_point start,
+                                            Clock::time_point end, int* failures) {
+    auto session = OpenSession(socket, i, clients);
+    std::vector<double> lat = PingLoop(*session, start, end, failures);
+    (void)session->Close();
+    return lat;
+  });
 }
 
 int64_t SinceEpochNs(Clock::time_point t) {
@@ -229,15 +255,38 @@ RunResult PingProcesses(const std::string& socket, int clients,
   return r;
 }
 
+// p50, p99 and requests/s of one run. The latencies' baseline is the
+// socketpair ping-pong; the rate's is gRPC's echo with as many clients
+// (0: none).
+void EmitRun(const std::string& suffix, const RunResult& r, nlohmann::json extra,
+             double socketpair_p50, double echo_rate, const std::string& machine) {
+  extra["requests"] = r.latencies_us.size();
+  Result p50{"control_rtt",   "p50_us" + suffix, Percentile(r.latencies_us, 0.5), "us",
+             "unix_socketpair_pingpong_p50", socketpair_p50, extra};
+  p50.extra["target"] = "<= 50 us";
+  Emit(p50, machine);
+  Result p99{"control_rtt",   "p99_us" + suffix, Percentile(r.latencies_us, 0.99), "us",
+             "unix_socketpair_pingpong_p50", socketpair_p50, extra};
+  Emit(p99, machine);
+  Result rate{"control_rtt", "requests_per_s" + suffix, r.requests_per_s, "req/s",
+              echo_rate > 0 ? "grpc_echo_requests_per_s" : "", echo_rate, extra};
+  rate.extra["target"] = ">= 50000 req/s";
+  Emit(rate, machine);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything, for the client processes and the echo server too.
+  const bool absl_check = spill::ConfigureAbslDeadlockDetection();
   std::chrono::milliseconds duration(3000);
   std::string machine = spill::bench::MachineName();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--child=", 0) == 0)
       return RunChild(a.substr(8));
+    if (a.rfind("--echo-server=", 0) == 0)
+      return spill::bench::RunEchoServer(a.substr(14));
     if (a.rfind("--seconds=", 0) == 0)
       duration = std::chrono::milliseconds(
           static_cast<int64_t>(std::stod(a.substr(10)) * 1000));
@@ -252,11 +301,62 @@ int main(int argc, char** argv) {
   int threads =
       static_cast<int>(std::max(2u, std::thread::hardware_concurrency() / 2));
   // gRPC's poller (both ends: spilld inherits the environment), when chosen
-  // through GRPC_POLL_STRATEGY, names its own metrics.
+  // through GRPC_POLL_STRATEGY, and Abseil's deadlock check, when kept on
+  // through SPILL_ABSL_DEADLOCK_CHECK=1 (common/mutex_checks.h; here too,
+  // for the gRPC echo), name their own metrics.
   const char* poller = std::getenv("GRPC_POLL_STRATEGY");
   const std::string strategy = poller != nullptr && *poller != '\0' ? poller : "";
+  std::string variant = strategy.empty() ? "" : "_grpc_" + strategy;
+  if (absl_check) variant += "_absl_deadlock_check";
   std::vector<double> raw = SocketPingPong(duration);
-  const double raw_p50 = Percentile(raw, 0.5);
+  const double raw_p50 = Percentile(std::move(raw), 0.5);
+  // gRPC's floors, by client structure; [0] is the baseline of Spill's rates.
+  using spill::bench::EchoClient;
+  struct Echo {
+    EchoClient client;
+    RunResult one, eight;
+  };
+  std::vector<Echo> echoes = {{EchoClient::kAsyncOneThread, {}, {}},
+                              {EchoClient::kSyncReaderThread, {}, {}}};
+  {
+    char dir[] = "/tmp/spill-rtt-echo-XXXXXX";
+    if (::mkdtemp(dir) == nullptr) {
+      std::perror("control_rtt: mkdtemp");
+      return 1;
+    }
+    const std::string socket = std::string(dir) + "/echo.sock";
+    auto server = spill::bench::EchoServerProcess::Start("/proc/self/exe", socket);
+    if (server.ok()) {
+      for (Echo& e : echoes) {
+        auto loop = [&](int, Clock::time_point start, Clock::time_point end, int* failures) {
+          return spill::bench::EchoPingLoop(e.client, socket, kPingMessageBytes, start, end,
+                                            failures);
+        };
+        e.one = PingThreads(1, duration, loop);
+        e.eight = PingThreads(8, duration, loop);
+      }
+      server = absl::CancelledError("stopped");  // Stops the server and waits for it.
+    }
+    ::unlink(socket.c_str());
+    ::rmdir(dir);
+    if (!server.ok() && !absl::IsCancelled(server.status())) {
+      std::fprintf(stderr, "control_rtt: %s\n", server.status().ToString().c_str());
+      return 1;
+    }
+  }
+  for (const Echo& e : echoes) {
+    for (const RunResult* r : {&e.one, &e.eight}) {
+      const int clients = r == &e.one ? 1 : 8;
+      if (r->failures != 0) {
+        std::fprintf(stderr, "control_rtt: %d failed gRPC echo round trips\n", r->failures);
+        return 1;
+      }
+      const std::string suffix = "_" + std::to_string(clients) +
+                                 (clients == 1 ? "client_" : "clients_") +
+                                 spill::bench::EchoClientName(e.client) + variant;
+      EmitRun(suffix, *r, {{"clients", clients}, {"what", kEchoWhat}, {"absl_deadlock_check", absl_check}}, raw_p50, 0, machine);
+    }
+  }
   for (const std::string dispatch : {"inline", "pool"}) {
     auto daemon = spill::testing::SpilldProcess::Start(
         {"--pinned-bytes=16MiB", "--segment-bytes=4MiB",
@@ -270,49 +370,25 @@ int main(int argc, char** argv) {
     // 1 and 8 sessions on threads of this process, and 8 client processes.
     for (const auto& [clients, processes] : {std::pair{1, false}, {8, false}, {8, true}}) {
       RunResult r = processes ? PingProcesses((*daemon)->socket_path(), clients, duration)
-                              : PingThreads((*daemon)->socket_path(), clients, duration);
+                              : PingSessions((*daemon)->socket_path(), clients, duration);
       if (r.failures != 0) {
         std::fprintf(stderr, "control_rtt: %d failed pings\n", r.failures);
         return 1;
       }
-      const double n = static_cast<double>(r.latencies_us.size());
       std::string suffix = "_" + std::to_string(clients) +
                            (processes ? "processes_" : clients == 1 ? "client_" : "clients_") +
                            dispatch;
-      if (!strategy.empty()) suffix += "_grpc_" + strategy;
+      suffix += variant;
+      const RunResult& echo = clients == 1 ? echoes[0].one : echoes[0].eight;
       nlohmann::json extra = {{"clients", clients},
                               {"client_processes", processes ? clients : 1},
                               {"latest_client_start_s", r.latest_start_s},
-                              {"requests", n},
                               {"dispatch", dispatch},
                               {"grpc_poll_strategy", strategy.empty() ? "default" : strategy},
-                              {"spilld_worker_threads", threads}};
-      Result p50{"control_rtt",
-                 "p50_us" + suffix,
-                 Percentile(r.latencies_us, 0.5),
-                 "us",
-                 "unix_socketpair_pingpong_p50",
-                 raw_p50,
-                 extra};
-      p50.extra["target"] = "<= 50 us";
-      Emit(p50, machine);
-      Result p99{"control_rtt",
-                 "p99_us" + suffix,
-                 Percentile(r.latencies_us, 0.99),
-                 "us",
-                 "unix_socketpair_pingpong_p50",
-                 raw_p50,
-                 extra};
-      Emit(p99, machine);
-      Result rate{"control_rtt",
-                  "requests_per_s" + suffix,
-                  r.requests_per_s,
-                  "req/s",
-                  "",
-                  0,
-                  extra};
-      rate.extra["target"] = ">= 50000 req/s";
-      Emit(rate, machine);
+                              {"absl_deadlock_check", absl_check},
+                              {"spilld_worker_threads", threads},
+                              {"grpc_echo_p50_us", Percentile(echo.latencies_us, 0.5)}};
+      EmitRun(suffix, r, extra, raw_p50, echo.requests_per_s, machine);
     }
     if ((*daemon)->Stop() != 0) return 1;
   }

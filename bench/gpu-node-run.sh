@@ -23,9 +23,11 @@
 #      $SPILL_TRAIN_TIMEOUT seconds (default 540). $SPILL_TRAIN_RUNS picks
 #      runs (default "1gpu-1.3B 1gpu-6.7B 2gpu-1.3B 2gpu-6.7B").
 #   rtt (not in the default list): control_rtt, the control round trip over
-#      spilld's Unix socket against a bare socketpair ping-pong (1 client,
-#      8 client threads, 8 client processes), with gRPC's default poller
-#      and with GRPC_POLL_STRATEGY=poll.
+#      spilld's Unix socket against a bare socketpair ping-pong and a bare
+#      gRPC echo (1 client, 8 client threads, 8 client processes); runs
+#      alternate: as shipped, with Abseil's deadlock check kept on
+#      (SPILL_ABSL_DEADLOCK_CHECK=1), as shipped again, and with
+#      GRPC_POLL_STRATEGY=poll.
 #   nvgpu (not in the default list): nvme_gpu, a parameter prefetch NVMe ->
 #      spilld's pinned tier -> GPU against O_DIRECT reads + cudaMemcpyAsync
 #      on the node's disk (about 2 minutes at 1 GB/s).
@@ -121,11 +123,12 @@ fi
 
 if want rtt && [ -x "$root/bin/control_rtt" ]; then
   log "control_rtt"
-  "$root/bin/control_rtt" --seconds=3 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
-  # The same with gRPC's poll() poller instead of epoll1 (metrics end in
-  # _grpc_poll): epoll1 hands polling between two threads on every request.
-  GRPC_POLL_STRATEGY=poll "$root/bin/control_rtt" --seconds=3 2>>"$out/run.log" |
-    tee -a "$out/bench.jsonl"
+  # Variants name their metrics (control_rtt's header says how); the
+  # second as-shipped run shows the drift between runs on this node.
+  for variant in "" SPILL_ABSL_DEADLOCK_CHECK=1 "" GRPC_POLL_STRATEGY=poll; do
+    env $variant "$root/bin/control_rtt" --seconds=3 2>>"$out/run.log" |
+      tee -a "$out/bench.jsonl"
+  done
 fi
 
 if want nvgpu && [ -x "$root/bin/nvme_gpu" ]; then

@@ -9,6 +9,7 @@
 #include "client/unix_socket.h"
 #include "client/wire.h"
 #include "common/fd_protocol.h"
+#include "common/mutex_checks.h"
 #include "common/status_macros.h"
 #include "proto/grpc_status.h"
 
@@ -38,6 +39,7 @@ GrpcSession::GrpcSession(SessionOptions options) : options_(std::move(options)) 
 GrpcSession::~GrpcSession() { Close().IgnoreError(); }
 
 absl::StatusOr<std::unique_ptr<Session>> GrpcSession::Open(SessionOptions options) {
+  ConfigureAbslDeadlockDetection();
   std::unique_ptr<GrpcSession> session(new GrpcSession(std::move(options)));
   absl::Status status = session->OpenSessionRpc();
   if (status.ok()) status = session->AttachStream();

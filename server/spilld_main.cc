@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mutex_checks.h"
 #include "server/config.h"
 #include "server/daemon.h"
 
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  spill::ConfigureAbslDeadlockDetection();  // See common/mutex_checks.h.
   // Every segment is an open memfd, and every connection a socket: take the
   // whole hard limit on descriptors (the soft default is often 1024).
   rlimit files{};
