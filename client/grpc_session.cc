@@ -112,8 +112,12 @@ absl::Status GrpcSession::OpenSessionRpc() {
 }
 
 absl::Status GrpcSession::AttachStream() {
-  stream_ = stub_->Session(&stream_context_);
-  reader_ = std::thread([this] { ReadLoop(); });
+  StreamDriver::Callbacks callbacks;
+  callbacks.on_event = [this](v1::StreamEvent event) { OnEvent(event); };
+  callbacks.on_end = [this](const grpc::Status& status) { OnStreamEnded(status); };
+  callbacks.has_pending = [this] { return works_.pending() > 0; };
+  stream_ = StreamDriver::Start(stub_.get(), std::move(callbacks));
+  works_.SetDriver(stream_);
   v1::StreamRequest request;
   *request.mutable_attach()->mutable_session() = ref_;
   std::shared_ptr<Work> attach = Submit(WorkOp::kAttach, 0, std::move(request));
@@ -155,13 +159,8 @@ std::shared_ptr<Work> GrpcSession::Submit(WorkOp op, uint64_t object_id,
   WorkTable::Started started = works_.Start(op, object_id);
   if (started.tag == 0) return started.work;
   request.set_tag(started.tag);
-  bool written = false;
-  {
-    std::lock_guard<std::mutex> lock(write_mu_);
-    written = !writes_done_ && stream_->Write(request);
-  }
-  if (!written) {
-    // The stream is ending; the reader reports why, unless Close got here first.
+  if (!stream_->Write(std::move(request))) {
+    // The stream is ending; its end reports why, unless Close got here first.
     absl::Status why = Usable();
     if (why.ok()) {
       why = absl::UnavailableError(absl::StrCat("cannot send to spilld at ", options_.socket_path,
@@ -172,25 +171,16 @@ std::shared_ptr<Work> GrpcSession::Submit(WorkOp op, uint64_t object_id,
   return started.work;
 }
 
-void GrpcSession::ReadLoop() {
-  v1::StreamEvent event;
-  while (stream_->Read(&event)) {
-    absl::Status status = StatusFromCode(event.code(), event.message());
-    WorkResult result;
-    if (status.ok()) {
-      if (event.has_object()) result.object = FromProto(event.object());
-      if (event.has_step()) result.step = FromProto(event.step());
-      result.sum_squares = event.sum_squares();
-    }
-    // An unknown tag (a request already failed locally) is dropped.
-    works_.Complete(event.tag(), std::move(status), std::move(result));
+void GrpcSession::OnEvent(const v1::StreamEvent& event) {
+  absl::Status status = StatusFromCode(event.code(), event.message());
+  WorkResult result;
+  if (status.ok()) {
+    if (event.has_object()) result.object = FromProto(event.object());
+    if (event.has_step()) result.step = FromProto(event.step());
+    result.sum_squares = event.sum_squares();
   }
-  OnStreamEnded(stream_->Finish());
-  {
-    std::lock_guard<std::mutex> lock(reader_mu_);
-    reader_done_ = true;
-  }
-  reader_cv_.notify_all();
+  // An unknown tag (a request already failed locally) is dropped.
+  works_.Complete(event.tag(), std::move(status), std::move(result));
 }
 
 void GrpcSession::OnStreamEnded(const grpc::Status& status) {
@@ -209,25 +199,6 @@ void GrpcSession::OnStreamEnded(const grpc::Status& status) {
   works_.Shutdown(failure);
 }
 
-void GrpcSession::EndStream() {
-  if (stream_ == nullptr) return;
-  {
-    std::lock_guard<std::mutex> lock(write_mu_);
-    if (!writes_done_) {
-      writes_done_ = true;
-      stream_->WritesDone();
-    }
-  }
-  {
-    std::unique_lock<std::mutex> lock(reader_mu_);
-    if (!reader_cv_.wait_for(lock, std::min(options_.timeout, kStreamEndGrace),
-                             [this] { return reader_done_; })) {
-      stream_context_.TryCancel();
-    }
-  }
-  if (reader_.joinable()) reader_.join();
-}
-
 absl::Status GrpcSession::Close() {
   std::lock_guard<std::mutex> close_lock(close_mu_);
   bool was_broken = false;
@@ -239,6 +210,7 @@ absl::Status GrpcSession::Close() {
   }
   works_.Shutdown(absl::CancelledError(absl::StrCat(
       "session ", ref_.session_id(), " was closed before spilld answered")));
+  if (stream_ != nullptr) stream_->Interrupt();  // Their waiters see it now.
   absl::Status result;
   if (opened_) {
     v1::CloseSessionRequest request;
@@ -250,7 +222,9 @@ absl::Status GrpcSession::Close() {
     // After a lost stream spilld may have dropped the session already.
     if (!status.ok() && !was_broken) result = RpcError("CloseSession", status);
   }
-  EndStream();
+  // Half-closes the stream, waits briefly for spilld to end it, cancels it
+  // otherwise.
+  if (stream_ != nullptr) stream_->Close(std::min(options_.timeout, kStreamEndGrace));
   if (fd_channel_ != nullptr) fd_channel_->Close();
   if (segments_ != nullptr) segments_->Clear();
   return result;

@@ -1,21 +1,21 @@
 // GrpcSession: the Session that talks to a real spilld (see spill/client.h
 // for the contract; this file is about how).
 //
-// Threads: one reader thread per session reads the stream and completes Work
-// by tag; requests are written by the calling thread under write_mu_. Close
-// is serialised by close_mu_; state_mu_ guards the open/broken/closed state.
+// Threads: the session stream is a StreamDriver (client/stream_driver.h):
+// threads waiting on Works drive it, a background thread when none does;
+// answers complete Works by tag. Close is serialised by close_mu_;
+// state_mu_ guards the open/broken/closed state.
 #ifndef SPILL_CLIENT_GRPC_SESSION_H_
 #define SPILL_CLIENT_GRPC_SESSION_H_
 
 #include <grpcpp/grpcpp.h>
 
-#include <condition_variable>
 #include <memory>
 #include <mutex>
-#include <thread>
 
 #include "client/fd_channel.h"
 #include "client/segment_map.h"
+#include "client/stream_driver.h"
 #include "client/work_table.h"
 #include "spill/client.h"
 #include "spill/v1/spill.grpc.pb.h"
@@ -82,11 +82,8 @@ class GrpcSession final : public Session {
   // Sends request (its tag filled in) as a new Work; fails the Work instead
   // when the session is not usable or the write fails.
   std::shared_ptr<Work> Submit(WorkOp op, uint64_t object_id, v1::StreamRequest request);
-  void ReadLoop();
+  void OnEvent(const v1::StreamEvent& event);
   void OnStreamEnded(const grpc::Status& status);
-  // Half-closes the stream, waits briefly for spilld to end it, cancels it
-  // otherwise, and joins the reader.
-  void EndStream();
 
   // OK while open; FailedPrecondition once closed; the Unavailable status of
   // the lost stream once broken.
@@ -103,14 +100,7 @@ class GrpcSession final : public Session {
   uint64_t alignment_bytes_ = 0;
 
   WorkTable works_;
-  grpc::ClientContext stream_context_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamEvent>> stream_;
-  std::mutex write_mu_;
-  bool writes_done_ = false;  // Guarded by write_mu_.
-  std::thread reader_;
-  std::mutex reader_mu_;
-  std::condition_variable reader_cv_;
-  bool reader_done_ = false;  // Guarded by reader_mu_.
+  std::shared_ptr<StreamDriver> stream_;
 
   std::mutex close_mu_;
   mutable std::mutex state_mu_;

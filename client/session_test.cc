@@ -271,6 +271,51 @@ TEST_F(SessionTest, ConcurrentRequestsFromManyThreads) {
   EXPECT_TRUE(session->Close().ok());
 }
 
+// Nobody waits: the session's background thread writes the queued requests
+// (one write is in flight at a time) and takes the answers. status() does
+// not drive the stream, unlike Wait() and IsCompleted().
+TEST_F(SessionTest, RequestsAreSentAndAnsweredWithNoThreadWaiting) {
+  std::unique_ptr<Session> session = Open();
+  ObjectInfo info = Register(*session, "q", DType::kUInt8, 16);
+  fake_->HoldAnswers(true);
+  std::vector<std::shared_ptr<Work>> works = {session->Acquire(info.object_id)};
+  for (int i = 0; i < 50; ++i) works.push_back(session->Ping());
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (fake_->held() < works.size() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  ASSERT_EQ(fake_->held(), works.size()) << "queued requests were not all sent";
+  fake_->HoldAnswers(false);
+  fake_->AnswerHeld(/*reverse=*/false);
+  auto all_answered = [&] {
+    for (const auto& w : works) {
+      if (w->status().code() == absl::StatusCode::kFailedPrecondition) return false;
+    }
+    return true;
+  };
+  while (!all_answered() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  for (const auto& w : works) EXPECT_TRUE(w->status().ok()) << w->status();
+  EXPECT_GT(works.front()->completed_at(), works.front()->sent_at());
+}
+
+TEST_F(SessionTest, AStreamLostWhileIdleIsNoticedWithoutARequest) {
+  std::unique_ptr<Session> session = Open();
+  ASSERT_TRUE(session->List().ok());
+  fake_->BreakStreams();
+  // List is a unary call: it fails only once the session knows its stream
+  // is gone, which the background thread finds out while nothing is sent.
+  absl::Status status;
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  do {
+    std::this_thread::sleep_for(milliseconds(1));
+    status = session->List().status();
+  } while (status.ok() && std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_TRUE(session->Close().ok());
+}
+
 TEST_F(SessionTest, AWorkOutlivesItsSession) {
   std::shared_ptr<Work> work;
   {

@@ -3,6 +3,7 @@
 #include <utility>
 #include <vector>
 
+#include "client/work_driver.h"
 #include "client/work_table.h"
 #include "spill/work.h"
 
@@ -30,22 +31,41 @@ const char* WorkOpName(WorkOp op) {
   return "unknown";
 }
 
-Work::Work(WorkOp op, uint64_t object_id)
-    : op_(op), object_id_(object_id), sent_at_(std::chrono::steady_clock::now()) {}
+Work::Work(WorkOp op, uint64_t object_id, std::weak_ptr<internal::WorkDriver> driver)
+    : op_(op),
+      object_id_(object_id),
+      sent_at_(std::chrono::steady_clock::now()),
+      driver_(std::move(driver)) {}
 
 Work::~Work() = default;
 
-bool Work::IsCompleted() const {
+bool Work::Done() const {
   std::lock_guard<std::mutex> lock(mu_);
   return done_;
 }
 
+bool Work::IsCompleted() const {
+  if (Done()) return true;
+  if (std::shared_ptr<internal::WorkDriver> driver = driver_.lock()) {
+    driver->Poll();
+    return Done();
+  }
+  return false;
+}
+
 absl::Status Work::Wait(std::chrono::milliseconds timeout) const {
+  const bool forever = timeout >= kForever;
+  timeout = std::max(timeout, std::chrono::milliseconds(0));
+  const auto deadline = std::chrono::steady_clock::now() + (forever ? kForever : timeout);
+  // This thread drives the stream while it waits, unless another does.
+  if (std::shared_ptr<internal::WorkDriver> driver = driver_.lock()) {
+    driver->WaitUntil([this] { return Done(); }, deadline);
+  }
   std::unique_lock<std::mutex> lock(mu_);
   auto is_done = [this] { return done_; };
-  if (timeout >= kForever) {
+  if (forever) {
     done_cv_.wait(lock, is_done);
-  } else if (!done_cv_.wait_for(lock, std::max(timeout, std::chrono::milliseconds(0)), is_done)) {
+  } else if (!done_cv_.wait_until(lock, deadline, is_done)) {
     return absl::DeadlineExceededError(
         std::string(WorkOpName(op_)) + " request not completed within " +
         std::to_string(timeout.count()) + " ms");
@@ -105,9 +125,14 @@ bool Work::Complete(absl::Status status, WorkResult result) {
 
 namespace internal {
 
-WorkTable::Started WorkTable::Start(WorkOp op, uint64_t object_id) {
-  std::shared_ptr<Work> work(new Work(op, object_id));
+void WorkTable::SetDriver(std::weak_ptr<WorkDriver> driver) {
   std::lock_guard<std::mutex> lock(mu_);
+  driver_ = std::move(driver);
+}
+
+WorkTable::Started WorkTable::Start(WorkOp op, uint64_t object_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::shared_ptr<Work> work(new Work(op, object_id, driver_));
   if (shut_down_) {
     work->Complete(shutdown_status_, {});
     return {std::move(work), 0};

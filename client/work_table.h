@@ -14,6 +14,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "client/work_driver.h"
 #include "spill/work.h"
 
 namespace spill::client::internal {
@@ -30,6 +31,9 @@ class WorkTable {
     // is already completed with the shutdown status and nothing may be sent.
     uint64_t tag = 0;
   };
+
+  // The stream later Works' waiters drive (client/work_driver.h).
+  void SetDriver(std::weak_ptr<WorkDriver> driver);
 
   // Creates a pending Work under a fresh, never reused tag (tags start at 1).
   Started Start(WorkOp op, uint64_t object_id);
@@ -55,6 +59,7 @@ class WorkTable {
   absl::Status shutdown_status_;
   bool shut_down_ = false;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Work>> pending_;
+  std::weak_ptr<WorkDriver> driver_;
 };
 
 }  // namespace spill::client::internal

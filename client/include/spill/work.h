@@ -18,6 +18,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <utility>
 
@@ -30,6 +31,7 @@
 namespace spill::client {
 
 namespace internal {
+class WorkDriver;
 class WorkTable;
 }  // namespace internal
 
@@ -73,7 +75,8 @@ class SPILL_CLIENT_EXPORT Work {
   uint64_t object_id() const { return object_id_; }
 
   // True once the request has an outcome (success or failure). Never blocks
-  // for longer than a mutex.
+  // for longer than a mutex; handles answers that have already arrived on
+  // the session's stream when no other thread is doing so.
   bool IsCompleted() const;
 
   // Blocks until the request completes or timeout passes. Returns
@@ -114,7 +117,8 @@ class SPILL_CLIENT_EXPORT Work {
  private:
   friend class internal::WorkTable;
 
-  Work(WorkOp op, uint64_t object_id);
+  Work(WorkOp op, uint64_t object_id, std::weak_ptr<internal::WorkDriver> driver = {});
+  bool Done() const;
   // Records the outcome and wakes waiters. Only the first call has an effect;
   // returns whether this call completed the Work.
   bool Complete(absl::Status status, WorkResult result);
@@ -122,6 +126,8 @@ class SPILL_CLIENT_EXPORT Work {
   const WorkOp op_;
   const uint64_t object_id_;
   const std::chrono::steady_clock::time_point sent_at_;
+  // The session's stream, which a waiting thread drives (client/work_driver.h).
+  const std::weak_ptr<internal::WorkDriver> driver_;
   mutable std::mutex mu_;
   mutable std::condition_variable done_cv_;
   bool done_ = false;
