@@ -162,7 +162,11 @@ TEST_F(SessionTest, AnswersMayArriveInAnyOrder) {
   std::vector<std::shared_ptr<Work>> works;
   for (const ObjectInfo& o : objects) works.push_back(session->Acquire(o.object_id));
   works.push_back(session->Ping());
-  while (fake_->held() < works.size()) std::this_thread::sleep_for(milliseconds(1));
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (fake_->held() < works.size() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  ASSERT_EQ(fake_->held(), works.size()) << "the requests were not all sent";
   EXPECT_EQ(works[0]->Wait(milliseconds(20)).code(), absl::StatusCode::kDeadlineExceeded);
   fake_->HoldAnswers(false);
   fake_->AnswerHeld(/*reverse=*/true);
@@ -198,7 +202,11 @@ TEST_F(SessionTest, ALostStreamFailsPendingAndLaterWorkWithUnavailable) {
   ObjectInfo info = Register(*session, "w", DType::kFloat32, 4);
   fake_->HoldAnswers(true);
   std::shared_ptr<Work> pending = session->Acquire(info.object_id);
-  while (fake_->held() < 1) std::this_thread::sleep_for(milliseconds(1));
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (fake_->held() < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  ASSERT_EQ(fake_->held(), 1u) << "the acquire was not sent";
   fake_->BreakStreams();
   absl::Status status = pending->Wait(kWait);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);

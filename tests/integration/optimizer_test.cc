@@ -58,7 +58,9 @@ class OptimizerTest : public ::testing::Test {
     daemon_ = std::move(*d);
   }
   void TearDown() override {
-    if (daemon_) EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    if (daemon_) {
+      EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    }
   }
 
   Shard MakeShard(Session& s, const std::string& name, uint64_t n) {

@@ -53,7 +53,9 @@ class SessionTest : public ::testing::Test {
     daemon_ = std::move(*d);
   }
   void TearDown() override {
-    if (daemon_) EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    if (daemon_) {
+      EXPECT_EQ(daemon_->Stop(), 0) << daemon_->output();
+    }
   }
   std::unique_ptr<SpilldProcess> daemon_;
 };
