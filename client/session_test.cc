@@ -324,6 +324,31 @@ TEST_F(SessionTest, AStreamLostWhileIdleIsNoticedWithoutARequest) {
   EXPECT_TRUE(session->Close().ok());
 }
 
+// Submitting threads race Close: each Work ends (answered, cancelled or
+// refused) and nothing is written to a stream Close has torn down.
+TEST_F(SessionTest, CloseWhileOtherThreadsSubmit) {
+  for (int round = 0; round < 20; ++round) {
+    std::unique_ptr<Session> session = Open();
+    ASSERT_NE(session, nullptr);
+    std::atomic<bool> stop{false};
+    std::atomic<int> unfinished{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&] {
+        while (!stop.load()) {
+          std::shared_ptr<Work> w = session->Ping();
+          if (!w->Wait(kWait).ok() && !w->IsCompleted()) unfinished++;
+        }
+      });
+    }
+    std::this_thread::sleep_for(milliseconds(2 + round % 5));
+    EXPECT_TRUE(session->Close().ok());
+    stop = true;
+    for (auto& thread : threads) thread.join();
+    EXPECT_EQ(unfinished, 0);
+  }
+}
+
 TEST_F(SessionTest, AWorkOutlivesItsSession) {
   std::shared_ptr<Work> work;
   {

@@ -50,8 +50,9 @@ bool StreamDriver::Write(v1::StreamRequest request) {
     return true;
   }
   write_in_flight_ = true;
-  lock.unlock();
-  // Serialized here: the request need not outlive the call.
+  // Under mu_, so that Close cannot shut the queue down between the checks
+  // above and the write's start. Serialized here: the request need not
+  // outlive the call.
   stream_->Write(request, &tag_write_);
   return true;
 }
