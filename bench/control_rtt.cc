@@ -325,9 +325,12 @@ int main(int argc, char** argv) {
       return 1;
     }
     const std::string socket = std::string(dir) + "/echo.sock";
-    auto server = spill::bench::EchoServerProcess::Start("/proc/self/exe", socket);
-    if (server.ok()) {
+    absl::Status started;
+    {
+      auto server = spill::bench::EchoServerProcess::Start("/proc/self/exe", socket);
+      started = server.status();
       for (Echo& e : echoes) {
+        if (!started.ok()) break;
         auto loop = [&](int, Clock::time_point start, Clock::time_point end, int* failures) {
           return spill::bench::EchoPingLoop(e.client, socket, kPingMessageBytes, start, end,
                                             failures);
@@ -335,12 +338,11 @@ int main(int argc, char** argv) {
         e.one = PingThreads(1, duration, loop);
         e.eight = PingThreads(8, duration, loop);
       }
-      server = absl::CancelledError("stopped");  // Stops the server and waits for it.
-    }
+    }  // The server stops here.
     ::unlink(socket.c_str());
     ::rmdir(dir);
-    if (!server.ok() && !absl::IsCancelled(server.status())) {
-      std::fprintf(stderr, "control_rtt: %s\n", server.status().ToString().c_str());
+    if (!started.ok()) {
+      std::fprintf(stderr, "control_rtt: %s\n", started.ToString().c_str());
       return 1;
     }
   }
@@ -354,7 +356,9 @@ int main(int argc, char** argv) {
       const std::string suffix = "_" + std::to_string(clients) +
                                  (clients == 1 ? "client_" : "clients_") +
                                  spill::bench::EchoClientName(e.client) + variant;
-      EmitRun(suffix, *r, {{"clients", clients}, {"what", kEchoWhat}, {"absl_deadlock_check", absl_check}}, raw_p50, 0, machine);
+      const nlohmann::json extra = {
+          {"clients", clients}, {"what", kEchoWhat}, {"absl_deadlock_check", absl_check}};
+      EmitRun(suffix, *r, extra, raw_p50, 0, machine);
     }
   }
   for (const std::string dispatch : {"inline", "pool"}) {

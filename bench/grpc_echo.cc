@@ -1,12 +1,9 @@
 #include "bench/grpc_echo.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
@@ -22,7 +19,8 @@
 #include <grpcpp/impl/codegen/sync_stream.h>
 #include <grpcpp/support/byte_buffer.h>
 
-extern char** environ;
+#include "common/status_macros.h"
+#include "tests/integration/spilld_process.h"
 
 namespace spill::bench {
 namespace {
@@ -71,6 +69,7 @@ bool Await(grpc::CompletionQueue* cq, void* tag) {
 }  // namespace
 
 int RunEchoServer(const std::string& socket_path) {
+  prctl(PR_SET_PDEATHSIG, SIGTERM);  // Goes with control_rtt, however it ends.
   EchoService service;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials());
@@ -82,67 +81,35 @@ int RunEchoServer(const std::string& socket_path) {
   }
   std::printf("ready\n");
   std::fflush(stdout);
-  char c;
-  while (::read(0, &c, 1) > 0 || errno == EINTR) {
-  }
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  return 0;
+  for (;;) ::pause();  // Until SIGTERM.
 }
 
 absl::StatusOr<EchoServerProcess> EchoServerProcess::Start(const std::string& self,
                                                            const std::string& socket_path) {
-  int in[2], out[2];
-  if (::pipe2(in, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe");
-  if (::pipe2(out, O_CLOEXEC) != 0) {
-    ::close(in[0]);
-    ::close(in[1]);
-    return absl::ErrnoToStatus(errno, "pipe");
-  }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  const std::string flag = "--echo-server=" + socket_path;
-  char* argv[] = {const_cast<char*>(self.c_str()), const_cast<char*>(flag.c_str()), nullptr};
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(in[0]);
-  ::close(out[1]);
+  SPILL_ASSIGN_OR_RETURN(testing::SpawnResult child,
+                         testing::Spawn({self, "--echo-server=" + socket_path}));
   EchoServerProcess p;
-  p.pid_ = rc == 0 ? pid : -1;
-  p.stdin_fd_ = in[1];
-  if (rc != 0) {
-    ::close(out[0]);
-    return absl::ErrnoToStatus(rc, "posix_spawn " + self + " " + flag);
-  }
-  char buf[6] = {};
-  size_t got = 0;
-  while (got < sizeof(buf)) {
-    const ssize_t n = ::read(out[0], buf + got, sizeof(buf) - got);
-    if (n > 0) {
-      got += static_cast<size_t>(n);
-    } else if (n == 0 || errno != EINTR) {
-      break;
-    }
-  }
-  ::close(out[0]);
-  if (std::string(buf, got) != "ready\n") {
-    return absl::UnavailableError("the gRPC echo server on " + socket_path + " did not start");
+  p.pid_ = child.pid;
+  p.output_fd_ = child.stdout_fd;  // Open until the server stops: it may still log.
+  std::string line;
+  char c;
+  while (line.size() < 6 && ::read(p.output_fd_, &c, 1) == 1) line += c;
+  if (line != "ready\n") {
+    return absl::UnavailableError("the gRPC echo server on " + socket_path +
+                                  " did not start: " + line);
   }
   return p;
 }
 
 EchoServerProcess::EchoServerProcess(EchoServerProcess&& other) noexcept
-    : pid_(std::exchange(other.pid_, -1)), stdin_fd_(std::exchange(other.stdin_fd_, -1)) {}
+    : pid_(std::exchange(other.pid_, -1)), output_fd_(std::exchange(other.output_fd_, -1)) {}
 
 EchoServerProcess::~EchoServerProcess() {
-  if (stdin_fd_ >= 0) ::close(stdin_fd_);  // The server's stdin ends: it stops.
   if (pid_ > 0) {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
+    ::kill(pid_, SIGTERM);
+    testing::WaitExit(pid_);
   }
+  if (output_fd_ >= 0) ::close(output_fd_);
 }
 
 namespace {

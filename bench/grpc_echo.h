@@ -18,11 +18,13 @@
 
 namespace spill::bench {
 
-// Serves echo streams on `socket_path` until standard input closes; prints
-// "ready" once listening. The body of `control_rtt --echo-server=PATH`.
+// Serves echo streams on `socket_path` until SIGTERM (or its parent's
+// exit); prints "ready" once listening. The body of
+// `control_rtt --echo-server=PATH`.
 int RunEchoServer(const std::string& socket_path);
 
-// A `self --echo-server=PATH` child, stopped (and waited for) on destruction.
+// A `self --echo-server=PATH` child, stopped with SIGTERM (and waited for)
+// on destruction.
 class EchoServerProcess {
  public:
   static absl::StatusOr<EchoServerProcess> Start(const std::string& self,
@@ -34,7 +36,7 @@ class EchoServerProcess {
  private:
   EchoServerProcess() = default;
   pid_t pid_ = -1;
-  int stdin_fd_ = -1;
+  int output_fd_ = -1;  // the child's stdout and stderr
 };
 
 enum class EchoClient { kAsyncOneThread, kSyncReaderThread };

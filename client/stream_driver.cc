@@ -115,11 +115,7 @@ void StreamDriver::Poll() {
   if (driving_ || finished_ || closed_) return;
   driving_ = true;
   lock.unlock();
-  for (int i = 0; i < kPollBatch; ++i) {
-    void* tag = nullptr;
-    bool ok = false;
-    if (cq_.AsyncNext(&tag, &ok, Now()) != grpc::CompletionQueue::GOT_EVENT) break;
-    Handle(tag, ok);
+  for (int i = 0; i < kPollBatch && DriveOnce(Now()); ++i) {
   }
   lock.lock();
   ReleaseRole();
@@ -137,10 +133,12 @@ bool StreamDriver::DriveUntil(const std::function<bool()>& done,
   }
 }
 
-void StreamDriver::DriveOnce(gpr_timespec deadline) {
+bool StreamDriver::DriveOnce(gpr_timespec deadline) {
   void* tag = nullptr;
   bool ok = false;
-  if (cq_.AsyncNext(&tag, &ok, deadline) == grpc::CompletionQueue::GOT_EVENT) Handle(tag, ok);
+  if (cq_.AsyncNext(&tag, &ok, deadline) != grpc::CompletionQueue::GOT_EVENT) return false;
+  Handle(tag, ok);
+  return true;
 }
 
 void StreamDriver::Handle(void* tag, bool ok) {

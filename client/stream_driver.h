@@ -82,8 +82,9 @@ class StreamDriver final : public WorkDriver {
   // requires the role, which it keeps throughout.
   bool DriveUntil(const std::function<bool()>& done,
                   std::chrono::steady_clock::time_point deadline);
-  // Takes one event from the queue (waiting until deadline) and handles it.
-  void DriveOnce(gpr_timespec deadline);
+  // Takes one event from the queue (waiting until deadline) and handles it;
+  // false when none came.
+  bool DriveOnce(gpr_timespec deadline);
   void Handle(void* tag, bool ok);
   void OnWriteDone(bool ok);
   // Gives the driving role up. Requires mu_.
