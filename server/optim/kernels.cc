@@ -143,7 +143,30 @@ HWY_INLINE void Update(D d, const KernelParams& kp, hn::Vec<D> g, hn::Vec<D>& p,
   }
 }
 
-template <Algo A, int G, int P, class D>
+// One vector of RescaleRange: the Adam step that left p, s0 and s1 ran with
+// gradient a = g * grad_scale; the step with b = g * rescale_to has
+//   s0' = s0 - (1 - b1) (a - b),   s1' = max(0, s1 - (1 - b2) (a - b) (a + b)),
+//   p'  = p + step_size (s0 / den(s1) - s0' / den(s1')),
+// the first quotient computed with the same operations as Update, so it is
+// the one the step subtracted. The rounding of the stored s0 and s1 is all
+// that is not undone: relative to s1', about 2^-24 * s1 / s1'.
+template <class D>
+HWY_INLINE void Rescale(D d, const KernelParams& kp, hn::Vec<D> g, hn::Vec<D>& p, hn::Vec<D>& s0,
+                        hn::Vec<D>& s1) {
+  // a - b and a + b as g times the scales' difference and sum (rounded once
+  // each, and exactly 0 for equal scales, whatever the compiler contracts).
+  const auto diff = hn::Mul(g, hn::Set(d, kp.grad_scale - kp.rescale_to));
+  const auto sum = hn::Mul(g, hn::Set(d, kp.grad_scale + kp.rescale_to));
+  const auto inv_bc2 = hn::Set(d, kp.inv_sqrt_bc2), eps = hn::Set(d, kp.eps);
+  const auto u_ran = hn::Div(s0, hn::MulAdd(hn::Sqrt(s1), inv_bc2, eps));
+  s0 = hn::NegMulAdd(hn::Set(d, kp.omb1), diff, s0);
+  s1 = hn::Max(hn::Zero(d), hn::NegMulAdd(hn::Mul(hn::Set(d, kp.omb2), diff), sum, s1));
+  const auto u_new = hn::Div(s0, hn::MulAdd(hn::Sqrt(s1), inv_bc2, eps));
+  p = hn::MulAdd(hn::Set(d, kp.step_size), hn::Sub(u_ran, u_new), p);
+}
+
+// kRescale: Rescale instead of Update (A is then kAdamW, unused).
+template <Algo A, int G, int P, bool kRescale, class D>
 HWY_INLINE void StepVector(D d, const KernelParams& kp, const void* grad, float* master,
                            float* s0, float* s1, void* param, size_t i) {
   constexpr bool kTwo = A == Algo::kAdam || A == Algo::kAdamW;
@@ -152,20 +175,24 @@ HWY_INLINE void StepVector(D d, const KernelParams& kp, const void* grad, float*
   auto p = hn::LoadU(d, master + i);
   auto v0 = has0 ? hn::LoadU(d, s0 + i) : hn::Zero(d);
   auto v1 = kTwo ? hn::LoadU(d, s1 + i) : hn::Zero(d);
-  Update<A>(d, kp, LoadF<G>(d, grad, i), p, v0, v1);
+  if constexpr (kRescale) {
+    Rescale(d, kp, LoadF<G>(d, grad, i), p, v0, v1);
+  } else {
+    Update<A>(d, kp, LoadF<G>(d, grad, i), p, v0, v1);
+  }
   hn::StoreU(p, d, master + i);
   if (has0) hn::StoreU(v0, d, s0 + i);
   if (kTwo) hn::StoreU(v1, d, s1 + i);
   StoreF<P>(d, p, param, i);
 }
 
-template <Algo A, int G, int P>
+template <Algo A, int G, int P, bool kRescale = false>
 void StepLoop(const KernelParams& kp, const void* grad, float* master, float* s0, float* s1,
               void* param, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   size_t i = 0;
-  for (; i + N <= n; i += N) StepVector<A, G, P>(d, kp, grad, master, s0, s1, param, i);
+  for (; i + N <= n; i += N) StepVector<A, G, P, kRescale>(d, kp, grad, master, s0, s1, param, i);
   const size_t rem = n - i;
   if (rem == 0) return;
   constexpr size_t gsz = G == kF32 ? 4 : 2, psz = P == kF32 ? 4 : 2;
@@ -175,7 +202,7 @@ void StepLoop(const KernelParams& kp, const void* grad, float* master, float* s0
   std::memcpy(m, master + i, rem * 4);
   if (s0 != nullptr) std::memcpy(a, s0 + i, rem * 4);
   if (s1 != nullptr) std::memcpy(b, s1 + i, rem * 4);
-  StepVector<A, G, P>(d, kp, gb, m, a, b, pb, 0);
+  StepVector<A, G, P, kRescale>(d, kp, gb, m, a, b, pb, 0);
   std::memcpy(master + i, m, rem * 4);
   if (s0 != nullptr) std::memcpy(s0 + i, a, rem * 4);
   if (s1 != nullptr) std::memcpy(s1 + i, b, rem * 4);
@@ -184,22 +211,22 @@ void StepLoop(const KernelParams& kp, const void* grad, float* master, float* s0
 
 using StepFn = void (*)(const KernelParams&, const void*, float*, float*, float*, void*, size_t);
 
-template <Algo A, int G>
+template <Algo A, int G, bool kRescale>
 StepFn PickParam(int pd) {
   switch (pd) {
-    case kF32: return &StepLoop<A, G, kF32>;
-    case kBF16: return &StepLoop<A, G, kBF16>;
-    case kF16: return &StepLoop<A, G, kF16>;
-    default: return &StepLoop<A, G, kNone>;
+    case kF32: return &StepLoop<A, G, kF32, kRescale>;
+    case kBF16: return &StepLoop<A, G, kBF16, kRescale>;
+    case kF16: return &StepLoop<A, G, kF16, kRescale>;
+    default: return &StepLoop<A, G, kNone, kRescale>;
   }
 }
 
-template <Algo A>
+template <Algo A, bool kRescale = false>
 StepFn PickGrad(int gd, int pd) {
   switch (gd) {
-    case kF32: return PickParam<A, kF32>(pd);
-    case kBF16: return PickParam<A, kBF16>(pd);
-    default: return PickParam<A, kF16>(pd);
+    case kF32: return PickParam<A, kF32, kRescale>(pd);
+    case kBF16: return PickParam<A, kBF16, kRescale>(pd);
+    default: return PickParam<A, kF16, kRescale>(pd);
   }
 }
 
@@ -215,6 +242,12 @@ void StepRangeT(const KernelParams& kp, int gd, const void* grad, float* master,
     default: fn = PickGrad<Algo::kSgd>(gd, pd); break;
   }
   fn(kp, grad, master, s0, s1, param, n);
+}
+
+void RescaleRangeT(const KernelParams& kp, int gd, const void* grad, float* master, float* s0,
+                   float* s1, int pd, void* param, size_t n) {
+  if (param == nullptr) pd = kNone;
+  PickGrad<Algo::kAdamW, /*kRescale=*/true>(gd, pd)(kp, grad, master, s0, s1, param, n);
 }
 
 // Sum of squares in double over float vectors of the double vector's lane
@@ -296,6 +329,7 @@ HWY_AFTER_NAMESPACE();
 namespace spill::optim::internal {
 
 HWY_EXPORT(StepRangeT);
+HWY_EXPORT(RescaleRangeT);
 HWY_EXPORT(AccumulateRangeT);
 HWY_EXPORT(SumSquaresRangeT);
 HWY_EXPORT(ToFloatRangeT);
@@ -304,6 +338,11 @@ HWY_EXPORT(TargetNameT);
 void StepRange(const KernelParams& kp, int grad_dtype, const void* grad, float* master,
                float* s0, float* s1, int param_dtype, void* param, size_t n) {
   HWY_DYNAMIC_DISPATCH(StepRangeT)(kp, grad_dtype, grad, master, s0, s1, param_dtype, param, n);
+}
+void RescaleRange(const KernelParams& kp, int grad_dtype, const void* grad, float* master,
+                  float* s0, float* s1, int param_dtype, void* param, size_t n) {
+  HWY_DYNAMIC_DISPATCH(RescaleRangeT)(kp, grad_dtype, grad, master, s0, s1, param_dtype, param,
+                                      n);
 }
 double AccumulateRange(int grad_dtype, const void* grad, float* accum, bool assign, float scale,
                        size_t n) {

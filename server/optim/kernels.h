@@ -25,12 +25,19 @@ struct KernelParams {
   float inv_sqrt_bc2 = 1.f;  // Adam/AdamW: 1 / sqrt(1 - beta2^t)
   float momentum = 0.f, omd = 1.f;  // SGD: momentum, 1 - dampening
   bool has_momentum = false, nesterov = false, first_step = false;
+  // RescaleRange: the grad_scale the step is turned into (grad_scale above
+  // is the one it ran with).
+  float rescale_to = 1.f;
 };
 
 // dtype arguments are DType values (kFloat32, kBFloat16, kFloat16); param_dtype
 // 0 with param == nullptr writes no parameter.
 void StepRange(const KernelParams& kp, int grad_dtype, const void* grad, float* master,
                float* s0, float* s1, int param_dtype, void* param, size_t n);
+// Turns an Adam/AdamW step (without L2 weight decay) that ran with
+// kp.grad_scale into the same step with kp.rescale_to; see optim::Rescale.
+void RescaleRange(const KernelParams& kp, int grad_dtype, const void* grad, float* master,
+                  float* s0, float* s1, int param_dtype, void* param, size_t n);
 // accum[i] = (assign ? 0 : accum[i]) + grad[i] * scale; returns the sum of
 // squares of the new accum values.
 double AccumulateRange(int grad_dtype, const void* grad, float* accum, bool assign, float scale,

@@ -153,19 +153,48 @@ absl::Status ValidateBuffer(DType dtype, const void* data, uint64_t n, const cha
 }
 }  // namespace internal
 
-absl::Status Step(const Hyper& h, const StepArgs& a, const ShardView& v, Executor& exec,
-                  uint32_t max_threads) {
-  SPILL_RETURN_IF_ERROR(internal::ValidateStep(h, a, v));
-  const internal::KernelParams kp = MakeParams(h, a);
+namespace {
+using RangeFn = void (*)(const internal::KernelParams&, int, const void*, float*, float*, float*,
+                         int, void*, size_t);
+
+absl::Status ForRanges(RangeFn fn, const Hyper& h, const internal::KernelParams& kp,
+                       const ShardView& v, Executor& exec, uint32_t max_threads) {
   const size_t gs = ElemSize(v.grad_dtype), ps = ElemSize(v.param_dtype);
   const int gd = static_cast<int>(v.grad_dtype), pd = static_cast<int>(v.param_dtype);
   const int states = StateCount(h);
   return exec.ParallelFor(v.n, kGrain, max_threads, [&](uint64_t b, uint64_t e) {
-    internal::StepRange(kp, gd, static_cast<const uint8_t*>(v.grad) + b * gs, v.master + b,
-                        states > 0 ? v.state[0] + b : nullptr,
-                        states > 1 ? v.state[1] + b : nullptr, pd,
-                        v.param ? static_cast<uint8_t*>(v.param) + b * ps : nullptr, e - b);
+    fn(kp, gd, static_cast<const uint8_t*>(v.grad) + b * gs, v.master + b,
+       states > 0 ? v.state[0] + b : nullptr, states > 1 ? v.state[1] + b : nullptr, pd,
+       v.param ? static_cast<uint8_t*>(v.param) + b * ps : nullptr, e - b);
   });
+}
+}  // namespace
+
+absl::Status Step(const Hyper& h, const StepArgs& a, const ShardView& v, Executor& exec,
+                  uint32_t max_threads) {
+  SPILL_RETURN_IF_ERROR(internal::ValidateStep(h, a, v));
+  return ForRanges(&internal::StepRange, h, MakeParams(h, a), v, exec, max_threads);
+}
+
+bool Rescalable(const Hyper& h) {
+  return h.algo == Algo::kAdamW || (h.algo == Algo::kAdam && h.weight_decay == 0.f);
+}
+
+absl::Status Rescale(const Hyper& h, const StepArgs& a, float rescale_to, const ShardView& v,
+                     Executor& exec, uint32_t max_threads) {
+  SPILL_RETURN_IF_ERROR(internal::ValidateStep(h, a, v));
+  if (!Rescalable(h)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a ", AlgoName(h.algo), h.weight_decay != 0.f ? " step with weight decay" : " step",
+        " cannot be rescaled (only adamw, and adam without weight decay)"));
+  }
+  if (!(std::isfinite(rescale_to) && rescale_to > 0.f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rescale_to = ", rescale_to, " must be finite and > 0"));
+  }
+  internal::KernelParams kp = MakeParams(h, a);
+  kp.rescale_to = rescale_to;
+  return ForRanges(&internal::RescaleRange, h, kp, v, exec, max_threads);
 }
 
 namespace {

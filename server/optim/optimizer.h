@@ -88,6 +88,26 @@ struct StepArgs {
 absl::Status Step(const Hyper& hyper, const StepArgs& args, const ShardView& view,
                   Executor& exec, uint32_t max_threads = 0);
 
+// Speculative steps: a step may run before its grad_scale is known (the
+// clip coefficient needs the global norm of every gradient) with a
+// predicted one, and be turned into the step with the right one afterwards
+// from what it left and the same gradient, in one pass instead of keeping
+// the old master and states. Possible for Adam and AdamW, the weight decay
+// decoupled (Adam without weight decay is the same step).
+bool Rescalable(const Hyper& hyper);
+
+// Turns the step `applied` (args.step and args.grad_scale as Step ran it on
+// view) into that step with grad_scale `rescale_to`: master, states and
+// param afterwards hold what Step with rescale_to would have left, up to
+// the rounding of the first step's stored results (about 2^-24 relative to
+// the largest moment involved; the second moment's relative error grows as
+// (grad_scale / rescale_to)^2 when rescale_to is much smaller). view.grad
+// must hold the gradient the step read. Same validation as Step, plus
+// InvalidArgument for a hyper that is not Rescalable (naming the optimizer)
+// or a rescale_to that is not finite and > 0; nothing written then.
+absl::Status Rescale(const Hyper& hyper, const StepArgs& applied, float rescale_to,
+                     const ShardView& view, Executor& exec, uint32_t max_threads = 0);
+
 // Gradient accumulation in fp32: accum[i] = (assign ? 0 : accum[i]) +
 // grad[i] * scale (one fused multiply-add, rounded once), and returns the
 // sum of squares of the resulting accum values (each thread sums in double;

@@ -13,6 +13,7 @@
 // dden = dv / (2 sqrt(v))) doubled as a margin, plus 8u of |p|.
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -248,6 +249,112 @@ TEST(OptimizerTest, NullParamWritesNoParameter) {
   ASSERT_TRUE(Step(h, {}, s.View(false), exec).ok());
   EXPECT_EQ(s.param.bytes, param_before);
   EXPECT_NE(s.master, master_before);
+}
+
+// A step rescaled afterwards (Rescale) against the step run with that
+// grad_scale from the start. Bounds: each moment is off by the rounding of
+// the terms it was made of (the first step's stored result, the change, the
+// direct step's result), 16u of their absolute values; the master by that
+// propagated through m / (sqrt(v) + eps) as in Tolerance, plus 16u of |p|.
+TEST(OptimizerTest, RescaledStepMatchesTheStepWithTheOtherScale) {
+  std::mt19937 rng(11);
+  Executor exec(2);
+  const std::pair<float, float> scales[] = {{1.f, 0.8f}, {1.f, 0.3f}, {1.f, 0.05f}, {0.5f, 1.f}};
+  for (Algo algo : {Algo::kAdamW, Algo::kAdam}) {
+    for (DType gd : testing::kDTypes) {
+      for (const auto& [ran, want] : scales) {
+        Hyper h = RandomHyper(rng, algo);
+        if (algo == Algo::kAdam) h.weight_decay = 0.f;
+        const uint64_t n = 4099;
+        Shard a(n, gd, DType::kBFloat16);
+        InitShard(rng, h, a);
+        // Moments from a few earlier steps, then this step's gradient.
+        for (uint64_t t = 1; t <= 3; ++t) {
+          testing::FillRandom(rng, a.grad, n, -3, 1);
+          ASSERT_TRUE(Step(h, {t, 1.f}, a.View(), exec).ok());
+        }
+        testing::FillRandom(rng, a.grad, n, -3, 1);
+        Shard b = a;
+        const StepArgs args{4, ran};
+        ASSERT_TRUE(Step(h, args, a.View(), exec).ok());
+        const Shard after = a;
+        ASSERT_TRUE(Rescale(h, args, want, a.View(), exec).ok());
+        ASSERT_TRUE(Step(h, {4, want}, b.View(), exec).ok());
+        const double bc1 = h.bias_correction ? 1 - std::pow(double{h.beta1}, 4) : 1;
+        const double bc2 = h.bias_correction ? 1 - std::pow(double{h.beta2}, 4) : 1;
+        const double step_size = h.lr / bc1, k = 1 / std::sqrt(bc2);
+        for (uint64_t i = 0; i < n; ++i) {
+          const double g = a.grad.Get(i), ga = g * ran, gb = g * want;
+          const double e0 = 16 * kU * (std::fabs(after.s0[i]) + (1 - h.beta1) * std::fabs(ga - gb) +
+                                       std::fabs(b.s0[i]));
+          const double e1 = 16 * kU * (after.s1[i] + (1 - h.beta2) * std::fabs(ga * ga - gb * gb) +
+                                       b.s1[i]);
+          const double den = std::sqrt(b.s1[i]) * k + h.eps;
+          const double dden =
+              (b.s1[i] > 0 ? e1 / (2 * std::sqrt(b.s1[i])) : std::sqrt(e1)) * k + 4 * kU * den;
+          const double ep = 16 * kU * (std::fabs(after.master[i]) + std::fabs(b.master[i])) +
+                            2 * step_size * (e0 / den + std::fabs(b.s0[i]) * dden / (den * den));
+          const std::string where = std::string(AlgoName(algo)) + " grad " +
+                                    DTypeName(static_cast<int>(gd)) + " " + std::to_string(ran) +
+                                    " -> " + std::to_string(want) + " i " + std::to_string(i);
+          ASSERT_LE(std::fabs(double{a.s0[i]} - b.s0[i]), e0) << where;
+          ASSERT_LE(std::fabs(double{a.s1[i]} - b.s1[i]), e1) << where;
+          ASSERT_LE(std::fabs(double{a.master[i]} - b.master[i]), ep) << where;
+          ASSERT_EQ(a.param.Bits16(i), FloatToBF16(a.master[i])) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(OptimizerTest, RescaleToTheScaleItRanWithChangesNothing) {
+  std::mt19937 rng(12);
+  Executor exec(2);
+  const Hyper h = RandomHyper(rng, Algo::kAdamW);
+  Shard s(1000, DType::kBFloat16, DType::kBFloat16);
+  InitShard(rng, h, s);
+  testing::FillRandom(rng, s.grad, s.n, -3, 1);
+  ASSERT_TRUE(Step(h, {1, 0.7f}, s.View(), exec).ok());
+  const Shard before = s;
+  ASSERT_TRUE(Rescale(h, {1, 0.7f}, 0.7f, s.View(), exec).ok());
+  EXPECT_EQ(s.master, before.master);
+  EXPECT_EQ(s.s0, before.s0);
+  EXPECT_EQ(s.s1, before.s1);
+  EXPECT_EQ(s.param.bytes, before.param.bytes);
+}
+
+TEST(OptimizerTest, RescaleRefusesWhatItCannotUndoAndWritesNothing) {
+  std::mt19937 rng(13);
+  Executor exec(1);
+  struct Case {
+    Algo algo;
+    float weight_decay, rescale_to;
+    const char* message;
+  };
+  const Case cases[] = {
+      {Algo::kLion, 0.f, 0.5f, "lion step cannot be rescaled"},
+      {Algo::kAdagrad, 0.f, 0.5f, "adagrad step cannot be rescaled"},
+      {Algo::kSgd, 0.f, 0.5f, "sgd step cannot be rescaled"},
+      {Algo::kAdam, 0.01f, 0.5f, "adam step with weight decay cannot be rescaled"},
+      {Algo::kAdamW, 0.01f, 0.f, "rescale_to = 0 must be finite and > 0"},
+      {Algo::kAdamW, 0.01f, NAN, "rescale_to = nan must be finite and > 0"},
+  };
+  for (const Case& c : cases) {
+    Hyper h = RandomHyper(rng, c.algo);
+    h.weight_decay = c.weight_decay;
+    h.momentum = 0.5f;
+    h.nesterov = false;
+    Shard s(100, DType::kFloat32, DType::kBFloat16);
+    InitShard(rng, h, s);
+    testing::FillRandom(rng, s.grad, s.n, -2, 0);
+    const Shard before = s;
+    const absl::Status st = Rescale(h, {1, 1.f}, c.rescale_to, s.View(), exec);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << st;
+    EXPECT_NE(st.message().find(c.message), std::string::npos) << st.message();
+    EXPECT_EQ(s.master, before.master);
+    EXPECT_EQ(s.s0, before.s0);
+    EXPECT_EQ(s.param.bytes, before.param.bytes);
+  }
 }
 
 }  // namespace
