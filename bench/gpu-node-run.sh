@@ -233,8 +233,18 @@ if want train; then
     prof_run 1gpu-1.3B-noclip-prof 1 "${args13[@]}" --clip=0
     prof_run 1gpu-6.7B-noclip-prof 1 "${args67[@]}" --clip=0
     prof_run 2gpu-1.3B-noclip-prof 2 "${args13[@]}" --clip=0
-    # With clipping: no layer steps before the global norm is known.
+    # With clipping: no layer steps before the global norm is known, unless
+    # speculatively (the default guesses from the previous step: here every
+    # step is clipped, so none is). --speculative=always: every layer step
+    # goes out during backward and spilld rescales it after (the cost of a
+    # wrong guess). --clip=100: clipping on but never triggered, as in most
+    # steps of a settled run: the steps after the first are speculative.
     prof_run 1gpu-1.3B-prof 1 "${args13[@]}"
+    train_run 1gpu-1.3B-spec 1 "${args13[@]}" --speculative=always
+    train_run 1gpu-1.3B-clip100 1 "${args13[@]}" --clip=100
+    train_run 1gpu-1.3B-clip100-nospec 1 "${args13[@]}" --clip=100 --speculative=never
+    train_run 1gpu-6.7B-clip100 1 "${args67[@]}" --clip=100
+    train_run 2gpu-1.3B-clip100 2 "${args13[@]}" --clip=100
     # Parameter pins asked for at each gather instead of ahead.
     train_run 1gpu-1.3B-noclip-ahead0 1 "${args13[@]}" --clip=0 --acquire-ahead=0
     train_run 1gpu-1.3B-noclip-w1 1 "${args13[@]}" --clip=0 --steps-in-flight=1

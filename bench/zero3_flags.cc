@@ -28,6 +28,8 @@ const char kZero3Usage[] =
     "  --optim-threads=N     spilld's optimizer threads (default: one per CPU)\n"
     "  --steps-in-flight=N   optimizer steps sent to spilld at once (default 2)\n"
     "  --acquire-ahead=N     parameter pins asked for ahead of their gathers (default 4)\n"
+    "  --speculative=auto|always|never   layer steps before the clip coefficient is\n"
+    "                        known (EngineOptions::speculative_steps; default auto)\n"
     "  --optim-nice=N        spilld's --optim-nice (default: spilld's)\n"
     "  --max-in-cpu=N        offload_param.max_in_cpu elements (nvme; default 1e9)\n"
     "  --profile=PATH        timeline of the last measured steps: PATH.rank<R>.json\n"
@@ -77,6 +79,10 @@ absl::Status ParseOne(const std::string& key, const std::string& v, Zero3Flags& 
   } else if (key == "spilld") f.spilld = v;
   else if (key == "nvme-dir") f.nvme_dir = v;
   else if (key == "profile") f.profile = v;
+  else if (key == "speculative") {
+    if (v != "auto" && v != "always" && v != "never") return BadValue(key, v);
+    f.speculative = v;
+  }
   else if (key == "clip") {
     if (!absl::SimpleAtod(v, &f.clip) || !(f.clip >= 0)) {
       return absl::InvalidArgumentError(absl::StrCat("--clip must be a number >= 0, got '", v, "'"));

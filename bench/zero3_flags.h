@@ -34,6 +34,7 @@ struct Zero3Flags {
   uint32_t optim_threads = 0;  // 0: one per CPU
   int steps_in_flight = 2;     // EngineOptions::max_steps_in_flight
   int acquire_ahead = 4;       // EngineOptions::acquire_ahead
+  std::string speculative = "auto";  // EngineOptions::speculative_steps
   int optim_nice = -1;         // spilld --optim-nice; -1: spilld's default
   int64_t max_in_cpu = 1'000'000'000;  // offload_param.max_in_cpu (nvme)
   // A timeline of the last profile_steps measured steps (bench/zero3_profile.h).

@@ -309,6 +309,9 @@ struct Totals {
   int64_t tokens = 0;
   int steps = 0;
   worker::StepStats split;  // Sums of the time fields.
+  int speculative_steps = 0;  // Steps whose layer steps went out speculatively.
+  int clipped_steps = 0;      // Steps whose clip coefficient was below 1.
+  double max_grad_norm = 0;
   // spilld's optimizer over the measured steps (rank 0 with spilld; -1
   // when not read): wall time with a step or gradient pass running, and
   // the sums of the step and gradient passes' own times.
@@ -394,6 +397,10 @@ std::optional<Failure> Train(const Run& run, worker::Engine& engine, Totals& tot
     totals.split.steps_sent_in_backward += s->steps_sent_in_backward;
     totals.split.steps_done_in_backward += s->steps_done_in_backward;
     totals.split.step_refusals += s->step_refusals;
+    totals.split.steps_rescaled += s->steps_rescaled;
+    totals.speculative_steps += s->speculative ? 1 : 0;
+    totals.clipped_steps += s->clip < 1.0 ? 1 : 0;
+    totals.max_grad_norm = std::max(totals.max_grad_norm, s->grad_norm);
   }
   if (profiler.started()) {
     // The profiled steps' spans end with the last step's optimizer passes.
@@ -500,6 +507,7 @@ void Report(const Run& run, const Totals& totals, StepTraffic t, LaneRates r) {
       {"cpu_checkpointing", run.flags.cpu_checkpointing},
       // A run with engine or spilld knobs off their defaults, or profiled:
       // not the configuration a baseline of the same mode is compared with.
+      {"speculative", run.flags.speculative},
       {"tuned", !run.flags.profile.empty() || run.flags.steps_in_flight != 2 ||
                     run.flags.acquire_ahead != 4 || run.flags.optim_nice != -1 ||
                     run.flags.optim_threads != std::max(1u, std::thread::hardware_concurrency())}};
@@ -529,7 +537,12 @@ void Report(const Run& run, const Totals& totals, StepTraffic t, LaneRates r) {
            {{"layers", run.shape.layers + 2},
             {"steps_sent_in_backward", totals.split.steps_sent_in_backward / n},
             {"steps_done_in_backward", totals.split.steps_done_in_backward / n},
-            {"step_refusals", totals.split.step_refusals / n}});
+            {"step_refusals", totals.split.step_refusals / n},
+            {"speculative", run.flags.speculative},
+            {"speculative_steps", totals.speculative_steps},
+            {"clipped_steps", totals.clipped_steps},
+            {"max_grad_norm", totals.max_grad_norm},
+            {"rescaled_layer_steps", totals.split.steps_rescaled}});
   if (totals.optimizer_busy_s >= 0) {
     // How much of the step spilld's CPU optimizer had work: busy ≈ step
     // time means the CPU lane itself is slower in training than alone;
@@ -583,6 +596,9 @@ int Bench(Run& run) {
   o.device = run.device;
   o.max_steps_in_flight = run.flags.steps_in_flight;
   o.acquire_ahead = run.flags.acquire_ahead;
+  o.speculative_steps = run.flags.speculative == "always"  ? worker::EngineOptions::Speculation::kAlways
+                        : run.flags.speculative == "never" ? worker::EngineOptions::Speculation::kNever
+                                                           : worker::EngineOptions::Speculation::kAuto;
   o.gradient_checkpointing = run.flags.gradient_checkpointing;
   o.ranks_per_node = run.info.world_size;  // zero3_train runs on one node.
   o.record_optimizer_spans = !run.flags.profile.empty();

@@ -427,8 +427,9 @@ std::shared_ptr<Work> GrpcSession::GradReadySummed(uint64_t group_id, uint64_t g
                 GradReadyRequest(group_id, grad_object_id, step, 0, sum_squares));
 }
 
-std::shared_ptr<Work> GrpcSession::OptimizerStep(uint64_t group_id, uint64_t step, float lr,
-                                                 float grad_scale, bool skip) {
+namespace {
+v1::StreamRequest StepRequest(uint64_t group_id, uint64_t step, float lr, float grad_scale,
+                              bool skip, v1::StepMode mode) {
   v1::StreamRequest request;
   v1::OptimizerStep* st = request.mutable_optimizer_step();
   st->set_group_id(group_id);
@@ -436,7 +437,29 @@ std::shared_ptr<Work> GrpcSession::OptimizerStep(uint64_t group_id, uint64_t ste
   st->set_lr(lr);
   st->set_grad_scale(grad_scale);
   st->set_skip(skip);
-  return Submit(WorkOp::kOptimizerStep, 0, std::move(request));
+  st->set_mode(mode);
+  return request;
+}
+}  // namespace
+
+std::shared_ptr<Work> GrpcSession::OptimizerStep(uint64_t group_id, uint64_t step, float lr,
+                                                 float grad_scale, bool skip) {
+  return Submit(WorkOp::kOptimizerStep, 0,
+                StepRequest(group_id, step, lr, grad_scale, skip, v1::STEP_MODE_FINAL));
+}
+
+std::shared_ptr<Work> GrpcSession::SpeculativeOptimizerStep(uint64_t group_id, uint64_t step,
+                                                            float lr,
+                                                            float predicted_grad_scale) {
+  return Submit(WorkOp::kOptimizerStep, 0,
+                StepRequest(group_id, step, lr, predicted_grad_scale, false,
+                            v1::STEP_MODE_SPECULATIVE));
+}
+
+std::shared_ptr<Work> GrpcSession::CommitOptimizerStep(uint64_t group_id, uint64_t step,
+                                                       float grad_scale) {
+  return Submit(WorkOp::kOptimizerStep, 0,
+                StepRequest(group_id, step, 0.f, grad_scale, false, v1::STEP_MODE_COMMIT));
 }
 
 absl::StatusOr<absl::Span<uint8_t>> GrpcSession::Bytes(const ObjectInfo& object) {

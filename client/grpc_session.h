@@ -65,6 +65,10 @@ class GrpcSession final : public Session {
                                   uint32_t micro_step) override;
   std::shared_ptr<Work> OptimizerStep(uint64_t group_id, uint64_t step, float lr,
                                       float grad_scale, bool skip) override;
+  std::shared_ptr<Work> SpeculativeOptimizerStep(uint64_t group_id, uint64_t step, float lr,
+                                                 float predicted_grad_scale) override;
+  std::shared_ptr<Work> CommitOptimizerStep(uint64_t group_id, uint64_t step,
+                                            float grad_scale) override;
 
   absl::StatusOr<absl::Span<uint8_t>> Bytes(const ObjectInfo& object) override;
   MappingStats mapping_stats() const override;

@@ -60,6 +60,13 @@ class NullSession final : public spill::client::Session {
                                                      bool) override {
     return nullptr;
   }
+  std::shared_ptr<spill::client::Work> SpeculativeOptimizerStep(uint64_t, uint64_t, float,
+                                                                float) override {
+    return nullptr;
+  }
+  std::shared_ptr<spill::client::Work> CommitOptimizerStep(uint64_t, uint64_t, float) override {
+    return nullptr;
+  }
   absl::StatusOr<absl::Span<uint8_t>> Bytes(const spill::client::ObjectInfo& object) override {
     return absl::Span<uint8_t>(buffer_, object.byte_size());
   }

@@ -86,6 +86,8 @@ StepOutcome FromProto(const v1::StepOutcome& o) {
   out.repeated = o.repeated();
   out.applied_steps = o.applied_steps();
   out.seconds = o.seconds();
+  out.speculative = o.speculative();
+  out.rescaled = o.rescaled();
   return out;
 }
 

@@ -470,6 +470,7 @@ absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t gr
         "optimizer group '", info.name, "' is at step ", info.last_step,
         "; a gradient can only be for step ", info.last_step + 1, ", got ", step));
   }
+  SPILL_RETURN_IF_ERROR(group->CheckNotPending("a gradient of the next step"));
   if (member->ready_step == step && member->micro_done == micro_step + 1) {
     return member->sum_squares;  // A resend of the last micro-step: answered again.
   }
@@ -525,7 +526,7 @@ absl::StatusOr<double> OptimizerHost::GradReady(uint64_t session_id, uint64_t gr
 
 absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t group_id,
                                                 uint64_t step, float lr, float grad_scale,
-                                                bool skip) {
+                                                bool skip, StepMode mode) {
   if (!std::isfinite(lr) || lr < 0) {
     return absl::InvalidArgumentError(absl::StrCat("lr must be finite and >= 0, got ", lr));
   }
@@ -533,10 +534,16 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
     return absl::InvalidArgumentError(
         absl::StrCat("grad_scale must be finite and > 0, got ", grad_scale));
   }
+  if (skip && mode != StepMode::kFinal) {
+    return absl::InvalidArgumentError(
+        "a speculative step or its commit cannot be skipped (a step whose fp16 overflow is not "
+        "known yet is never speculative)");
+  }
   SPILL_ASSIGN_OR_RETURN(std::string job_id, registry_->StreamJob(session_id));
   SPILL_ASSIGN_OR_RETURN(std::shared_ptr<Group> group, FindGroup(job_id, group_id));
   std::lock_guard<std::mutex> lock(group->mu);
   GroupInfo& info = group->info;
+  if (mode == StepMode::kCommit) return Commit(job_id, *group, step, grad_scale);
   if (step <= info.last_step) {
     auto it = group->history.find(step);
     if (it == group->history.end()) {
@@ -555,6 +562,20 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
                                                       "' is at step ", info.last_step,
                                                       "; the next step is ", info.last_step + 1,
                                                       ", got ", step));
+  }
+  SPILL_RETURN_IF_ERROR(group->CheckNotPending(absl::StrCat("step ", step).c_str()));
+  if (mode == StepMode::kSpeculative) {
+    if (!optim::Rescalable(info.hyper)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "optimizer group '", info.name, "' cannot step speculatively: its optimizer (",
+          optim::AlgoName(info.hyper.algo), info.hyper.weight_decay != 0.f ? " with weight decay" : "",
+          ") cannot be rescaled afterwards (adamw, or adam without weight decay, can)"));
+    }
+    if (info.states_on_nvme) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "optimizer group '", info.name,
+          "' cannot step speculatively: its states are on NVMe (streamed steps)"));
+    }
   }
   StepOutcome outcome;
   outcome.step = step;
@@ -581,15 +602,25 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
     optim::StepArgs args;
     args.step = info.applied_steps + 1;
     args.grad_scale = grad_scale;
+    optim::Hyper hyper = info.hyper;
+    hyper.lr = lr;
     {
       BusyClock::Scope busy(busy_);
-      SPILL_RETURN_IF_ERROR(info.states_on_nvme ? RunStreamedStep(job_id, *group, args, lr, step)
-                                                : RunStep(job_id, *group, args, lr, step));
+      SPILL_RETURN_IF_ERROR(
+          info.states_on_nvme
+              ? RunStreamedStep(job_id, *group, args, lr, step)
+              : RunStep(job_id, *group, step, [&](const optim::ShardView& shard) {
+                  return optim::Step(hyper, args, shard, executor_, options_.threads_per_job);
+                }));
     }
     outcome.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     outcome.applied = true;
     ++info.applied_steps;
+    if (mode == StepMode::kSpeculative) {
+      outcome.speculative = true;
+      group->pending = Group::Pending{step, lr, grad_scale, args};
+    }
   }
   info.last_step = step;
   outcome.applied_steps = info.applied_steps;
@@ -598,6 +629,7 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
   std::lock_guard<std::mutex> stats_lock(mu_);
   if (outcome.applied) {
     ++stats_.steps_applied;
+    stats_.steps_speculative += outcome.speculative ? 1 : 0;
     stats_.step_seconds += outcome.seconds;
     for (const Member& m : group->members) stats_.elements_stepped += m.info.num_elements;
   } else {
@@ -606,8 +638,55 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
   return outcome;
 }
 
-absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
-                                    const optim::StepArgs& args, float lr, uint64_t version) {
+absl::StatusOr<StepOutcome> OptimizerHost::Commit(const std::string& job_id, Group& group,
+                                                  uint64_t step, float grad_scale) {
+  GroupInfo& info = group.info;
+  if (!group.pending || group.pending->step != step) {
+    auto it = group.history.find(step);
+    if (it == group.history.end() || (group.pending && group.pending->step == step)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "optimizer group '", info.name, "' has no speculative step ", step,
+          " to commit (it is at step ", info.last_step, ")"));
+    }
+    StepOutcome outcome = it->second;
+    outcome.repeated = true;
+    std::lock_guard<std::mutex> stats_lock(mu_);
+    ++stats_.steps_repeated;
+    return outcome;
+  }
+  const Group::Pending pending = *group.pending;
+  StepOutcome outcome = group.history[step];
+  double seconds = 0;
+  if (grad_scale != pending.grad_scale) {
+    optim::Hyper hyper = info.hyper;
+    hyper.lr = pending.lr;
+    const auto start = std::chrono::steady_clock::now();
+    {
+      BusyClock::Scope busy(busy_);
+      SPILL_RETURN_IF_ERROR(RunStep(job_id, group, step, [&](const optim::ShardView& shard) {
+        return optim::Rescale(hyper, pending.args, grad_scale, shard, executor_,
+                              options_.threads_per_job);
+      }));
+    }
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    outcome.rescaled = true;
+    outcome.seconds += seconds;
+  }
+  outcome.speculative = false;
+  group.pending.reset();
+  group.history[step] = outcome;
+  std::lock_guard<std::mutex> stats_lock(mu_);
+  ++stats_.steps_committed;
+  if (outcome.rescaled) {
+    ++stats_.steps_rescaled;
+    stats_.rescale_seconds += seconds;
+  }
+  return outcome;
+}
+
+absl::Status OptimizerHost::RunStep(
+    const std::string& job_id, Group& group, uint64_t version,
+    const std::function<absl::Status(const optim::ShardView&)>& kernel) {
   // Pin every object of every member first: a missing one fails the step
   // before any byte changes.
   // NVMe-homed parameters are acquired first (the only pins that may wait
@@ -629,8 +708,6 @@ absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
     return pinned.status();
   }
   const std::vector<ComputeView>& v = *pinned;
-  optim::Hyper hyper = group.info.hyper;
-  hyper.lr = lr;
   absl::Status status;
   size_t at = 0;
   for (size_t i = 0; i < group.members.size(); ++i) {
@@ -647,7 +724,7 @@ absl::Status OptimizerHost::RunStep(const std::string& job_id, Group& group,
     }
     shard.n = m.info.num_elements;
     at += 2 + m.info.state_object_ids.size();
-    if (status.ok()) status = optim::Step(hyper, args, shard, executor_, options_.threads_per_job);
+    if (status.ok()) status = kernel(shard);
   }
   // The parameter, master and states now hold this step's result; the
   // gradient (or accumulator) was only read.

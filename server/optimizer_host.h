@@ -44,6 +44,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -134,6 +135,15 @@ struct StepOutcome {
   bool repeated = false;
   uint64_t applied_steps = 0;
   double seconds = 0;
+  bool speculative = false;  // Run speculatively, not yet committed.
+  bool rescaled = false;     // Committed with another grad_scale than it ran with.
+};
+
+// How Step runs a step (spill.v1.StepMode; see Step).
+enum class StepMode {
+  kFinal,        // With its grad_scale, final.
+  kSpeculative,  // With a predicted grad_scale; the group waits for kCommit.
+  kCommit,       // Ends a speculative step with the right grad_scale.
 };
 
 // Direction of OptimizerHost::CopyState.
@@ -146,6 +156,10 @@ struct OptimizerStats {
   uint64_t steps_applied = 0;
   uint64_t steps_skipped = 0;
   uint64_t steps_repeated = 0;
+  uint64_t steps_speculative = 0;  // Applied speculatively (also in steps_applied).
+  uint64_t steps_committed = 0;    // Speculative steps committed, rescaled or not.
+  uint64_t steps_rescaled = 0;     // Of those, committed with another grad_scale.
+  double rescale_seconds = 0;      // Sum over the rescaling passes.
   uint64_t grad_ready = 0;
   double step_seconds = 0;       // Sum over applied steps.
   double grad_ready_seconds = 0;  // Sum over GradReady passes.
@@ -197,8 +211,23 @@ class OptimizerHost {
   // repeated step older than the recorded history; InvalidArgument for a
   // non-finite or negative lr, a non-finite or non-positive grad_scale, or
   // a non-finite gradient in a step not flagged skip (naming the member).
+  //
+  // mode kSpeculative runs the step as kFinal would, with grad_scale a
+  // prediction, and leaves the group pending: GradReady for the next step,
+  // any other Step and CopyState are FailedPrecondition until a kCommit of
+  // the same step ends it. kCommit with the grad_scale the step ran with
+  // changes nothing; with another it rescales the step (optim::Rescale)
+  // under the step's lr, so the group holds what kFinal with that
+  // grad_scale would have left (to rounding, see optim::Rescale). A failed
+  // rescale (a parameter that cannot be pinned) leaves the step pending for
+  // another kCommit. kSpeculative needs a Rescalable optimizer and pinned
+  // states (FailedPrecondition naming what is not); skip with either mode
+  // is InvalidArgument; kCommit of a step that is not pending answers the
+  // step's recorded outcome with repeated = true, or FailedPrecondition
+  // when there is none.
   absl::StatusOr<StepOutcome> Step(uint64_t session_id, uint64_t group_id, uint64_t step,
-                                   float lr, float grad_scale, bool skip);
+                                   float lr, float grad_scale, bool skip,
+                                   StepMode mode = StepMode::kFinal);
 
   // Checkpoint / restore of member `member_index`'s fp32 master and
   // optimizer states: object_ids are objects of the session's job, the
@@ -256,8 +285,13 @@ class OptimizerHost {
                                   std::vector<uint64_t>& created);
   absl::Status InitializeStates(const std::string& job_id, Group& group);
   void Unreserve(const std::string& job_id, const std::string& name);
-  absl::Status RunStep(const std::string& job_id, Group& group, const optim::StepArgs& args,
-                       float lr, uint64_t version);
+  // Runs kernel over every member's shard (pinned: gradient or
+  // accumulator, master, states, parameter) and marks what it wrote at
+  // version.
+  absl::Status RunStep(const std::string& job_id, Group& group, uint64_t version,
+                       const std::function<absl::Status(const optim::ShardView&)>& kernel);
+  absl::StatusOr<StepOutcome> Commit(const std::string& job_id, Group& group, uint64_t step,
+                                     float grad_scale);
   absl::Status InitializeNvmeStates(const std::string& job_id, Group& group);
   absl::Status RunStreamedStep(const std::string& job_id, Group& group,
                                const optim::StepArgs& args, float lr, uint64_t version);

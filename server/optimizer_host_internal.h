@@ -8,7 +8,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
+
+#include "absl/strings/str_cat.h"
 
 #include "server/nvme_state_store.h"
 #include "server/optimizer_host.h"
@@ -36,6 +39,21 @@ struct OptimizerHost::Group {
   std::vector<Member> members;
   std::map<uint64_t, StepOutcome> history;  // The last kOutcomeHistory steps.
   bool dropped = false;
+  // A speculative step waiting for its commit: how it ran.
+  struct Pending {
+    uint64_t step = 0;
+    float lr = 0, grad_scale = 1;
+    optim::StepArgs args;
+  };
+  std::optional<Pending> pending;
+
+  // FailedPrecondition while a speculative step waits for its commit.
+  absl::Status CheckNotPending(const char* what) const {
+    if (!pending) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("optimizer group '", info.name, "' step ", pending->step,
+                     " is speculative: commit it before ", what));
+  }
 
   // Elements per streamed piece: sub_group_size, or less when no member is
   // that large (DeepSpeed's default of 1e9 must not size a 36 GB staging

@@ -44,6 +44,7 @@ absl::Status OptimizerHost::CopyState(uint64_t session_id, const Token& token,
     return absl::NotFoundError(
         absl::StrCat("job '", job_id, "' has no optimizer group with id ", group_id));
   }
+  SPILL_RETURN_IF_ERROR(group->CheckNotPending("copying its state"));
   SPILL_RETURN_IF_ERROR(CheckStateTargets(job_id, *group, member_index, object_ids));
   SPILL_ASSIGN_OR_RETURN(std::vector<ComputeView> objects,
                          registry_->PinForCompute(job_id, object_ids));

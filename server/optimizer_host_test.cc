@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/dtype.h"
@@ -499,6 +500,165 @@ TEST_F(OptimizerHostTest, StreamRequestsCheckTheirArguments) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(host_->Step(s + 100, g.group_id, 1, 1e-3f, 1.0f, false).status().code(),
             absl::StatusCode::kFailedPrecondition);  // Not an attached session.
+}
+
+// Speculative steps: two groups over identical copies; one steps as final
+// with grad_scale s, the other speculatively with 1 and is committed with s.
+TEST_F(OptimizerHostTest, ACommittedSpeculativeStepIsTheFinalStep) {
+  const uint64_t sid = session_.session_id;
+  for (float scale : {1.0f, 0.5f, 0.05f}) {
+    const std::string tag = std::to_string(scale);
+    GroupMemberSpec a = Pair("final" + tag, 3001);
+    GroupMemberSpec b = Pair("spec" + tag, 3001);
+    for (auto [from, to] : {std::pair{a.param_object_id, b.param_object_id},
+                            std::pair{a.grad_object_id, b.grad_object_id}}) {
+      std::memcpy(arena_->Data(Record(to).extent), arena_->Data(Record(from).extent),
+                  Record(from).extent.size);
+    }
+    GroupSpec spec_a = Spec({a}), spec_b = Spec({b});
+    spec_a.name = "final" + tag;
+    spec_b.name = "spec" + tag;
+    GroupInfo ga = Create(spec_a), gb = Create(spec_b);
+    for (uint64_t step = 1; step <= 2; ++step) {
+      ASSERT_TRUE(host_->GradReady(sid, ga.group_id, a.grad_object_id, step, 0).ok());
+      ASSERT_TRUE(host_->GradReady(sid, gb.group_id, b.grad_object_id, step, 0).ok());
+      ASSERT_TRUE(host_->Step(sid, ga.group_id, step, 2e-3f, scale, false).ok());
+      auto ran = host_->Step(sid, gb.group_id, step, 2e-3f, 1.0f, false, StepMode::kSpeculative);
+      ASSERT_TRUE(ran.ok()) << ran.status();
+      EXPECT_TRUE(ran->applied && ran->speculative && !ran->rescaled);
+      // The commit's lr is the speculative step's; the one sent is ignored.
+      auto done = host_->Step(sid, gb.group_id, step, 0.f, scale, false, StepMode::kCommit);
+      ASSERT_TRUE(done.ok()) << done.status();
+      EXPECT_TRUE(done->applied && !done->speculative && !done->repeated);
+      EXPECT_EQ(done->rescaled, scale != 1.0f);
+      EXPECT_EQ(done->applied_steps, step);
+    }
+    const GroupMemberInfo& ma = ga.members[0];
+    const GroupMemberInfo& mb = gb.members[0];
+    const std::pair<uint64_t, uint64_t> fp32[] = {
+        {ma.master_object_id, mb.master_object_id},
+        {ma.state_object_ids[0], mb.state_object_ids[0]},
+        {ma.state_object_ids[1], mb.state_object_ids[1]}};
+    if (scale == 1.0f) {
+      EXPECT_EQ(Bytes(mb.param_object_id), Bytes(ma.param_object_id));
+      for (auto [x, y] : fp32) EXPECT_EQ(Bytes(y), Bytes(x)) << "object " << y;
+      continue;
+    }
+    // Rescaled: the same to the rounding optim::Rescale documents: about
+    // 2^-24 * (1 / scale)^2 relative in the second moment, so the update
+    // lr * m / sqrt(v) to half that; the master to that part of lr.
+    const double update_tol = 2e-3 * 1e-4;  // lr * 1e-4
+    for (auto [x, y] : fp32) {
+      const double abs_tol = x == ma.master_object_id ? update_tol : 1e-12;
+      std::vector<uint8_t> bx = Bytes(x), by = Bytes(y);
+      const float* fx = reinterpret_cast<const float*>(bx.data());
+      const float* fy = reinterpret_cast<const float*>(by.data());
+      for (uint64_t i = 0; i < ma.num_elements; ++i) {
+        ASSERT_NEAR(fy[i], fx[i], 2e-4 * std::fabs(fx[i]) + abs_tol)
+            << "scale " << scale << " object " << y << " element " << i;
+      }
+    }
+  }
+  const OptimizerStats stats = host_->Stats();
+  EXPECT_EQ(stats.steps_speculative, 6u);
+  EXPECT_EQ(stats.steps_committed, 6u);
+  EXPECT_EQ(stats.steps_rescaled, 4u);
+  EXPECT_EQ(stats.steps_applied, 12u);
+}
+
+TEST_F(OptimizerHostTest, ASpeculativeStepHoldsTheGroupUntilItsCommit) {
+  const uint64_t sid = session_.session_id;
+  GroupMemberSpec a = Pair("a", 100);
+  GroupInfo g = Create(Spec({a}));
+  ASSERT_TRUE(host_->GradReady(sid, g.group_id, a.grad_object_id, 1, 0).ok());
+  // Nothing to commit yet.
+  absl::Status early = host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, false,
+                                   StepMode::kCommit).status();
+  EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(early.message().find("has no speculative step 1 to commit"), std::string::npos)
+      << early;
+  ASSERT_TRUE(host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, false, StepMode::kSpeculative).ok());
+  const auto pending = Snapshot();
+  auto expect_held = [&](absl::Status st, const char* what) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << what << ": " << st;
+    EXPECT_NE(st.message().find("step 1 is speculative: commit it before"), std::string::npos)
+        << what << ": " << st;
+  };
+  expect_held(host_->GradReady(sid, g.group_id, a.grad_object_id, 2, 0).status(), "gradient");
+  expect_held(host_->Step(sid, g.group_id, 2, 1e-3f, 1.0f, false).status(), "final step");
+  expect_held(host_->Step(sid, g.group_id, 2, 1e-3f, 1.0f, false, StepMode::kSpeculative).status(),
+              "speculative step");
+  auto m = registry_->RegisterObject(sid, session_.token, "copy.m", kParam, kF32, 100);
+  auto s0 = registry_->RegisterObject(sid, session_.token, "copy.s0", kParam, kF32, 100);
+  auto s1 = registry_->RegisterObject(sid, session_.token, "copy.s1", kParam, kF32, 100);
+  ASSERT_TRUE(m.ok() && s0.ok() && s1.ok());
+  expect_held(host_->CopyState(sid, session_.token, g.group_id, 0, StateCopy::kExport,
+                               {m->id, s0->id, s1->id}),
+              "state copy");
+  // A commit of another step, or one that asks to skip, changes nothing.
+  EXPECT_EQ(host_->Step(sid, g.group_id, 2, 1e-3f, 0.5f, false, StepMode::kCommit).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(host_->Step(sid, g.group_id, 1, 1e-3f, 0.5f, true, StepMode::kCommit).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A resent speculative step is answered with its outcome, still pending.
+  auto resent = host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, false, StepMode::kSpeculative);
+  ASSERT_TRUE(resent.ok()) << resent.status();
+  EXPECT_TRUE(resent->repeated && resent->speculative);
+  const std::vector<std::vector<uint8_t>> after_refusals = Snapshot();
+  EXPECT_EQ(after_refusals.size(), pending.size() + 3);  // the three copy targets
+  for (size_t i = 0; i < pending.size(); ++i) EXPECT_EQ(after_refusals[i], pending[i]) << i;
+  ASSERT_TRUE(host_->Step(sid, g.group_id, 1, 1e-3f, 0.5f, false, StepMode::kCommit).ok());
+  // A resent commit is answered again, not rescaled twice.
+  const auto committed = Snapshot();
+  auto again = host_->Step(sid, g.group_id, 1, 1e-3f, 0.25f, false, StepMode::kCommit);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->repeated && again->rescaled && !again->speculative);
+  EXPECT_EQ(Snapshot(), committed);
+  // The group goes on.
+  EXPECT_TRUE(host_->GradReady(sid, g.group_id, a.grad_object_id, 2, 0).ok());
+  EXPECT_TRUE(host_->CopyState(sid, session_.token, g.group_id, 0, StateCopy::kExport,
+                               {m->id, s0->id, s1->id})
+                  .ok());
+}
+
+TEST_F(OptimizerHostTest, SpeculationIsRefusedWhereAStepCannotBeRescaled) {
+  const uint64_t sid = session_.session_id;
+  struct Case {
+    optim::Algo algo;
+    float weight_decay;
+    const char* message;
+  };
+  const Case cases[] = {
+      {optim::Algo::kLion, 0.f, "its optimizer (lion) cannot be rescaled"},
+      {optim::Algo::kAdam, 0.01f, "its optimizer (adam with weight decay) cannot be rescaled"},
+  };
+  int k = 0;
+  for (const Case& c : cases) {
+    GroupMemberSpec a = Pair("r" + std::to_string(k), 64);
+    GroupSpec spec = Spec({a});
+    spec.name = "r" + std::to_string(k++);
+    spec.hyper.algo = c.algo;
+    spec.hyper.weight_decay = c.weight_decay;
+    GroupInfo g = Create(spec);
+    ASSERT_TRUE(host_->GradReady(sid, g.group_id, a.grad_object_id, 1, 0).ok());
+    const auto before = Snapshot();
+    absl::Status st =
+        host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, false, StepMode::kSpeculative).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_NE(st.message().find(c.message), std::string::npos) << st;
+    EXPECT_EQ(Snapshot(), before);
+    // The step itself is still to be taken.
+    EXPECT_TRUE(host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, false).ok());
+  }
+  GroupMemberSpec a = Pair("skip", 64);
+  GroupSpec spec = Spec({a});
+  spec.name = "skip";
+  GroupInfo g = Create(spec);
+  ASSERT_TRUE(host_->GradReady(sid, g.group_id, a.grad_object_id, 1, 0).ok());
+  absl::Status st =
+      host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, true, StepMode::kSpeculative).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("cannot be skipped"), std::string::npos) << st;
 }
 
 TEST_F(OptimizerHostTest, StepOnAFreedMemberChangesNoMember) {

@@ -104,6 +104,19 @@ void ToProto(const StepOutcome& o, spill::v1::StepOutcome* out) {
   out->set_repeated(o.repeated);
   out->set_applied_steps(o.applied_steps);
   out->set_seconds(o.seconds);
+  out->set_speculative(o.speculative);
+  out->set_rescaled(o.rescaled);
+}
+
+absl::StatusOr<StepMode> StepModeFromProto(spill::v1::StepMode mode) {
+  switch (mode) {
+    case spill::v1::STEP_MODE_FINAL: return StepMode::kFinal;
+    case spill::v1::STEP_MODE_SPECULATIVE: return StepMode::kSpeculative;
+    case spill::v1::STEP_MODE_COMMIT: return StepMode::kCommit;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer step mode ", static_cast<int>(mode), " is unknown"));
+  }
 }
 
 }  // namespace spill::server

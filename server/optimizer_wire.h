@@ -16,6 +16,9 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const spill::v1::CreateGroupRequest
 // InvalidArgument for an unspecified or unknown direction.
 absl::StatusOr<StateCopy> StateCopyFromProto(spill::v1::GroupStateDirection direction);
 
+// InvalidArgument for an unknown mode.
+absl::StatusOr<StepMode> StepModeFromProto(spill::v1::StepMode mode);
+
 void ToProto(const optim::Hyper& hyper, spill::v1::OptimizerParams* out);
 void ToProto(const GroupInfo& group, spill::v1::GroupInfo* out);
 void ToProto(const StepOutcome& outcome, spill::v1::StepOutcome* out);

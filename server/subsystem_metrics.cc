@@ -86,6 +86,16 @@ void OptimizerMetricsCollector::Collect(MetricsWriter& out) const {
   out.Sample({{"outcome", "applied"}}, static_cast<double>(s.steps_applied));
   out.Sample({{"outcome", "skipped"}}, static_cast<double>(s.steps_skipped));
   out.Sample({{"outcome", "repeated"}}, static_cast<double>(s.steps_repeated));
+  Counter(out, "spill_optimizer_speculative_steps_total",
+          "Steps run before their clip coefficient was known (also counted as applied).",
+          static_cast<double>(s.steps_speculative));
+  out.Family("spill_optimizer_commits_total",
+             "Speculative steps committed, by whether the commit rescaled them.",
+             MetricType::kCounter);
+  out.Sample({{"commit", "as_run"}}, static_cast<double>(s.steps_committed - s.steps_rescaled));
+  out.Sample({{"commit", "rescaled"}}, static_cast<double>(s.steps_rescaled));
+  Counter(out, "spill_optimizer_rescale_seconds_total",
+          "Wall time of the passes that rescaled speculative steps.", s.rescale_seconds);
   Counter(out, "spill_optimizer_step_seconds_total", "Wall time of applied optimizer steps.",
           s.step_seconds);
   Counter(out, "spill_optimizer_grad_ready_seconds_total",

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
+#include "common/status_macros.h"
 #include "proto/grpc_status.h"
 #include "server/optimizer_wire.h"
 
@@ -396,8 +397,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       }
       case StreamRequest::kOptimizerStep: {
         const auto& st = request.optimizer_step();
+        SPILL_ASSIGN_OR_RETURN(StepMode mode, StepModeFromProto(st.mode()));
         auto outcome = deps_.optimizer->Step(session, st.group_id(), st.step(), st.lr(),
-                                             st.grad_scale(), st.skip());
+                                             st.grad_scale(), st.skip(), mode);
         if (!outcome.ok()) return outcome.status();
         ToProto(*outcome, event->mutable_step());
         return absl::OkStatus();

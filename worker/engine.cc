@@ -347,14 +347,41 @@ absl::StatusOr<at::Tensor> Engine::ReadObject(uint64_t object_id, const char* wh
 
 void Engine::QueueStep(size_t i) {
   if (step_queued_.size() != layers_.size()) step_queued_.assign(layers_.size(), false);
+  if (step_speculative_.size() != layers_.size()) step_speculative_.assign(layers_.size(), false);
   if (step_works_.size() != layers_.size()) step_works_.resize(layers_.size());
   step_queued_[i] = true;
 }
 
 void Engine::SendStep(size_t i) {
   step_queued_[i] = false;
+  if (steps_speculate_) {
+    step_speculative_[i] = true;
+    step_works_[i] = session_->SpeculativeOptimizerStep(layers_[i].group_id, steps_step_,
+                                                        steps_lr_, 1.0f);
+    return;
+  }
+  // Queued until the coefficient was known: no speculation needed.
+  step_speculative_[i] = false;
   step_works_[i] = session_->OptimizerStep(layers_[i].group_id, steps_step_, steps_lr_,
                                            steps_grad_scale_, steps_overflow_);
+}
+
+void Engine::SendCommit(size_t i) {
+  step_speculative_[i] = false;
+  step_works_[i] =
+      session_->CommitOptimizerStep(layers_[i].group_id, steps_step_, steps_grad_scale_);
+}
+
+bool Engine::Speculate() const {
+  const DeepSpeedConfig& c = options_.config;
+  const OptimizerConfig& o = c.optimizer;
+  const bool rescalable = o.type == OptimizerType::kAdamW || o.adam_w_mode || o.weight_decay == 0;
+  if (local_ || c.gradient_clipping <= 0 || c.fp16.enabled || !rescalable || states_on_nvme() ||
+      options_.speculative_steps == EngineOptions::Speculation::kNever) {
+    return false;
+  }
+  return options_.speculative_steps == EngineOptions::Speculation::kAlways ||
+         (last_clip_.has_value() && *last_clip_ >= 1.0);
 }
 
 void Engine::PumpSteps() {
@@ -366,12 +393,23 @@ void Engine::PumpSteps() {
     if (w != nullptr && w->IsCompleted() && absl::IsResourceExhausted(w->status())) {
       w = nullptr;
       step_queued_[i] = true;
+      step_speculative_[i] = false;  // It did not run; it goes out again as it is due then.
       ++step_refusals_;
     }
   }
   int running = 0;
   for (const auto& w : step_works_) running += w != nullptr && !w->IsCompleted() ? 1 : 0;
+  // Lowest layer first, commits and steps alike: the next forward needs
+  // layer 0 first. A speculative step's commit goes once it has completed
+  // (a failed one is left for FinishStep to report).
   for (size_t i = 0; i < step_queued_.size() && running < options_.max_steps_in_flight; ++i) {
+    if (commit_ready_ && step_speculative_[i]) {
+      const std::shared_ptr<client::Work>& w = step_works_[i];
+      if (w != nullptr && (!w->IsCompleted() || !w->status().ok())) continue;
+      SendCommit(i);
+      ++running;
+      continue;
+    }
     if (!step_queued_[i]) continue;
     SendStep(i);
     ++running;
@@ -382,7 +420,10 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   if (i < step_queued_.size() && step_queued_[i]) SendStep(i);
   PumpSteps();
   if (i < step_queued_.size() && step_queued_[i]) SendStep(i);  // PumpSteps re-queued it
-  if (i >= step_works_.size() || step_works_[i] == nullptr) return absl::OkStatus();
+  if (i >= step_works_.size()) return absl::OkStatus();
+  // A speculative step already answered whose commit had no room to go.
+  if (step_works_[i] == nullptr && commit_ready_ && step_speculative_[i]) SendCommit(i);
+  if (step_works_[i] == nullptr) return absl::OkStatus();
   std::shared_ptr<client::Work> work = std::move(step_works_[i]);
   TraceScope trace("spill::wait_step", i);
   EngineClock::time_point t0 = EngineClock::now();
@@ -399,6 +440,15 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
     work = std::move(step_works_[i]);
     s = Wait(work, "optimizer step");
   }
+  // The layer's speculative step ran; its commit follows once the clip
+  // coefficient is known (until then the layer is not used again: the next
+  // forward comes after this step's Optimize).
+  if (s.ok() && commit_ready_ && step_speculative_[i]) {
+    SendCommit(i);
+    work = std::move(step_works_[i]);
+    s = Wait(work, "optimizer step commit");
+  }
+  if (s.ok() && work->step_outcome().rescaled) ++steps_rescaled_;
   stats.optimizer_s += SecondsSince(t0);
   if (s.ok() && options_.record_optimizer_spans) {
     optimizer_spans_.push_back({i, steps_step_, work->sent_at(), work->completed_at()});
@@ -449,8 +499,10 @@ absl::StatusOr<std::vector<at::Tensor>> Engine::GatherParameters() {
 
 bool Engine::OverlapStep() const {
   // A layer may step while backward runs when its step needs nothing from
-  // the other layers: no clipping by the global norm, no overflow check.
-  return !local_ && options_.config.gradient_clipping <= 0 && !options_.config.fp16.enabled;
+  // the other layers (no clipping by the global norm, no overflow check),
+  // or speculatively.
+  return !local_ && !options_.config.fp16.enabled &&
+         (options_.config.gradient_clipping <= 0 || speculate_);
 }
 
 absl::Status Engine::Optimize(StepStats& stats) {
@@ -475,6 +527,7 @@ absl::Status Engine::Optimize(StepStats& stats) {
   const double max_norm = options_.config.gradient_clipping;
   stats.clip = max_norm > 0 && !overflow ? std::min(1.0, max_norm / (stats.grad_norm + 1e-6)) : 1.0;
   stats.skipped = overflow;
+  if (!overflow) last_clip_ = stats.clip;
   const uint64_t step = static_cast<uint64_t>(step_ + 1);
   t0 = EngineClock::now();
   if (local_) {
@@ -492,6 +545,13 @@ absl::Status Engine::Optimize(StepStats& stats) {
     }
     stats.step_refusals += step_refusals_;
     step_refusals_ = 0;
+    stats.steps_rescaled += steps_rescaled_;
+    steps_rescaled_ = 0;
+    stats.speculative = speculate_;
+    // Speculative steps sent so far wait for their commits (PumpSteps and
+    // FinishStep send them); layers still queued go out as final steps.
+    steps_speculate_ = false;
+    commit_ready_ = true;
     steps_step_ = step;
     steps_overflow_ = overflow;
     steps_lr_ = static_cast<float>(stats.lr);
@@ -553,6 +613,7 @@ absl::StatusOr<StepStats> Engine::TrainStep(const std::vector<MicroBatch>& micro
   }
   // Left by a micro-step that failed: its early pins may predate a step.
   if (!local_) DropEarlyPins();
+  speculate_ = Speculate();
   StepStats stats;
   stats.lr = schedule_.LrAt(step_);
   stats.loss_scale = scaler_.scale();

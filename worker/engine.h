@@ -90,6 +90,21 @@ struct EngineOptions {
   // Keep an OptimizerSpan of every layer step (TakeOptimizerSpans), for a
   // timeline of where a step's time goes.
   bool record_optimizer_spans = false;
+  // Clipping by the global norm needs every gradient before the clip
+  // coefficient is known, so no layer could step while backward runs. A
+  // speculative step runs it anyway, with coefficient 1, and spilld keeps
+  // it or rescales it to the real coefficient once the norm is known
+  // (client::Session::SpeculativeOptimizerStep). A right guess costs
+  // nothing; a wrong one costs a rescaling pass after backward, about what
+  // the step would have cost there without speculation. kAuto speculates
+  // when the previous step was not clipped (the norm moves slowly: once
+  // training has settled below the bound, most steps are not clipped);
+  // kAlways and kNever are for tests and measurements. Only where spilld
+  // steps (offload), with clipping, bf16 or fp32 (an fp16 overflow skips a
+  // step, which a rescale cannot undo), AdamW or Adam without weight decay,
+  // and optimizer states in pinned memory; elsewhere never.
+  enum class Speculation { kAuto, kAlways, kNever };
+  Speculation speculative_steps = Speculation::kAuto;
 };
 
 // One layer's optimizer step as this rank saw it: when the request went to
@@ -145,6 +160,12 @@ struct StepStats {
   // NVMe parameters: optimizer steps spilld refused (every offload_param
   // buffer taken) and the engine sent again, since the previous step.
   int64_t step_refusals = 0;
+  // This step's layer steps went out speculatively (before the clip
+  // coefficient was known; EngineOptions::speculative_steps).
+  bool speculative = false;
+  // Speculative layer steps spilld had to rescale (the guess was wrong),
+  // answered since the previous step.
+  int64_t steps_rescaled = 0;
 };
 
 class Engine {
@@ -317,6 +338,10 @@ class Engine {
   void QueueStep(size_t i);
   void PumpSteps();
   void SendStep(size_t i);
+  // Speculative steps: whether this step's go out before the norm is known,
+  // and the commit that ends layer i's.
+  bool Speculate() const;
+  void SendCommit(size_t i);
   // Acquire of a parameter shard, retried while spilld answers
   // ResourceExhausted for NVMe parameters (every offload_param buffer busy)
   // until options_.timeout.
@@ -383,6 +408,18 @@ class Engine {
   // layer's next gather (or GatherParameters / SaveCheckpoint) waits for it.
   std::vector<std::shared_ptr<client::Work>> step_works_;
   std::vector<bool> step_queued_;  // Queued, not yet sent.
+  // Speculative steps: this step's go out speculatively (decided when it
+  // starts; steps_speculate_ until its coefficient is known, so a step
+  // queued before goes out as it was due); the coefficient is known and
+  // commits may go; layers whose
+  // speculative step went out and whose commit has not; the last step's
+  // clip coefficient (kAuto's guess); rescaled commits since the last step.
+  bool speculate_ = false;
+  bool steps_speculate_ = false;  // Steps of steps_step_ sent now are speculative.
+  bool commit_ready_ = false;
+  std::vector<bool> step_speculative_;
+  std::optional<double> last_clip_;
+  int64_t steps_rescaled_ = 0;
   int64_t step_refusals_ = 0;       // see StepStats::step_refusals
   uint64_t steps_step_ = 0;
   bool steps_overflow_ = false;

@@ -317,6 +317,19 @@ absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
       sum_squares_ += p.ready->sum_squares();
       if (OverlapStep()) {
         s = FinishStep(p.layer, stats);
+        if (steps_step_ != step) {
+          // The first layer step of this step: every layer's previous step
+          // (and commit) was waited for by its gather in this forward.
+          for (size_t j = 0; j < step_speculative_.size(); ++j) {
+            if (step_speculative_[j] && s.ok()) {
+              s = absl::InternalError(absl::StrCat("layer ", layer_name(j),
+                                                   ": the speculative optimizer step ",
+                                                   steps_step_, " was never committed"));
+            }
+          }
+          commit_ready_ = false;
+        }
+        steps_speculate_ = speculate_;
         steps_step_ = step;
         steps_overflow_ = false;
         steps_lr_ = static_cast<float>(stats.lr);

@@ -250,6 +250,14 @@ TEST_F(BadInputTest, StreamTable) {
        grpc::StatusCode::NOT_FOUND},
       {"second attach", [&](auto* r) { *r->mutable_attach()->mutable_session() = session_; },
        grpc::StatusCode::FAILED_PRECONDITION},
+      {"unknown step mode",
+       [](auto* r) {
+         r->mutable_optimizer_step()->set_group_id(1);
+         r->mutable_optimizer_step()->set_step(1);
+         r->mutable_optimizer_step()->set_grad_scale(1.0f);
+         r->mutable_optimizer_step()->set_mode(static_cast<spill::v1::StepMode>(9));
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
   };
   uint64_t tag = 10;
   for (const Case& c : cases) {

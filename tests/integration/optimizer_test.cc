@@ -224,6 +224,45 @@ TEST_F(OptimizerTest, AReconnectingWorkerFindsItsGroupAndAStepIsAppliedOnce) {
   EXPECT_TRUE(again->Close().ok());
 }
 
+// Through a real spilld: a speculative step committed with the scale it ran
+// with is the final step bit for bit (the local reference), and the group
+// refuses the next step's gradient until the commit.
+TEST_F(OptimizerTest, ASpeculativeStepAndItsCommitThroughSpilld) {
+  auto s = OpenOrDie(daemon_->socket_path(), 0, 1);
+  ASSERT_NE(s, nullptr);
+  Shard shard = MakeShard(*s, "spec", 5000);
+  auto g = s->CreateGroup(Spec("spec", shard));
+  ASSERT_TRUE(g.ok()) << g.status();
+  for (uint64_t step = 1; step <= 2; ++step) {
+    for (uint32_t k = 0; k < kGas; ++k) {
+      WriteGrad(*s, shard, k);
+      auto ready = s->GradReady(g->group_id, shard.grad.object_id, step, k);
+      ASSERT_TRUE(ready->Wait(seconds(30)).ok()) << ready->status();
+    }
+    auto ran = s->SpeculativeOptimizerStep(g->group_id, step, 1e-3f, 1.0f);
+    ASSERT_TRUE(ran->Wait(seconds(30)).ok()) << ran->status();
+    EXPECT_TRUE(ran->step_outcome().speculative);
+    EXPECT_TRUE(ran->step_outcome().applied);
+    auto held = s->GradReady(g->group_id, shard.grad.object_id, step + 1, 0);
+    const absl::Status refused = held->Wait(seconds(30));
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(refused.message().find("is speculative: commit it before"), std::string::npos)
+        << refused;
+    auto commit = s->CommitOptimizerStep(g->group_id, step, 1.0f);
+    ASSERT_TRUE(commit->Wait(seconds(30)).ok()) << commit->status();
+    EXPECT_FALSE(commit->step_outcome().speculative);
+    EXPECT_FALSE(commit->step_outcome().rescaled);
+    EXPECT_EQ(commit->step_outcome().applied_steps, step);
+    LocalStep(shard, step, 1e-3f, 1.0f);
+    auto p = *s->Data<uint16_t>(shard.param);
+    ASSERT_TRUE(std::equal(p.begin(), p.end(), shard.local_param.begin())) << "step " << step;
+  }
+  // A commit of a step that never ran speculatively is refused.
+  auto stray = s->CommitOptimizerStep(g->group_id, 3, 0.5f);
+  EXPECT_EQ(stray->Wait(seconds(30)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(s->Close().ok());
+}
+
 TEST_F(OptimizerTest, BadOptimizerRequestsGetClearErrors) {
   auto s = OpenOrDie(daemon_->socket_path(), 0, 1);
   ASSERT_NE(s, nullptr);

@@ -259,6 +259,21 @@ class SPILL_CLIENT_EXPORT Session {
   // already recorded is answered again (repeated), never applied twice.
   virtual std::shared_ptr<Work> OptimizerStep(uint64_t group_id, uint64_t step, float lr,
                                               float grad_scale, bool skip) = 0;
+  // Speculative steps, for clipping: the clip coefficient needs the global
+  // gradient norm, known only when backward ends, and a layer's step can run
+  // while backward goes on only with a predicted grad_scale. This runs step
+  // `step` with `predicted_grad_scale`; the group then waits (no gradient of
+  // the next step, no other step, no state copy) until CommitOptimizerStep
+  // of the same step gives the right grad_scale: spilld keeps the step when
+  // the prediction was right and rescales it in one pass when it was not
+  // (step_outcome().rescaled). Until the commit completes, the parameter
+  // shards hold the speculative step's values. AdamW, or Adam without weight
+  // decay, with states in pinned memory only (FailedPrecondition otherwise).
+  virtual std::shared_ptr<Work> SpeculativeOptimizerStep(uint64_t group_id, uint64_t step,
+                                                         float lr,
+                                                         float predicted_grad_scale) = 0;
+  virtual std::shared_ptr<Work> CommitOptimizerStep(uint64_t group_id, uint64_t step,
+                                                    float grad_scale) = 0;
 
   // --- data ------------------------------------------------------------
 

@@ -114,6 +114,10 @@ struct StepOutcome {
   bool repeated = false;
   uint64_t applied_steps = 0;
   double seconds = 0;  // spilld's time for the optimizer pass.
+  // SpeculativeOptimizerStep: run, waiting for its commit.
+  bool speculative = false;
+  // CommitOptimizerStep: the step was rescaled to the committed grad_scale.
+  bool rescaled = false;
 };
 
 }  // namespace spill::client
