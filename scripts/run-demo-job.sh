@@ -103,6 +103,10 @@ show_log() {
 
 cleanup() {
   local rc=$?
+  # A rank's shell killed between its fork and its exec can run these traps
+  # too (bash resets them in the child only then): only the script's own
+  # shell cleans up, or a stopped rank would take spilld and the logs with it.
+  [ "$BASHPID" = "$$" ] || return "$rc"
   if [ ${#rank_pids[@]} -gt 0 ]; then
     kill -KILL "${rank_pids[@]}" 2>/dev/null || true
   fi
@@ -175,6 +179,9 @@ JSON
   echo "        $spill_train --deepspeed ds_config.json --device $device --spill-socket $socket --job demo-train \\"
   echo "        --layers 2 --hidden 64 --heads 4 --seq_len 64 --max_steps ${SPILL_TRAIN_STEPS:-40}"
   for ((r = 0; r < ranks; r++)); do
+    # Made here, not by the rank's redirection: a rank stopped before that
+    # ran still has a (empty) log to show.
+    : >"$workdir/train.$r.log"
     MASTER_ADDR=127.0.0.1 MASTER_PORT=$port WORLD_SIZE=$ranks RANK=$r LOCAL_RANK=$r \
       "$spill_train" --deepspeed "$workdir/ds_config.json" --device "$device" \
       --spill-socket "$socket" --job demo-train --layers 2 --hidden 64 --heads 4 --seq_len 64 \
