@@ -205,7 +205,9 @@ bool Engine::StepSettled(size_t i) const {
   const bool queued = i < step_queued_.size() && step_queued_[i];
   const bool running = i < step_works_.size() && step_works_[i] != nullptr &&
                        !step_works_[i]->IsCompleted();
-  return !queued && !running;
+  // A speculative step is settled by its commit.
+  const bool uncommitted = i < step_speculative_.size() && step_speculative_[i];
+  return !queued && !running && !uncommitted;
 }
 
 void Engine::AcquireAhead(size_t from) {

@@ -286,6 +286,12 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
   if (!nvme.empty()) std::filesystem::remove_all(nvme);
   ASSERT_EQ(rc, 0) << output;
   EXPECT_NE(output.find("step 4 loss"), std::string::npos) << output;
+  if (std::string(p.args).find("--speculative_steps always") != std::string::npos) {
+    // Clipped steps that went out during backward and were rescaled.
+    EXPECT_NE(output.find("(speculative) tokens/s"), std::string::npos) << output;
+    EXPECT_NE(output.find("layer steps rescaled (speculated wrong)"), std::string::npos)
+        << output;
+  }
 
   TrainingArgs args;
   args.world_size = p.world;
@@ -355,6 +361,8 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"gpu1_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 1, true},
         Precision{"gpu2_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_fp32_no_clip", kNoClip, 1e-4, 5e-6, "cpu", "cpu", "", 2, true},
+        Precision{"gpu2_bf16_speculative_gas1", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
+                  "--speculative_steps always", 2, true, "", "", 1},
         Precision{"gpu2_fp32_offload_none", "", 1e-4, 2e-6, "none", "none", "", 2, true},
         Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
         Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
@@ -376,6 +384,13 @@ INSTANTIATE_TEST_SUITE_P(
         // unclipped gradients leave more elements where Adam's eps decides
         // (observed 1.8e-6).
         Precision{"fp32_no_clip", kNoClip, 1e-4, 5e-6},
+        // Clipped (0.5) layer steps sent while backward runs, each rescaled
+        // by spilld to the clip coefficient once the norm is known. With
+        // and without accumulation (the accumulator or the gradient shard
+        // is what the rescale reads again).
+        Precision{"fp32_speculative", "", 1e-4, 5e-6, "cpu", "cpu", "--speculative_steps always"},
+        Precision{"bf16_speculative_gas1", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu",
+                  "--speculative_steps always", kWorld, false, "", "", 1},
         Precision{"bf16", kBf16, 1.0 / 128, 1e-6},
         Precision{"fp32_offload_none", "", 1e-4, 2e-6, "none", "none"},
         Precision{"bf16_offload_none", kBf16, 1.0 / 128, 1e-6, "none", "none"},
@@ -433,6 +448,17 @@ TEST_F(EngineTest, UnsupportedOffloadModeFailsAtStartNamingTheKey) {
   EXPECT_EQ(rc, 2) << output;
   EXPECT_NE(output.find("offload_optimizer.device=none"), std::string::npos) << output;
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
+}
+
+TEST_F(EngineTest, ABadSpeculativeStepsValueFailsAtStartNamingTheFlag) {
+  std::string output;
+  const int rc = RunRanks(1, (dir_ / "no-spilld.sock").string(),
+                          "--deepspeed " + Write("ds.json", kConfig) +
+                              " --max_steps 1 --speculative_steps sometimes",
+                          &output);
+  EXPECT_EQ(rc, 2) << output;
+  EXPECT_NE(output.find("bad value for --speculative_steps: 'sometimes'"), std::string::npos)
+      << output;
 }
 
 // A checkpoint saved by 2 ranks loads into 1: the parameters it holds are

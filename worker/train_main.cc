@@ -43,6 +43,9 @@ constexpr char kUsage[] =
     "  --job NAME               spilld job id (default spill-train)\n"
     "  --save_params FILE       rank 0 writes the final parameters (raw fp32, layer order)\n"
     "  --gradient_checkpointing recompute each layer in backward (keep only its input)\n"
+    "  --speculative_steps auto|always|never   with clipping, layer steps while backward\n"
+    "                           runs, rescaled once the norm is known (default auto:\n"
+    "                           after a step that was not clipped)\n"
     "  --output_dir DIR         checkpoints go to DIR/global_step<N> (shared by all ranks)\n"
     "  --save_steps N           save every N steps (and after the last; default: last only)\n"
     "  --resume_from_checkpoint DIR   resume from DIR/latest (any world size)\n"
@@ -58,6 +61,7 @@ struct Flags {
   int64_t max_steps = 10;
   uint64_t seed = 1234;
   bool gradient_checkpointing = false;
+  EngineOptions::Speculation speculative_steps = EngineOptions::Speculation::kAuto;
   TrainingArgs args;
 };
 
@@ -76,6 +80,15 @@ absl::Status ParseValue(const std::string& key, const std::string& v, Flags& f) 
   else if (key == "save_params") f.save_params = v;
   else if (key == "output_dir") f.output_dir = v;
   else if (key == "resume_from_checkpoint") f.resume = v;
+  else if (key == "speculative_steps") {
+    if (v != "auto" && v != "always" && v != "never") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad value for --speculative_steps: '", v, "' (auto, always or never)"));
+    }
+    f.speculative_steps = v == "always"  ? EngineOptions::Speculation::kAlways
+                          : v == "never" ? EngineOptions::Speculation::kNever
+                                         : EngineOptions::Speculation::kAuto;
+  }
   else if (key == "save_steps") {
     if (!integer() || n < 0) return bad();
     f.save_steps = n;
@@ -225,6 +238,7 @@ absl::Status Train(const Flags& f, const RendezvousInfo& info, const GptShape& s
   o.session.socket_path = f.socket.empty() ? client::DefaultSocketPath() : f.socket;
   if (f.device == "cuda") o.device = at::Device(at::kCUDA, info.local_rank);
   o.gradient_checkpointing = f.gradient_checkpointing;
+  o.speculative_steps = f.speculative_steps;
   // torchrun's LOCAL_WORLD_SIZE: the ranks sharing this node's spilld.
   if (const char* local = std::getenv("LOCAL_WORLD_SIZE"); local != nullptr) {
     o.ranks_per_node = std::atoi(local);
