@@ -98,6 +98,17 @@ install_deepspeed() {
     --no-build-isolation deepspeed hjson ninja packaging psutil py-cpuinfo pydantic \
     pydantic_core annotated_types typing_extensions typing_inspection msgpack tqdm einops \
     >>"$out/run.log" 2>&1 || echo "deepspeed install failed" | tee -a "$out/run.log"
+  # libaio for DeepSpeed's async_io op (NVMe offload), when the node has none:
+  # g++ finds the header and libaio.so through CPATH / LIBRARY_PATH, the
+  # dynamic loader libaio.so.1 through LD_LIBRARY_PATH.
+  if ! ldconfig -p | grep -q 'libaio\.so\.1 ' && ls "$wheels"/aio/*.deb >/dev/null 2>&1; then
+    local aio=$work/aio deb lib=$work/aio/usr/lib/x86_64-linux-gnu
+    for deb in "$wheels"/aio/*.deb; do dpkg -x "$deb" "$aio"; done
+    export CPATH=$aio/usr/include${CPATH:+:$CPATH}
+    export LIBRARY_PATH=$lib${LIBRARY_PATH:+:$LIBRARY_PATH}
+    export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    echo "libaio for DeepSpeed's async_io: $lib" | tee -a "$out/run.log"
+  fi
 }
 if want optim; then
   log "optim_fused_adamw ($threads threads)"
@@ -297,6 +308,7 @@ ds_run() {
   [ "$gpus" -gt 1 ] && launcher=(env OMP_NUM_THREADS="$(omp_share "$gpus")" python3 -m
                                  torch.distributed.run --nproc-per-node="$gpus")
   log "deepspeed $name: $*"
+  rm -rf /var/tmp/spill-ds-nvme && mkdir -p /var/tmp/spill-ds-nvme
   timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" \
     "$root/share/spill/bench/zero3_deepspeed.py" "$@" --ours="$out/bench.jsonl" \
     >"$out/deepspeed-$name.log" 2>&1
@@ -312,6 +324,13 @@ if want deepspeed; then
   ds_run ds-1gpu-2.7B 1 --preset=2.7B --bf16 --micro-batch=4 --steps=4 --warmup=2
   ds_run ds-2gpu-1.3B 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2
   ds_run ds-2gpu-1.3B-noclip 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
+  # ZeRO-Infinity against zero3_train's 1gpu-350M-noclip-nvall and
+  # 1gpu-1.3B-noclip-nvparam (parameters, and optimizer states, on the disk).
+  dsnv=(--clip=0 --offload-param=nvme --nvme-dir=/var/tmp/spill-ds-nvme --max-in-cpu=100000000)
+  ds_run ds-1gpu-350M-noclip-nvall 1 --preset=350M --bf16 --micro-batch=4 --steps=3 --warmup=1 \
+    "${dsnv[@]}" --offload-optimizer=nvme
+  ds_run ds-1gpu-1.3B-noclip-nvparam 1 --preset=1.3B --bf16 --micro-batch=4 --steps=4 --warmup=2 \
+    "${dsnv[@]}"
 fi
 # The largest GPT each of Spill and DeepSpeed trains on one GPU of this node
 # (bench/largest_trainable.py): sizes from $SPILL_LARGEST_SIZES, smallest
@@ -323,4 +342,4 @@ if want largest; then
     --sizes="${SPILL_LARGEST_SIZES:-2.7B 6.7B 13B}" --timeout="${SPILL_TRAIN_TIMEOUT:-540}" \
     --log-dir="$out" 2>>"$out/run.log" | tee -a "$out/bench.jsonl"
 fi
-rm -rf /var/tmp/spill-nvme-bench /var/tmp/spill-zero3-nvme "$work"
+rm -rf /var/tmp/spill-nvme-bench /var/tmp/spill-zero3-nvme /var/tmp/spill-ds-nvme "$work"

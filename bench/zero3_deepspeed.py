@@ -5,7 +5,7 @@ its tokens/s is the baseline of zero3_train's line for the same configuration.
 
   python3 bench/zero3_deepspeed.py --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 \\
       [--clip=1.0] [--offload-param=cpu] [--offload-optimizer=cpu] [--no-pin-memory] \\
-      [--ours=bench.jsonl]
+      [--nvme-dir=DIR] [--max-in-cpu=N] [--ours=bench.jsonl]
   python3 -m torch.distributed.run --nproc-per-node=2 bench/zero3_deepspeed.py ...   # 2 GPUs
 
 The model is worker/gpt.h's: token and position embeddings, pre-LN blocks (causal attention
@@ -13,7 +13,10 @@ through scaled_dot_product_attention, GELU(tanh) MLP of width 4h), final LayerNo
 to the token embedding; presets and the vocabulary/sequence defaults are worker/gpt_shape.cc's.
 DeepSpeed's config is zero3_train's (bench/zero3_flags.cc ConfigJson) with HF's "auto" resolved
 (reduce_bucket_size = hidden^2) and pin_memory on for both offloads (DeepSpeed's faster setting;
-spilld always pins).
+spilld always pins). NVMe offload (ZeRO-Infinity) takes zero3_train's offload_param settings
+(buffer_count 5, buffer_size 3e8, max_in_cpu from --max-in-cpu) and DeepSpeed's default aio block
+(block_size 1 MiB, queue_depth 8, thread_count 1, single_submit false, overlap_events true); it
+needs DeepSpeed's async_io op, which builds against libaio (bench/gpu-node-run.sh brings it).
 
 Prints a JSON line with DeepSpeed's tokens/s (bench "zero3_deepspeed", no baseline) and, when
 --ours names a file holding zero3_train's tokens_per_s line for the same configuration, the
@@ -52,8 +55,12 @@ def parse():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--offload-param", default="cpu", choices=["none", "cpu"])
-    p.add_argument("--offload-optimizer", default="cpu", choices=["none", "cpu"])
+    p.add_argument("--offload-param", default="cpu", choices=["none", "cpu", "nvme"])
+    p.add_argument("--offload-optimizer", default="cpu", choices=["none", "cpu", "nvme"])
+    p.add_argument("--nvme-dir", default="/var/tmp/spill-ds-nvme",
+                   help="nvme_path of both offloads (nvme modes)")
+    p.add_argument("--max-in-cpu", type=int, default=1000000000,
+                   help="offload_param.max_in_cpu elements (nvme)")
     p.add_argument("--no-pin-memory", action="store_true")
     p.add_argument("--engine", default="deepspeed", choices=["deepspeed", "torch"])
     p.add_argument("--device", default="cuda")
@@ -161,8 +168,14 @@ def expected_params(a):
 
 
 def ds_config(a):
-    def offload(device):
-        return {"device": device, "pin_memory": not a.no_pin_memory}
+    def offload(device, param):
+        out = {"device": device, "pin_memory": not a.no_pin_memory}
+        if device == "nvme":
+            out["nvme_path"] = a.nvme_dir
+            if param:
+                out.update(buffer_count=5, buffer_size=300000000, max_in_cpu=a.max_in_cpu)
+        return out
+    nvme = "nvme" in (a.offload_param, a.offload_optimizer)
     return {
         "train_micro_batch_size_per_gpu": a.micro_batch,
         "gradient_accumulation_steps": a.gas,
@@ -172,9 +185,11 @@ def ds_config(a):
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8,
                                                   "weight_decay": 0.1}},
         "zero_optimization": {"stage": 3, "reduce_bucket_size": a.hidden * a.hidden,
-                              "offload_optimizer": offload(a.offload_optimizer),
-                              "offload_param": offload(a.offload_param)},
+                              "offload_optimizer": offload(a.offload_optimizer, False),
+                              "offload_param": offload(a.offload_param, True)},
         "wall_clock_breakdown": False,
+        **({"aio": {"block_size": 1048576, "queue_depth": 8, "thread_count": 1,
+                    "single_submit": False, "overlap_events": True}} if nvme else {}),
     }
 
 

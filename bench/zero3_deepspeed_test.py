@@ -6,7 +6,8 @@
 - the Python GPT has, for every preset, the parameter count spill-estimate (the C++ model's
   count) reports;
 - the torch engine trains a tiny shape on the CPU: a JSON line, finite losses, loss falls;
-- --ours picks zero3_train's line of the same configuration, and only that one.
+- --ours picks zero3_train's line of the same configuration, and only that one;
+- NVMe offload gets zero3_train's offload_param settings and an aio block.
 """
 import json
 import os
@@ -82,6 +83,27 @@ class Zero3DeepSpeedTest(unittest.TestCase):
             self.assertIsNone(zero3_deepspeed.ours_line(f.name, zero3_deepspeed.parse(), 1))
         finally:
             os.unlink(f.name)
+
+    def test_nvme_config_matches_zero3_train(self):
+        sys.argv = ["x", "--preset=350M", "--bf16", "--clip=0", "--offload-param=nvme",
+                    "--offload-optimizer=nvme", "--nvme-dir=/d", "--max-in-cpu=100000000"]
+        cfg = zero3_deepspeed.ds_config(zero3_deepspeed.parse())
+        zero = cfg["zero_optimization"]
+        # bench/zero3_flags.cc ConfigJson's offload_param for nvme.
+        self.assertEqual(zero["offload_param"],
+                         {"device": "nvme", "pin_memory": True, "nvme_path": "/d",
+                          "buffer_count": 5, "buffer_size": 300000000, "max_in_cpu": 100000000})
+        self.assertEqual(zero["offload_optimizer"],
+                         {"device": "nvme", "pin_memory": True, "nvme_path": "/d"})
+        self.assertEqual(cfg["aio"]["block_size"], 1048576)
+        sys.argv = ["x", "--preset=350M", "--bf16"]
+        cfg = zero3_deepspeed.ds_config(zero3_deepspeed.parse())
+        self.assertNotIn("aio", cfg)
+        self.assertEqual(cfg["zero_optimization"]["offload_param"],
+                         {"device": "cpu", "pin_memory": True})
+        r = run("--offload-param=disk", "--check-params")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--offload-param", r.stderr)
 
 
 if __name__ == "__main__":
