@@ -359,6 +359,8 @@ INSTANTIATE_TEST_SUITE_P(
     Gpu, EngineEquivalenceTest,
     ::testing::Values(
         Precision{"gpu1_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 1, true},
+        Precision{"gpu1_fp32_speculative", "", 1e-4, 5e-6, "cpu", "cpu",
+                  "--speculative_steps always", 1, true},
         Precision{"gpu2_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_fp32_no_clip", kNoClip, 1e-4, 5e-6, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_bf16_speculative_gas1", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
