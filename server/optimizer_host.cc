@@ -638,6 +638,21 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
   return outcome;
 }
 
+std::optional<StepOutcome> OptimizerHost::TryCommitAsRun(uint64_t session_id, uint64_t group_id,
+                                                          uint64_t step, float grad_scale) {
+  absl::StatusOr<std::string> job_id = registry_->StreamJob(session_id);
+  if (!job_id.ok()) return std::nullopt;
+  absl::StatusOr<std::shared_ptr<Group>> group = FindGroup(*job_id, group_id);
+  if (!group.ok()) return std::nullopt;
+  std::unique_lock<std::mutex> lock((*group)->mu, std::try_to_lock);
+  if (!lock.owns_lock()) return std::nullopt;
+  const std::optional<Group::Pending>& pending = (*group)->pending;
+  if (!pending || pending->step != step || pending->grad_scale != grad_scale) return std::nullopt;
+  absl::StatusOr<StepOutcome> outcome = Commit(*job_id, **group, step, grad_scale);
+  if (!outcome.ok()) return std::nullopt;  // Not reached: nothing in a commit as run fails.
+  return *outcome;
+}
+
 absl::StatusOr<StepOutcome> OptimizerHost::Commit(const std::string& job_id, Group& group,
                                                   uint64_t step, float grad_scale) {
   GroupInfo& info = group.info;

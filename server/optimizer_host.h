@@ -228,6 +228,13 @@ class OptimizerHost {
   absl::StatusOr<StepOutcome> Step(uint64_t session_id, uint64_t group_id, uint64_t step,
                                    float lr, float grad_scale, bool skip,
                                    StepMode mode = StepMode::kFinal);
+  // Step's kCommit when it costs nothing and waits for nothing: the step is
+  // pending with exactly this grad_scale and the group's lock is free. Then
+  // it commits and returns the outcome; otherwise it changes nothing and
+  // returns nullopt (the caller sends the request through Step). Never
+  // blocks, so a gRPC reactor may call it.
+  std::optional<StepOutcome> TryCommitAsRun(uint64_t session_id, uint64_t group_id,
+                                            uint64_t step, float grad_scale);
 
   // Checkpoint / restore of member `member_index`'s fp32 master and
   // optimizer states: object_ids are objects of the session's job, the

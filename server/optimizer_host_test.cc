@@ -621,6 +621,28 @@ TEST_F(OptimizerHostTest, ASpeculativeStepHoldsTheGroupUntilItsCommit) {
                   .ok());
 }
 
+// The reactor's fast path: only a commit that keeps the step as it ran.
+TEST_F(OptimizerHostTest, ACommitAsRunNeedsNoPassAndAnyOtherGoesThroughStep) {
+  const uint64_t sid = session_.session_id;
+  GroupMemberSpec a = Pair("quick", 100);
+  GroupInfo g = Create(Spec({a}));
+  EXPECT_FALSE(host_->TryCommitAsRun(sid, g.group_id, 1, 1.0f).has_value());  // nothing pending
+  ASSERT_TRUE(host_->GradReady(sid, g.group_id, a.grad_object_id, 1, 0).ok());
+  ASSERT_TRUE(host_->Step(sid, g.group_id, 1, 1e-3f, 1.0f, false, StepMode::kSpeculative).ok());
+  const auto pending = Snapshot();
+  EXPECT_FALSE(host_->TryCommitAsRun(sid, g.group_id, 1, 0.5f).has_value());  // a rescale
+  EXPECT_FALSE(host_->TryCommitAsRun(sid, g.group_id, 2, 1.0f).has_value());  // another step
+  EXPECT_FALSE(host_->TryCommitAsRun(sid, 999, 1, 1.0f).has_value());         // no such group
+  EXPECT_FALSE(host_->TryCommitAsRun(sid + 100, g.group_id, 1, 1.0f).has_value());
+  EXPECT_EQ(Snapshot(), pending);
+  std::optional<StepOutcome> done = host_->TryCommitAsRun(sid, g.group_id, 1, 1.0f);
+  ASSERT_TRUE(done.has_value());
+  EXPECT_TRUE(done->applied && !done->speculative && !done->rescaled);
+  EXPECT_EQ(Snapshot(), pending);  // Nothing to change.
+  EXPECT_EQ(host_->Stats().steps_committed, 1u);
+  EXPECT_TRUE(host_->GradReady(sid, g.group_id, a.grad_object_id, 2, 0).ok());
+}
+
 TEST_F(OptimizerHostTest, SpeculationIsRefusedWhereAStepCannotBeRescaled) {
   const uint64_t sid = session_.session_id;
   struct Case {

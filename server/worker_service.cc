@@ -108,7 +108,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     }
     auto start = SteadyClock::now();
     if (IsCompute(request.op_case())) {
-      DispatchCompute(std::move(request), start);
+      if (!AnswerQuickCommit(request, start)) DispatchCompute(std::move(request), start);
       ReadNext();
       return;
     }
@@ -290,6 +290,41 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     }
     deps_.metrics->RecordRequest(op, SteadyClock::now() - start, record.status().code());
     Enqueue(std::move(event));
+  }
+
+  // A commit of a speculative step with the grad_scale it ran with only
+  // ends the group's pending state: answered here, on the reactor thread,
+  // when that needs no wait (OptimizerHost::TryCommitAsRun), rather than
+  // queued on the compute pool behind optimizer passes while the worker's
+  // next gather of the layer waits for it. Returns false when the request
+  // must go to the pool.
+  bool AnswerQuickCommit(const StreamRequest& request, SteadyClock::time_point start) {
+    if (request.op_case() != StreamRequest::kOptimizerStep ||
+        request.optimizer_step().mode() != spill::v1::STEP_MODE_COMMIT) {
+      return false;
+    }
+    uint64_t session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      session = session_id_;
+    }
+    const auto& st = request.optimizer_step();
+    if (session == 0 || deps_.optimizer == nullptr) return false;
+    std::optional<StepOutcome> outcome =
+        deps_.optimizer->TryCommitAsRun(session, st.group_id(), st.step(), st.grad_scale());
+    if (!outcome.has_value()) return false;
+    StreamEvent event;
+    event.set_tag(request.tag());
+    ToProto(*outcome, event.mutable_step());
+    deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
+                                 absl::StatusCode::kOk);
+    Enqueue(std::move(event));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --pending_;
+    }
+    MaybeFinish();
+    return true;
   }
 
   // Runs an optimizer request on the compute pool. Answers complete out of

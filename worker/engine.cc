@@ -401,16 +401,22 @@ void Engine::PumpSteps() {
   for (const auto& w : step_works_) running += w != nullptr && !w->IsCompleted() ? 1 : 0;
   // Lowest layer first, commits and steps alike: the next forward needs
   // layer 0 first. A speculative step's commit goes once it has completed
-  // (a failed one is left for FinishStep to report).
-  for (size_t i = 0; i < step_queued_.size() && running < options_.max_steps_in_flight; ++i) {
+  // (a failed one is left for FinishStep to report). A commit that keeps
+  // the step (the guess of 1 was right) costs spilld nothing and is
+  // answered without waiting for the optimizer: every one goes at once,
+  // outside the window; one that rescales is a pass and takes a place in it.
+  const bool as_run = steps_grad_scale_ == 1.0f;
+  for (size_t i = 0; i < step_queued_.size(); ++i) {
+    const bool room = running < options_.max_steps_in_flight;
     if (commit_ready_ && step_speculative_[i]) {
       const std::shared_ptr<client::Work>& w = step_works_[i];
       if (w != nullptr && (!w->IsCompleted() || !w->status().ok())) continue;
+      if (!as_run && !room) continue;
       SendCommit(i);
-      ++running;
+      running += as_run ? 0 : 1;
       continue;
     }
-    if (!step_queued_[i]) continue;
+    if (!step_queued_[i] || !room) continue;
     SendStep(i);
     ++running;
   }

@@ -232,7 +232,36 @@ struct Precision {
   const char* param_extra = "";  // Added to offload_param (nvme: its budget).
   const char* zero_extra = "";   // Added to zero_optimization.
   int gas = kGas;  // gradient_accumulation_steps (1: GradReadySummed).
+  // Absolute tolerance of the attention key biases (0: atol). Softmax does
+  // not change when a key bias is added, so their gradient is rounding
+  // noise, which Adam turns into updates of up to lr: any change of
+  // rounding elsewhere (the speculative steps' rescale, a last-bit
+  // difference in a parameter) changes them by up to the sum of the
+  // learning rates, while every other element stays within atol.
+  double key_bias_atol = 0;
 };
+
+// 1 for the elements of the flat parameter vector (layers concatenated)
+// that are attention key biases, else 0.
+at::Tensor KeyBiasMask(int64_t total) {
+  at::Tensor mask = at::zeros({total}, at::kBool);
+  auto model = GptModel::Create(kShape);
+  EXPECT_TRUE(model.ok());
+  int64_t base = 0;
+  for (const auto& layer : model->layers()) {
+    for (const ParamSpec& p : layer->params()) {
+      const std::string suffix = "attn.qkv.bias";
+      if (p.name.size() >= suffix.size() &&
+          p.name.compare(p.name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        mask.narrow(0, base + p.offset + kShape.hidden, kShape.hidden).fill_(true);
+      }
+    }
+    base += layer->numel();
+  }
+  EXPECT_EQ(base, total);
+  EXPECT_EQ(mask.sum().item<int64_t>(), kShape.layers * kShape.hidden);
+  return mask;
+}
 
 
 
@@ -321,9 +350,13 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
             << ", max |engine - reference| = " << diff << ", elements equal: " << equal << "\n"
             << output;
   EXPECT_GT(moved, 1e-3);  // Training changed the parameters.
-  const int64_t worst = (got - want).abs().argmax().item<int64_t>();
-  EXPECT_TRUE(at::allclose(got, want, p.rtol, p.atol))
-      << p.name << " max diff " << diff << " at element " << worst << ": engine "
+  at::Tensor atol = at::full({total}, p.atol, at::kFloat);
+  if (p.key_bias_atol > 0) atol.masked_fill_(KeyBiasMask(total), p.key_bias_atol);
+  const at::Tensor excess = (got - want).abs() - (atol + p.rtol * want.abs());
+  const int64_t worst = excess.argmax().item<int64_t>();
+  EXPECT_LE(excess[worst].item<float>(), 0.0f)
+      << p.name << " max diff " << diff << "; worst element " << worst << " (tolerance "
+      << (atol[worst] + p.rtol * want[worst].abs()).item<float>() << "): engine "
       << got[worst].item<float>() << ", reference " << want[worst].item<float>() << ", initial "
       << init[worst].item<float>();
   EXPECT_EQ((*spilld)->Stop(), 0) << (*spilld)->output();
@@ -364,7 +397,7 @@ INSTANTIATE_TEST_SUITE_P(
         Precision{"gpu2_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_fp32_no_clip", kNoClip, 1e-4, 5e-6, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_bf16_speculative_gas1", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
-                  "--speculative_steps always", 2, true, "", "", 1},
+                  "--speculative_steps always", 2, true, "", "", 1, 5e-3},
         Precision{"gpu2_fp32_offload_none", "", 1e-4, 2e-6, "none", "none", "", 2, true},
         Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
         Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
@@ -391,8 +424,9 @@ INSTANTIATE_TEST_SUITE_P(
         // and without accumulation (the accumulator or the gradient shard
         // is what the rescale reads again).
         Precision{"fp32_speculative", "", 1e-4, 5e-6, "cpu", "cpu", "--speculative_steps always"},
+        // bf16 on an AVX-512 host: one key bias off by 5.2e-4 (key_bias_atol).
         Precision{"bf16_speculative_gas1", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu",
-                  "--speculative_steps always", kWorld, false, "", "", 1},
+                  "--speculative_steps always", kWorld, false, "", "", 1, 5e-3},
         Precision{"bf16", kBf16, 1.0 / 128, 1e-6},
         Precision{"fp32_offload_none", "", 1e-4, 2e-6, "none", "none"},
         Precision{"bf16_offload_none", kBf16, 1.0 / 128, 1e-6, "none", "none"},
