@@ -348,12 +348,14 @@ absl::StatusOr<at::Tensor> Engine::ReadObject(uint64_t object_id, const char* wh
 void Engine::QueueStep(size_t i) {
   if (step_queued_.size() != layers_.size()) step_queued_.assign(layers_.size(), false);
   if (step_speculative_.size() != layers_.size()) step_speculative_.assign(layers_.size(), false);
+  if (step_quick_commit_.size() != layers_.size()) step_quick_commit_.assign(layers_.size(), false);
   if (step_works_.size() != layers_.size()) step_works_.resize(layers_.size());
   step_queued_[i] = true;
 }
 
 void Engine::SendStep(size_t i) {
   step_queued_[i] = false;
+  step_quick_commit_[i] = false;
   if (steps_speculate_) {
     step_speculative_[i] = true;
     step_works_[i] = session_->SpeculativeOptimizerStep(layers_[i].group_id, steps_step_,
@@ -368,6 +370,7 @@ void Engine::SendStep(size_t i) {
 
 void Engine::SendCommit(size_t i) {
   step_speculative_[i] = false;
+  step_quick_commit_[i] = steps_grad_scale_ == 1.0f;
   step_works_[i] =
       session_->CommitOptimizerStep(layers_[i].group_id, steps_step_, steps_grad_scale_);
 }
@@ -397,8 +400,12 @@ void Engine::PumpSteps() {
       ++step_refusals_;
     }
   }
+  // Commits that keep their step take no place in the window.
   int running = 0;
-  for (const auto& w : step_works_) running += w != nullptr && !w->IsCompleted() ? 1 : 0;
+  for (size_t i = 0; i < step_works_.size(); ++i) {
+    const std::shared_ptr<client::Work>& w = step_works_[i];
+    running += w != nullptr && !w->IsCompleted() && !step_quick_commit_[i] ? 1 : 0;
+  }
   // Lowest layer first, commits and steps alike: the next forward needs
   // layer 0 first. A speculative step's commit goes once it has completed
   // (a failed one is left for FinishStep to report). A commit that keeps

@@ -418,6 +418,7 @@ class Engine {
   bool steps_speculate_ = false;  // Steps of steps_step_ sent now are speculative.
   bool commit_ready_ = false;
   std::vector<bool> step_speculative_;
+  std::vector<bool> step_quick_commit_;  // step_works_[i] is a commit that keeps its step.
   std::optional<double> last_clip_;
   int64_t steps_rescaled_ = 0;
   int64_t step_refusals_ = 0;       // see StepStats::step_refusals
