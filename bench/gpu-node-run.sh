@@ -207,8 +207,10 @@ train_run() {
   # spilld recovers the jobs an NVMe directory's manifest names: each run
   # starts from an empty one.
   rm -rf /var/tmp/spill-zero3-nvme && mkdir -p /var/tmp/spill-zero3-nvme
+  # $SPILL_TRAIN_EXTRA: flags added to every run (later flags win), e.g. --steps=12.
+  # shellcheck disable=SC2086
   timeout --kill-after=30 "${SPILL_TRAIN_TIMEOUT:-540}" "${launcher[@]}" "$root/bin/zero3_train" "$@" \
-    2>>"$out/train-$name.log" | tee -a "$out/bench.jsonl"
+    ${SPILL_TRAIN_EXTRA:-} 2>>"$out/train-$name.log" | tee -a "$out/bench.jsonl"
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "zero3_train $name: exit $rc (124: timed out); see train-$name.log";
                        tail -n 15 "$out/train-$name.log"; } | tee -a "$out/run.log"
