@@ -98,6 +98,13 @@ install_deepspeed() {
     --no-build-isolation deepspeed hjson ninja packaging psutil py-cpuinfo pydantic \
     pydantic_core annotated_types typing_extensions typing_inspection msgpack tqdm einops \
     >>"$out/run.log" 2>&1 || echo "deepspeed install failed" | tee -a "$out/run.log"
+  # DeepSpeed's CUDA op builders parse torch's architecture list, which
+  # holds "9.0a" on Hopper, as integers and fail: name the GPUs' own.
+  if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && command -v nvidia-smi >/dev/null; then
+    TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | sort -u |
+                           paste -sd';')
+    export TORCH_CUDA_ARCH_LIST
+  fi
   # libaio for DeepSpeed's async_io op (NVMe offload), when the node has none:
   # g++ finds the header and libaio.so through CPATH / LIBRARY_PATH, the
   # dynamic loader libaio.so.1 through LD_LIBRARY_PATH.

@@ -9,7 +9,11 @@
 // (thread_count 1) with fixed buffers and files, CRC32C computed on every
 // write and checked on every read. fio: --ioengine=io_uring --direct=1 with
 // --fixedbufs and --registerfiles (like ours), one job, the same byte range
-// of the tier's data file. One JSON line per cell; ratio = ours / fio.
+// of the tier's data file. One JSON line per cell; ratio = ours / fio, the
+// medians of --repeat runs each, ours and fio alternating. A shared or
+// virtual disk drifts within a cell (a run's bandwidth moves by a third from
+// one second to the next), so each line also has paired_ratio: the median
+// over the runs of ours / the fio run next to it in time.
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -251,6 +255,17 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Median of ours[i] / fio[i] (run i of each, adjacent in time); 0 when a
+// fio run has no bandwidth.
+double PairedRatio(const std::vector<double>& ours, const std::vector<double>& fio) {
+  std::vector<double> ratios;
+  for (size_t i = 0; i < ours.size() && i < fio.size(); ++i) {
+    if (fio[i] <= 0) return 0;
+    ratios.push_back(ours[i] / fio[i]);
+  }
+  return ratios.empty() ? 0 : Median(ratios);
+}
+
 std::vector<Cell> Cells(const std::string& which) {
   std::vector<uint32_t> sizes, depths;
   if (which == "full") {
@@ -374,7 +389,8 @@ int main(int argc, char** argv) {
                {"fixed_buffers", fixed},        {"crc32c", true},
                {"dir", f.dir},                 {"runs", f.repeat},           {"thread_count", f.threads}, {"settle_ms", f.settle_ms},
                {"ours_cpu_share", Median(ours_cpu)}, {"fio_cpu_share", Median(fio_cpu)},
-               {"ours_runs_mib_s", ours_runs},      {"fio_runs_mib_s", fio_runs}};
+               {"ours_runs_mib_s", ours_runs},      {"fio_runs_mib_s", fio_runs},
+               {"paired_ratio", PairedRatio(ours_runs, fio_runs)}};
     for (auto& v : r.extra["ours_runs_mib_s"]) v = v.get<double>() / (1 << 20);
     for (auto& v : r.extra["fio_runs_mib_s"]) v = v.get<double>() / (1 << 20);
     Emit(r, machine);
