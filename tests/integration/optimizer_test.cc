@@ -95,6 +95,26 @@ class OptimizerTest : public ::testing::Test {
     return spec;
   }
 
+  // A session (rank 0 of 1) and a one-member group over a fresh shard.
+  void OpenOneGroup(const std::string& name, uint64_t n, std::unique_ptr<Session>* s,
+                    Shard* shard, uint64_t* group_id) {
+    *s = OpenOrDie(daemon_->socket_path(), 0, 1);
+    ASSERT_NE(*s, nullptr);
+    *shard = MakeShard(**s, name, n);
+    auto g = (*s)->CreateGroup(Spec(name, *shard));
+    ASSERT_TRUE(g.ok()) << g.status();
+    *group_id = g->group_id;
+  }
+
+  // Every micro-step of `step`: a fresh gradient written and announced.
+  void ReadyAllMicroSteps(Session& s, Shard& shard, uint64_t group_id, uint64_t step) {
+    for (uint32_t k = 0; k < kGas; ++k) {
+      WriteGrad(s, shard, k);
+      auto ready = s.GradReady(group_id, shard.grad.object_id, step, k);
+      ASSERT_TRUE(ready->Wait(seconds(30)).ok()) << ready->status();
+    }
+  }
+
   // Writes a fresh random gradient for micro-step k into spilld and adds it
   // to the local accumulator.
   void WriteGrad(Session& s, Shard& shard, uint32_t k) {
@@ -189,16 +209,12 @@ TEST_F(OptimizerTest, TwoRanksAccumulateClipAndStepLikeTheLocalKernels) {
 }
 
 TEST_F(OptimizerTest, AReconnectingWorkerFindsItsGroupAndAStepIsAppliedOnce) {
-  auto s = OpenOrDie(daemon_->socket_path(), 0, 1);
-  ASSERT_NE(s, nullptr);
-  Shard shard = MakeShard(*s, "w", 777);
-  auto g = s->CreateGroup(Spec("w", shard));
-  ASSERT_TRUE(g.ok()) << g.status();
-  for (uint32_t k = 0; k < kGas; ++k) {
-    WriteGrad(*s, shard, k);
-    ASSERT_TRUE(s->GradReady(g->group_id, shard.grad.object_id, 1, k)->Wait(seconds(30)).ok());
-  }
-  ASSERT_TRUE(s->OptimizerStep(g->group_id, 1, 1e-3f, 1.0f, false)->Wait(seconds(30)).ok());
+  std::unique_ptr<Session> s;
+  Shard shard;
+  uint64_t group_id = 0;
+  ASSERT_NO_FATAL_FAILURE(OpenOneGroup("w", 777, &s, &shard, &group_id));
+  ASSERT_NO_FATAL_FAILURE(ReadyAllMicroSteps(*s, shard, group_id, 1));
+  ASSERT_TRUE(s->OptimizerStep(group_id, 1, 1e-3f, 1.0f, false)->Wait(seconds(30)).ok());
   LocalStep(shard, 1, 1e-3f, 1.0f);
   ASSERT_TRUE(s->Close().ok());
 
@@ -208,10 +224,10 @@ TEST_F(OptimizerTest, AReconnectingWorkerFindsItsGroupAndAStepIsAppliedOnce) {
   auto found = again->CreateGroup(Spec("w", shard));
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_TRUE(found->existed);
-  EXPECT_EQ(found->group_id, g->group_id);
+  EXPECT_EQ(found->group_id, group_id);
   EXPECT_EQ(found->last_step, 1u);
   // The resent step 1 is answered, not applied again.
-  auto resent = again->OptimizerStep(g->group_id, 1, 1e-3f, 1.0f, false);
+  auto resent = again->OptimizerStep(group_id, 1, 1e-3f, 1.0f, false);
   ASSERT_TRUE(resent->Wait(seconds(30)).ok()) << resent->status();
   EXPECT_TRUE(resent->step_outcome().repeated);
   shard.param = *again->Acquire(shard.param.object_id)->Get(seconds(10));
@@ -228,27 +244,22 @@ TEST_F(OptimizerTest, AReconnectingWorkerFindsItsGroupAndAStepIsAppliedOnce) {
 // with is the final step bit for bit (the local reference), and the group
 // refuses the next step's gradient until the commit.
 TEST_F(OptimizerTest, ASpeculativeStepAndItsCommitThroughSpilld) {
-  auto s = OpenOrDie(daemon_->socket_path(), 0, 1);
-  ASSERT_NE(s, nullptr);
-  Shard shard = MakeShard(*s, "spec", 5000);
-  auto g = s->CreateGroup(Spec("spec", shard));
-  ASSERT_TRUE(g.ok()) << g.status();
+  std::unique_ptr<Session> s;
+  Shard shard;
+  uint64_t group_id = 0;
+  ASSERT_NO_FATAL_FAILURE(OpenOneGroup("spec", 5000, &s, &shard, &group_id));
   for (uint64_t step = 1; step <= 2; ++step) {
-    for (uint32_t k = 0; k < kGas; ++k) {
-      WriteGrad(*s, shard, k);
-      auto ready = s->GradReady(g->group_id, shard.grad.object_id, step, k);
-      ASSERT_TRUE(ready->Wait(seconds(30)).ok()) << ready->status();
-    }
-    auto ran = s->SpeculativeOptimizerStep(g->group_id, step, 1e-3f, 1.0f);
+    ASSERT_NO_FATAL_FAILURE(ReadyAllMicroSteps(*s, shard, group_id, step));
+    auto ran = s->SpeculativeOptimizerStep(group_id, step, 1e-3f, 1.0f);
     ASSERT_TRUE(ran->Wait(seconds(30)).ok()) << ran->status();
     EXPECT_TRUE(ran->step_outcome().speculative);
     EXPECT_TRUE(ran->step_outcome().applied);
-    auto held = s->GradReady(g->group_id, shard.grad.object_id, step + 1, 0);
+    auto held = s->GradReady(group_id, shard.grad.object_id, step + 1, 0);
     const absl::Status refused = held->Wait(seconds(30));
     EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_NE(refused.message().find("is speculative: commit it before"), std::string::npos)
         << refused;
-    auto commit = s->CommitOptimizerStep(g->group_id, step, 1.0f);
+    auto commit = s->CommitOptimizerStep(group_id, step, 1.0f);
     ASSERT_TRUE(commit->Wait(seconds(30)).ok()) << commit->status();
     EXPECT_FALSE(commit->step_outcome().speculative);
     EXPECT_FALSE(commit->step_outcome().rescaled);
@@ -258,7 +269,7 @@ TEST_F(OptimizerTest, ASpeculativeStepAndItsCommitThroughSpilld) {
     ASSERT_TRUE(std::equal(p.begin(), p.end(), shard.local_param.begin())) << "step " << step;
   }
   // A commit of a step that never ran speculatively is refused.
-  auto stray = s->CommitOptimizerStep(g->group_id, 3, 0.5f);
+  auto stray = s->CommitOptimizerStep(group_id, 3, 0.5f);
   EXPECT_EQ(stray->Wait(seconds(30)).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(s->Close().ok());
 }
