@@ -335,7 +335,10 @@ if want deepspeed; then
   ds_run ds-2gpu-1.3B-noclip 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
   # ZeRO-Infinity against zero3_train's 1gpu-350M-noclip-nvall and
   # 1gpu-1.3B-noclip-nvparam (parameters, and optimizer states, on the disk).
-  dsnv=(--clip=0 --offload-param=nvme --nvme-dir=/var/tmp/spill-ds-nvme --max-in-cpu=100000000)
+  # DeepSpeed swaps each parameter tensor through a buffer of its own: 5
+  # buffers (zero3_train's count) stopped it in step 2.
+  dsnv=(--clip=0 --offload-param=nvme --nvme-dir=/var/tmp/spill-ds-nvme --max-in-cpu=100000000
+        --nvme-buffer-count="${SPILL_DS_NVME_BUFFERS:-32}")
   ds_run ds-1gpu-350M-noclip-nvall 1 --preset=350M --bf16 --micro-batch=4 --steps=3 --warmup=1 \
     "${dsnv[@]}" --offload-optimizer=nvme
   ds_run ds-1gpu-1.3B-noclip-nvparam 1 --preset=1.3B --bf16 --micro-batch=4 --steps=4 --warmup=2 \
