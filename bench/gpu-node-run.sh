@@ -98,9 +98,10 @@ install_deepspeed() {
     --no-build-isolation deepspeed hjson ninja packaging psutil py-cpuinfo pydantic \
     pydantic_core annotated_types typing_extensions typing_inspection msgpack tqdm einops \
     >>"$out/run.log" 2>&1 || echo "deepspeed install failed" | tee -a "$out/run.log"
-  # DeepSpeed's CUDA op builders parse torch's architecture list, which
-  # holds "9.0a" on Hopper, as integers and fail: name the GPUs' own.
-  if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && command -v nvidia-smi >/dev/null; then
+  # DeepSpeed's CUDA op builders parse the architecture list as integers and
+  # fail on Hopper's "9.0a", which these nodes' environment names: name the
+  # GPUs' own (overriding it).
+  if command -v nvidia-smi >/dev/null; then
     TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | sort -u |
                            paste -sd';')
     export TORCH_CUDA_ARCH_LIST
@@ -335,14 +336,17 @@ if want deepspeed; then
   ds_run ds-2gpu-1.3B-noclip 2 --preset=1.3B --bf16 --micro-batch=4 --steps=6 --warmup=2 --clip=0
   # ZeRO-Infinity against zero3_train's 1gpu-350M-noclip-nvall and
   # 1gpu-1.3B-noclip-nvparam (parameters, and optimizer states, on the disk).
-  # DeepSpeed swaps each parameter tensor through a buffer of its own: 5
-  # buffers (zero3_train's count) stopped it in step 2.
+  # DeepSpeed swaps each parameter tensor through a buffer of its own, and
+  # the small (persistent) ones keep theirs: 5 and 32 buffers of 3e8
+  # elements stopped it in step 2. 256 buffers of 6e7 (the 350M embedding's
+  # 5.1e7 fits) were not tried yet.
   dsnv=(--clip=0 --offload-param=nvme --nvme-dir=/var/tmp/spill-ds-nvme --max-in-cpu=100000000
-        --nvme-buffer-count="${SPILL_DS_NVME_BUFFERS:-32}")
+        --nvme-buffer-count="${SPILL_DS_NVME_BUFFERS:-256}"
+        --nvme-buffer-size="${SPILL_DS_NVME_BUFFER_SIZE:-60000000}")
   ds_run ds-1gpu-350M-noclip-nvall 1 --preset=350M --bf16 --micro-batch=4 --steps=3 --warmup=1 \
     "${dsnv[@]}" --offload-optimizer=nvme
   ds_run ds-1gpu-1.3B-noclip-nvparam 1 --preset=1.3B --bf16 --micro-batch=4 --steps=4 --warmup=2 \
-    "${dsnv[@]}"
+    "${dsnv[@]}" --nvme-buffer-count=128 --nvme-buffer-size=110000000
 fi
 # The largest GPT each of Spill and DeepSpeed trains on one GPU of this node
 # (bench/largest_trainable.py): sizes from $SPILL_LARGEST_SIZES, smallest

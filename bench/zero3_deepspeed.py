@@ -63,9 +63,14 @@ def parse():
                    help="offload_param.max_in_cpu elements (nvme)")
     p.add_argument("--nvme-buffer-count", type=int, default=5,
                    help="offload_param.buffer_count (nvme; zero3_train's 5 by default). "
-                        "DeepSpeed swaps each parameter tensor through a buffer of its own: "
-                        "with 5, the 350M preset stopped in its second step with 'Not enough "
-                        "buffers 0 for swapping 1'")
+                        "DeepSpeed swaps each parameter tensor through a buffer of its own, and "
+                        "a parameter under stage3_param_persistence_threshold keeps its buffer: "
+                        "with 5 and with 32, the 350M preset stopped in its second step with "
+                        "'Not enough buffers 0 for swapping 1' (32 buffers held by small "
+                        "parameters)")
+    p.add_argument("--nvme-buffer-size", type=int, default=300000000,
+                   help="offload_param.buffer_size elements (nvme; zero3_train's 3e8); at "
+                        "least the largest parameter tensor")
     p.add_argument("--no-pin-memory", action="store_true")
     p.add_argument("--engine", default="deepspeed", choices=["deepspeed", "torch"])
     p.add_argument("--device", default="cuda")
@@ -178,7 +183,7 @@ def ds_config(a):
         if device == "nvme":
             out["nvme_path"] = a.nvme_dir
             if param:
-                out.update(buffer_count=a.nvme_buffer_count, buffer_size=300000000,
+                out.update(buffer_count=a.nvme_buffer_count, buffer_size=a.nvme_buffer_size,
                            max_in_cpu=a.max_in_cpu)
         return out
     nvme = "nvme" in (a.offload_param, a.offload_optimizer)
