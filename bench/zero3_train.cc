@@ -596,9 +596,10 @@ int Bench(Run& run) {
   o.device = run.device;
   o.max_steps_in_flight = run.flags.steps_in_flight;
   o.acquire_ahead = run.flags.acquire_ahead;
-  o.speculative_steps = run.flags.speculative == "always"  ? worker::EngineOptions::Speculation::kAlways
-                        : run.flags.speculative == "never" ? worker::EngineOptions::Speculation::kNever
-                                                           : worker::EngineOptions::Speculation::kAuto;
+  using Speculation = worker::EngineOptions::Speculation;
+  o.speculative_steps = run.flags.speculative == "always"  ? Speculation::kAlways
+                        : run.flags.speculative == "never" ? Speculation::kNever
+                                                           : Speculation::kAuto;
   o.gradient_checkpointing = run.flags.gradient_checkpointing;
   o.ranks_per_node = run.info.world_size;  // zero3_train runs on one node.
   o.record_optimizer_spans = !run.flags.profile.empty();

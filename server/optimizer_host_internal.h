@@ -18,6 +18,9 @@
 
 namespace spill::server {
 
+// Step outcomes a group keeps for resent requests.
+constexpr size_t kOutcomeHistory = 64;
+
 // Pieces of a streamed step start 4 KiB aligned in the staging buffer.
 inline uint64_t RoundSubGroup(uint64_t n) { return (n + 1023) / 1024 * 1024; }
 

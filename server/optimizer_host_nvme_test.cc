@@ -211,6 +211,23 @@ TEST_F(OptimizerHostNvmeTest, DeepSpeedsDefaultSubGroupSizeStepsSmallMembers) {
   StepTwinsAndCompare(2);
 }
 
+// A group whose states stream from NVMe cannot step speculatively (its
+// rescale would be a second streamed pass); it refuses, changes nothing, and
+// still takes the step as final.
+TEST_F(OptimizerHostNvmeTest, AStreamedGroupRefusesASpeculativeStep) {
+  Start();
+  if (!skip_.empty()) GTEST_SKIP() << skip_;
+  MakeTwins();
+  Gradients(1, /*only=*/1);
+  const uint64_t written = tier_->Stats().bytes_written;
+  absl::Status st = host_->Step(session_.session_id, groups_[1].group_id, 1, 1e-2f, 1.0f, false,
+                                StepMode::kSpeculative).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("its states are on NVMe"), std::string::npos) << st;
+  EXPECT_EQ(tier_->Stats().bytes_written, written);
+  EXPECT_TRUE(Step(1, 1).ok());
+}
+
 TEST_F(OptimizerHostNvmeTest, AFailedWriteLeavesTheGroupAsItWas) {
   storage::FaultPlan plan;
   // Creation writes 5 pieces x 3 arrays, step 1 as many again; fail a write

@@ -206,7 +206,8 @@ void LogStep(const StepStats& s, double seconds, double flops_per_token, const s
                    "tokens/s %.1f TFLOP/s %.2f | forward %.3fs backward %.3fs reduce %.3fs "
                    "spilld %.3fs optimizer %.3fs | gathers %d prefetched %d h2d %.1fMB d2h %.1fMB",
                    s.step, s.loss, s.lr, s.loss_scale, s.skipped ? " (skipped: overflow)" : "",
-                   s.grad_norm, s.clip, s.speculative ? " (speculative)" : "", tokens_per_s, 3 * flops_per_token * tokens_per_s / 1e12,
+                   s.grad_norm, s.clip, s.speculative ? " (speculative)" : "",
+                   tokens_per_s, 3 * flops_per_token * tokens_per_s / 1e12,
                    s.forward_s, s.backward_s, s.reduce_s, s.spilld_wait_s, s.optimizer_s, s.gathers,
                    s.prefetched, s.h2d_bytes / 1e6, s.d2h_bytes / 1e6)
             << (s.step_refusals > 0 ? absl::StrCat(" | steps refused for want of an "
