@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 #include "server/nvme_state_store.h"
 #include "server/optimizer_host.h"
@@ -45,13 +46,13 @@ struct OptimizerHost::Group {
   // A speculative step waiting for its commit: how it ran.
   struct Pending {
     uint64_t step = 0;
-    float lr = 0, grad_scale = 1;
-    optim::StepArgs args;
+    float lr = 0;
+    optim::StepArgs args;  // args.grad_scale: the one it ran with.
   };
   std::optional<Pending> pending;
 
   // FailedPrecondition while a speculative step waits for its commit.
-  absl::Status CheckNotPending(const char* what) const {
+  absl::Status CheckNotPending(absl::string_view what) const {
     if (!pending) return absl::OkStatus();
     return absl::FailedPreconditionError(
         absl::StrCat("optimizer group '", info.name, "' step ", pending->step,

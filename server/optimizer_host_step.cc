@@ -57,7 +57,7 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
                                                       "; the next step is ", info.last_step + 1,
                                                       ", got ", step));
   }
-  SPILL_RETURN_IF_ERROR(group->CheckNotPending(absl::StrCat("step ", step).c_str()));
+  SPILL_RETURN_IF_ERROR(group->CheckNotPending(absl::StrCat("step ", step)));
   if (mode == StepMode::kSpeculative) {
     if (!optim::Rescalable(info.hyper)) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -114,7 +114,7 @@ absl::StatusOr<StepOutcome> OptimizerHost::Step(uint64_t session_id, uint64_t gr
     ++info.applied_steps;
     if (mode == StepMode::kSpeculative) {
       outcome.speculative = true;
-      group->pending = Group::Pending{step, lr, grad_scale, args};
+      group->pending = Group::Pending{step, lr, args};
     }
   }
   info.last_step = step;
@@ -142,7 +142,9 @@ std::optional<StepOutcome> OptimizerHost::TryCommitAsRun(uint64_t session_id, ui
   std::unique_lock<std::mutex> lock((*group)->mu, std::try_to_lock);
   if (!lock.owns_lock()) return std::nullopt;
   const std::optional<Group::Pending>& pending = (*group)->pending;
-  if (!pending || pending->step != step || pending->grad_scale != grad_scale) return std::nullopt;
+  if (!pending || pending->step != step || pending->args.grad_scale != grad_scale) {
+    return std::nullopt;
+  }
   absl::StatusOr<StepOutcome> outcome = Commit(*job_id, **group, step, grad_scale);
   if (!outcome.ok()) return std::nullopt;  // Not reached: nothing in a commit as run fails.
   return *outcome;
@@ -153,7 +155,7 @@ absl::StatusOr<StepOutcome> OptimizerHost::Commit(const std::string& job_id, Gro
   GroupInfo& info = group.info;
   if (!group.pending || group.pending->step != step) {
     auto it = group.history.find(step);
-    if (it == group.history.end() || (group.pending && group.pending->step == step)) {
+    if (it == group.history.end()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "optimizer group '", info.name, "' has no speculative step ", step,
           " to commit (it is at step ", info.last_step, ")"));
@@ -167,7 +169,7 @@ absl::StatusOr<StepOutcome> OptimizerHost::Commit(const std::string& job_id, Gro
   const Group::Pending pending = *group.pending;
   StepOutcome outcome = group.history[step];
   double seconds = 0;
-  if (grad_scale != pending.grad_scale) {
+  if (grad_scale != pending.args.grad_scale) {
     optim::Hyper hyper = info.hyper;
     hyper.lr = pending.lr;
     const auto start = std::chrono::steady_clock::now();

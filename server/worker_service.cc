@@ -316,14 +316,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     StreamEvent event;
     event.set_tag(request.tag());
     ToProto(*outcome, event.mutable_step());
-    deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
-                                 absl::StatusCode::kOk);
-    Enqueue(std::move(event));
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --pending_;
-    }
-    MaybeFinish();
+    Complete(std::move(event), OpName(request.op_case()), start, absl::StatusCode::kOk);
     return true;
   }
 
@@ -341,13 +334,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
     event.set_tag(tag);
     event.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
     event.set_message("spilld is stopping");
-    deps_.metrics->RecordRequest(op, SteadyClock::now() - start, absl::StatusCode::kUnavailable);
-    Enqueue(std::move(event));
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --pending_;
-    }
-    MaybeFinish();
+    Complete(std::move(event), op, start, absl::StatusCode::kUnavailable);
   }
 
   absl::Status Process(const StreamRequest& request, SteadyClock::time_point start) {
@@ -359,15 +346,21 @@ class SessionReactor final : public grpc::ServerBidiReactor<StreamRequest, Strea
       event.set_code(static_cast<int>(status.code()));
       event.set_message(std::string(status.message()));
     }
-    deps_.metrics->RecordRequest(OpName(request.op_case()), SteadyClock::now() - start,
-                                 status.code());
+    Complete(std::move(event), OpName(request.op_case()), start, status.code());
+    return status;
+  }
+
+  // Ends a request counted in pending_: records it, queues its answer and
+  // finishes the stream if it was the last thing it waited for.
+  void Complete(StreamEvent event, const char* op, SteadyClock::time_point start,
+                absl::StatusCode code) {
+    deps_.metrics->RecordRequest(op, SteadyClock::now() - start, code);
     Enqueue(std::move(event));
     {
       std::lock_guard<std::mutex> lock(mu_);
       --pending_;
     }
     MaybeFinish();
-    return status;
   }
 
   absl::Status Execute(const StreamRequest& request, StreamEvent* event) {

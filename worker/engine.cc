@@ -377,8 +377,9 @@ void Engine::SendCommit(size_t i) {
 
 bool Engine::Speculate() const {
   const DeepSpeedConfig& c = options_.config;
-  const OptimizerConfig& o = c.optimizer;
-  const bool rescalable = o.type == OptimizerType::kAdamW || o.adam_w_mode || o.weight_decay == 0;
+  // spilld rescales AdamW, and Adam without weight decay.
+  const client::OptimizerParams p = ToClientParams(c.optimizer, 0);
+  const bool rescalable = p.type == client::OptimizerType::kAdamW || p.weight_decay == 0;
   if (local_ || c.gradient_clipping <= 0 || c.fp16.enabled || !rescalable || states_on_nvme() ||
       options_.speculative_steps == EngineOptions::Speculation::kNever) {
     return false;
@@ -415,7 +416,7 @@ void Engine::PumpSteps() {
   const bool as_run = steps_grad_scale_ == 1.0f;
   for (size_t i = 0; i < step_queued_.size(); ++i) {
     const bool room = running < options_.max_steps_in_flight;
-    if (commit_ready_ && step_speculative_[i]) {
+    if (CommitDue(i)) {
       const std::shared_ptr<client::Work>& w = step_works_[i];
       if (w != nullptr && (!w->IsCompleted() || !w->status().ok())) continue;
       if (!as_run && !room) continue;
@@ -435,7 +436,7 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   if (i < step_queued_.size() && step_queued_[i]) SendStep(i);  // PumpSteps re-queued it
   if (i >= step_works_.size()) return absl::OkStatus();
   // A speculative step already answered whose commit had no room to go.
-  if (step_works_[i] == nullptr && commit_ready_ && step_speculative_[i]) SendCommit(i);
+  if (step_works_[i] == nullptr && CommitDue(i)) SendCommit(i);
   if (step_works_[i] == nullptr) return absl::OkStatus();
   std::shared_ptr<client::Work> work = std::move(step_works_[i]);
   TraceScope trace("spill::wait_step", i);
@@ -456,7 +457,7 @@ absl::Status Engine::FinishStep(size_t i, StepStats& stats) {
   // The layer's speculative step ran; its commit follows once the clip
   // coefficient is known (until then the layer is not used again: the next
   // forward comes after this step's Optimize).
-  if (s.ok() && commit_ready_ && step_speculative_[i]) {
+  if (s.ok() && CommitDue(i)) {
     SendCommit(i);
     work = std::move(step_works_[i]);
     s = Wait(work, "optimizer step commit");
@@ -564,7 +565,6 @@ absl::Status Engine::Optimize(StepStats& stats) {
     // Speculative steps sent so far wait for their commits (PumpSteps and
     // FinishStep send them); layers still queued go out as final steps.
     steps_speculate_ = false;
-    commit_ready_ = true;
     steps_step_ = step;
     steps_overflow_ = overflow;
     steps_lr_ = static_cast<float>(stats.lr);

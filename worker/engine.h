@@ -342,6 +342,8 @@ class Engine {
   // and the commit that ends layer i's.
   bool Speculate() const;
   void SendCommit(size_t i);
+  // Layer i's speculative step has run and its coefficient is known.
+  bool CommitDue(size_t i) const { return step_speculative_[i] && !steps_speculate_; }
   // Acquire of a parameter shard, retried while spilld answers
   // ResourceExhausted for NVMe parameters (every offload_param buffer busy)
   // until options_.timeout.
@@ -410,13 +412,12 @@ class Engine {
   std::vector<bool> step_queued_;  // Queued, not yet sent.
   // Speculative steps: this step's go out speculatively (decided when it
   // starts; steps_speculate_ until its coefficient is known, so a step
-  // queued before goes out as it was due); the coefficient is known and
-  // commits may go; layers whose
-  // speculative step went out and whose commit has not; the last step's
-  // clip coefficient (kAuto's guess); rescaled commits since the last step.
+  // queued before goes out as it was due, and after which the commits may
+  // go); layers whose speculative step went out and whose commit has not;
+  // the last step's clip coefficient (kAuto's guess); rescaled commits
+  // since the last step.
   bool speculate_ = false;
   bool steps_speculate_ = false;  // Steps of steps_step_ sent now are speculative.
-  bool commit_ready_ = false;
   std::vector<bool> step_speculative_;
   std::vector<bool> step_quick_commit_;  // step_works_[i] is a commit that keeps its step.
   std::optional<double> last_clip_;

@@ -327,7 +327,6 @@ absl::Status Engine::PollGrads(bool wait_all, StepStats& stats) {
                                                    steps_step_, " was never committed"));
             }
           }
-          commit_ready_ = false;
         }
         steps_speculate_ = speculate_;
         steps_step_ = step;
