@@ -232,13 +232,14 @@ struct Precision {
   const char* param_extra = "";  // Added to offload_param (nvme: its budget).
   const char* zero_extra = "";   // Added to zero_optimization.
   int gas = kGas;  // gradient_accumulation_steps (1: GradReadySummed).
-  // Absolute tolerance of the attention key biases (0: atol). Softmax does
-  // not change when a key bias is added, so their gradient is rounding
-  // noise, which Adam turns into updates of up to lr: any change of
-  // rounding elsewhere (the speculative steps' rescale, a last-bit
-  // difference in a parameter) changes them by up to the sum of the
-  // learning rates, while every other element stays within atol.
-  double key_bias_atol = 0;
+  // Absolute tolerance of the attention key biases. Softmax does not change
+  // when a key bias is added, so their gradient is rounding noise, which
+  // Adam turns into updates of up to lr: any change of rounding elsewhere
+  // (the speculative steps' rescale, a last-bit difference in a parameter)
+  // changes them by up to the sum of the learning rates (4.2e-3 over the
+  // 4 steps), in every variant. Seen: bf16_optimizer_nvme, 9.5e-4 at one
+  // key bias in one of about ten runs.
+  double key_bias_atol = 5e-3;
 };
 
 // 1 for the elements of the flat parameter vector (layers concatenated)
@@ -351,7 +352,7 @@ TEST_P(EngineEquivalenceTest, TwoRanksOffloadedToSpilldMatchTheLibTorchReference
             << output;
   EXPECT_GT(moved, 1e-3);  // Training changed the parameters.
   at::Tensor atol = at::full({total}, p.atol, at::kFloat);
-  if (p.key_bias_atol > 0) atol.masked_fill_(KeyBiasMask(total), p.key_bias_atol);
+  atol.masked_fill_(KeyBiasMask(total), p.key_bias_atol);
   const at::Tensor excess = (got - want).abs() - (atol + p.rtol * want.abs());
   const int64_t worst = excess.argmax().item<int64_t>();
   EXPECT_LE(excess[worst].item<float>(), 0.0f)
@@ -396,8 +397,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "--speculative_steps always", 1, true},
         Precision{"gpu2_fp32", "", 1e-4, 2e-6, "cpu", "cpu", "", 2, true},
         Precision{"gpu2_fp32_no_clip", kNoClip, 1e-4, 5e-6, "cpu", "cpu", "", 2, true},
-        Precision{"gpu2_bf16_speculative_gas1", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
-                  "--speculative_steps always", 2, true, "", "", 1, 5e-3},
+        Precision{"gpu2_bf16_speculative_gas1", kBf16, 1.0 / 32, 2e-4, "cpu", "cpu",
+                  "--speculative_steps always", 2, true, "", "", 1},
         Precision{"gpu2_fp32_offload_none", "", 1e-4, 2e-6, "none", "none", "", 2, true},
         Precision{"gpu2_bf16_param_on_device", kBf16, 1.0 / 32, 1e-4, "cpu", "none", "", 2, true},
         Precision{"gpu2_bf16_checkpointing", kBf16, 1.0 / 32, 1e-4, "cpu", "cpu",
@@ -424,9 +425,15 @@ INSTANTIATE_TEST_SUITE_P(
         // and without accumulation (the accumulator or the gradient shard
         // is what the rescale reads again).
         Precision{"fp32_speculative", "", 1e-4, 5e-6, "cpu", "cpu", "--speculative_steps always"},
-        // bf16 on an AVX-512 host: one key bias off by 5.2e-4 (key_bias_atol).
-        Precision{"bf16_speculative_gas1", kBf16, 1.0 / 128, 1e-6, "cpu", "cpu",
-                  "--speculative_steps always", kWorld, false, "", "", 1, 5e-3},
+        // In bf16 the rescale's last-bit differences in the fp32 master flip
+        // the rounding of some bf16 parameters, and whether a layer's step
+        // went out speculatively (then rescaled) or after the norm depends on
+        // timing, so the flips vary from run to run and reach the next
+        // steps' gradients; Adam turns the small ones into updates of a
+        // fraction of lr (seen: 3.8e-5 at a key weight, in one of about ten
+        // runs). An absolute 2e-4, 5% of the parameters' movement.
+        Precision{"bf16_speculative_gas1", kBf16, 1.0 / 128, 2e-4, "cpu", "cpu",
+                  "--speculative_steps always", kWorld, false, "", "", 1},
         Precision{"bf16", kBf16, 1.0 / 128, 1e-6},
         Precision{"fp32_offload_none", "", 1e-4, 2e-6, "none", "none"},
         Precision{"bf16_offload_none", kBf16, 1.0 / 128, 1e-6, "none", "none"},
